@@ -1,0 +1,19 @@
+//! Which launcher backend runs a service's instances.
+
+use std::sync::Arc;
+
+use summon_launcher::Backend;
+
+use crate::config::BackendKind;
+
+/// The backend for a kind of service.
+pub fn for_kind(kind: BackendKind) -> anyhow::Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Kvm => kvm(),
+    }
+}
+
+fn kvm() -> anyhow::Result<Arc<dyn Backend>> {
+    // Until branch main's KvmBackend lands here (merge), there is nothing to start.
+    anyhow::bail!("this build has no KVM launcher yet (merge branch main)")
+}
