@@ -254,6 +254,15 @@ impl KvmInstance {
     }
 }
 
+impl std::fmt::Debug for KvmInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmInstance")
+            .field("name", &self.name)
+            .field("state", &self.control.state())
+            .finish()
+    }
+}
+
 impl Instance for KvmInstance {
     fn stop(&self) -> Result<(), BackendError> {
         self.control.stop();
