@@ -1,8 +1,233 @@
 //! The embedded hvt VMM on KVM.
+//!
+//! [`KvmBackend`] starts guests that follow the Solo5 hvt ABI (docs/hvt-abi.md). Per process it
+//! holds what never changes: the `/dev/kvm` fd, the supported CPUID, the TSC frequency, the
+//! long-mode register template and a cache of parsed images. Per guest, `start` maps memory,
+//! loads the image, writes the low-memory structures, creates the VM and its vCPU, and hands
+//! everything to a vCPU thread that runs the guest to its end and tears it down.
 
-/// Errors of the embedded KVM backend.
-#[derive(Debug, thiserror::Error)]
-pub enum KvmError {
-    #[error("not implemented yet")]
-    Unimplemented,
+mod boot_info;
+mod cpuid;
+pub mod devices;
+pub mod elf;
+mod error;
+mod hypercall;
+pub mod image_error;
+mod instance;
+mod layout;
+pub mod manifest;
+mod memory;
+mod regs;
+mod vcpu;
+mod vm;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_sregs, CpuId};
+use kvm_ioctls::Kvm;
+
+use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
+
+pub use elf::ElfImage;
+pub use error::KvmError;
+pub use image_error::ImageError;
+pub use instance::KvmInstance;
+
+use devices::{Console, Devices};
+use instance::Control;
+use memory::GuestMemory;
+use vcpu::VcpuRunner;
+
+/// Stack of a vCPU thread: the run loop and hypercall handlers need little.
+const VCPU_STACK: usize = 256 << 10;
+
+/// Guest memory size in bytes for `mib`, rounded down to 2 MiB, or an error if out of range.
+pub fn mem_size_from_mib(mib: u64) -> Result<u64, KvmError> {
+    let bytes = mib
+        .checked_mul(1 << 20)
+        .ok_or(KvmError::MemorySize { mib })?;
+    let bytes = bytes & !(summon_hvt_abi::MEM_ALIGN - 1);
+    if !(summon_hvt_abi::MEM_MIN..=summon_hvt_abi::MEM_MAX).contains(&bytes) {
+        return Err(KvmError::MemorySize { mib });
+    }
+    Ok(bytes)
+}
+
+/// Identity of an image file, to notice when a cached parse is stale.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// The embedded KVM backend.
+pub struct KvmBackend {
+    kvm: Kvm,
+    cpuid: CpuId,
+    tsc_khz: u32,
+    sregs: kvm_sregs,
+    images: Mutex<HashMap<PathBuf, (FileStamp, Arc<ElfImage>)>>,
+}
+
+impl KvmBackend {
+    /// Opens `/dev/kvm` and reads what every guest shares (CPUID, TSC frequency, the vCPU's
+    /// reset state) from a throw-away VM, once.
+    pub fn new() -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(KvmError::ApiVersion(api));
+        }
+        let cpuid = cpuid::supported(&kvm)?;
+        let probe = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+        let vcpu = probe
+            .create_vcpu(0)
+            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+        let tsc_khz = vcpu
+            .get_tsc_khz()
+            .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
+        let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+        instance::install_kick_handler();
+        Ok(KvmBackend {
+            kvm,
+            cpuid,
+            tsc_khz,
+            sregs: regs::long_mode_sregs(&reset),
+            images: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// TSC frequency the guests are told, in kHz.
+    pub fn tsc_khz(&self) -> u32 {
+        self.tsc_khz
+    }
+
+    /// Parses the image at `path`, or returns the cached parse if the file has not changed.
+    pub fn load_image(&self, path: &Path) -> Result<Arc<ElfImage>, KvmError> {
+        let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let stamp = FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        let mut cache = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, img)) = cache.get(path) {
+            if *s == stamp {
+                return Ok(img.clone());
+            }
+        }
+        let img = Arc::new(ElfImage::from_file(path)?);
+        cache.insert(path.to_path_buf(), (stamp, img.clone()));
+        Ok(img)
+    }
+
+    /// Starts `spec` with its image read through the cache (see [`Self::load_image`]).
+    pub fn start_kvm(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<KvmInstance, KvmError> {
+        let image = self.load_image(&spec.image)?;
+        self.start_image(image, spec, events)
+    }
+
+    /// Starts an already parsed image; `spec.image` is then only used in messages.
+    pub fn start_image(
+        &self,
+        image: Arc<ElfImage>,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<KvmInstance, KvmError> {
+        let mem_size = mem_size_from_mib(spec.memory_mib)?;
+        image.check_fits(mem_size)?;
+        let cmdline = boot_info::cmdline(&spec.args)?;
+        let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
+
+        let mut mem = GuestMemory::new(mem_size)?;
+        for seg in &image.segments {
+            mem.load(seg.gpa, image.segment_data(seg))
+                .map_err(|_| image_error_fits(&image, mem_size))?;
+        }
+        // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
+        // read-write, so only the others need an mprotect.
+        for seg in image.segments.iter().filter(|s| !s.writable) {
+            mem.protect(seg.aligned_start(), seg.aligned_end(), false)?;
+        }
+        layout::write_low_memory(&mem);
+        let mft = devices.manifest_bytes(&image.manifest);
+        boot_info::write_boot_info(&mem, image.kernel_end, self.tsc_khz, &mft, &cmdline);
+
+        let vm = vm::create_vm(&self.kvm, &mem)?;
+        let regs = regs::initial_regs(image.entry, mem_size);
+        let mut vcpu = vm::create_vcpu(&vm, &self.cpuid, &self.sregs, &regs)?;
+        let immediate_exit =
+            std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
+        let control = Arc::new(Control::new(immediate_exit)?);
+
+        let runner = VcpuRunner {
+            vcpu,
+            vm,
+            mem,
+            devices,
+            console: Console::new(),
+            events,
+            control: control.clone(),
+            immediate_exit,
+            epoll: None,
+            net_ready_sent: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name(thread_name(&spec.name))
+            .stack_size(VCPU_STACK)
+            .spawn(move || runner.run())
+            .map_err(KvmError::Thread)?;
+        control.set_thread(handle.as_pthread_t());
+        Ok(KvmInstance {
+            name: spec.name,
+            control,
+            thread: Mutex::new(Some(handle)),
+        })
+    }
+}
+
+/// The error for a segment that does not fit; `check_fits` normally catches it first.
+fn image_error_fits(image: &ElfImage, mem_size: u64) -> KvmError {
+    match image.check_fits(mem_size) {
+        Err(e) => e.into(),
+        Ok(()) => KvmError::MemorySize {
+            mib: mem_size >> 20,
+        },
+    }
+}
+
+/// Linux thread names hold 15 bytes.
+fn thread_name(name: &str) -> String {
+    let mut n = format!("vcpu-{name}");
+    while n.len() > 15 {
+        n.pop();
+    }
+    n
+}
+
+impl Backend for KvmBackend {
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(self.start_kvm(spec, events)?))
+    }
 }

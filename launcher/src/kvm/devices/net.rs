@@ -1,0 +1,91 @@
+//! A net device: one tap fd, the MAC and MTU the guest is told about.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::backend::{NetSpec, TapSource};
+use crate::kvm::error::KvmError;
+
+use super::tap;
+
+pub struct NetDevice {
+    pub fd: OwnedFd,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+impl NetDevice {
+    /// Opens (or adopts) the tap of `spec`.
+    pub fn attach(spec: NetSpec) -> Result<Self, KvmError> {
+        let NetSpec { name, tap, mac } = spec;
+        let (fd, mtu) = match tap {
+            TapSource::Name(iface) => {
+                let fd = tap::open_tap(&iface).map_err(|source| KvmError::Tap {
+                    name: name.clone(),
+                    iface: iface.clone(),
+                    source,
+                })?;
+                let mtu = tap::interface_mtu(&iface).map_err(|source| KvmError::Tap {
+                    name: name.clone(),
+                    iface,
+                    source,
+                })?;
+                (fd, mtu)
+            }
+            TapSource::Fd(fd) => {
+                let iface = tap::adopt_tap_fd(fd.as_raw_fd())
+                    .map_err(|source| KvmError::TapFd { name, source })?;
+                let mtu = tap::interface_mtu(&iface).unwrap_or(tap::DEFAULT_MTU);
+                (fd, mtu)
+            }
+        };
+        Ok(NetDevice {
+            fd,
+            mac: mac.unwrap_or_else(random_mac),
+            mtu,
+        })
+    }
+
+    /// Reads one frame into `buf`; `Ok(None)` when none is waiting.
+    pub fn read_frame(&self, buf: *mut u8, len: usize) -> io::Result<Option<usize>> {
+        // SAFETY: the caller passes a host pointer to `len` writable bytes of guest memory
+        // (checked by `GuestMemory::checked_writable`).
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.cast(), len) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Writes one whole frame; a short write counts as failure.
+    pub fn write_frame(&self, frame: &[u8]) -> io::Result<bool> {
+        // SAFETY: `frame` is a valid slice for the duration of the call.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize == frame.len())
+    }
+}
+
+/// A random unicast, locally administered MAC.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // getrandom on 6 bytes does not fail after boot; fall back to time and pid anyway.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()) << 32;
+        mac.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}

@@ -1,0 +1,332 @@
+//! The eight hvt hypercalls (ABI section 3).
+//!
+//! Each handler reads the request struct from guest memory, checks every pointer in it (the
+//! struct and each buffer must lie inside guest memory, and the host must be allowed to write
+//! what it writes), performs the call and writes the out fields back. A bad pointer ends the
+//! guest with a fault; a bad argument (wrong handle, out-of-range block) is EINVAL.
+
+use std::mem::{offset_of, size_of};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use summon_hvt_abi::{hc, nr, ret, HYPERCALL_PIO_BASE};
+
+use crate::backend::InstanceEvent;
+
+use super::instance::End;
+use super::memory::{AccessError, Pod};
+use super::vcpu::VcpuRunner;
+
+/// `Ok(None)`: resume the guest; `Ok(Some(end))`: the guest is over; `Err(detail)`: fault.
+pub(super) type HcResult = Result<Option<End>, String>;
+
+/// epoll user data of the wake eventfd (net devices use their handle).
+const WAKE_TOKEN: u64 = u64::MAX;
+
+fn name(n: u16) -> &'static str {
+    match n {
+        nr::WALLTIME => "WALLTIME",
+        nr::PUTS => "PUTS",
+        nr::POLL => "POLL",
+        nr::BLOCK_WRITE => "BLOCK_WRITE",
+        nr::BLOCK_READ => "BLOCK_READ",
+        nr::NET_WRITE => "NET_WRITE",
+        nr::NET_READ => "NET_READ",
+        nr::HALT => "HALT",
+        _ => "unknown",
+    }
+}
+
+fn access(call: u16, what: &str, gpa: u64, len: u64, e: AccessError, mem_size: u64) -> String {
+    match e {
+        AccessError::OutOfBounds => format!(
+            "hypercall {}: {what} at {gpa:#x} ({len} bytes) is outside guest memory (mem_size {mem_size:#x})",
+            name(call)
+        ),
+        AccessError::ReadOnly => format!(
+            "hypercall {}: {what} at {gpa:#x} ({len} bytes) lies in read-only memory",
+            name(call)
+        ),
+    }
+}
+
+impl VcpuRunner {
+    pub(super) fn hypercall(&mut self, port: u16, gpa: u64) -> HcResult {
+        let call = port.wrapping_sub(HYPERCALL_PIO_BASE);
+        if port < HYPERCALL_PIO_BASE || call == 0 || call > nr::MAX {
+            return Err(format!("out to unknown port {port:#x} (value {gpa:#x})"));
+        }
+        match call {
+            nr::WALLTIME => self.walltime(gpa),
+            nr::PUTS => self.puts(gpa),
+            nr::POLL => self.poll(gpa),
+            nr::BLOCK_WRITE | nr::BLOCK_READ => self.block(call, gpa),
+            nr::NET_WRITE => self.net_write(gpa),
+            nr::NET_READ => self.net_read(gpa),
+            _ => self.halt(gpa),
+        }
+    }
+
+    /// Reads the request struct of `call` at `gpa`.
+    fn request<T: Pod>(&self, call: u16, gpa: u64) -> Result<T, String> {
+        self.mem.read_obj::<T>(gpa).map_err(|e| {
+            access(
+                call,
+                "request struct",
+                gpa,
+                size_of::<T>() as u64,
+                e,
+                self.mem.size(),
+            )
+        })
+    }
+
+    /// Checks that the out fields of the struct at `gpa` may be written back.
+    fn check_out<T>(&self, call: u16, gpa: u64) -> Result<(), String> {
+        let len = size_of::<T>() as u64;
+        self.mem
+            .checked_writable(gpa, len)
+            .map(|_| ())
+            .map_err(|e| access(call, "request struct", gpa, len, e, self.mem.size()))
+    }
+
+    /// Writes one out field; the struct was checked by `check_out`.
+    fn put<V: Pod>(&self, gpa: u64, offset: usize, v: V) {
+        let _ = self.mem.write_obj(gpa + offset as u64, &v);
+    }
+
+    fn walltime(&mut self, gpa: u64) -> HcResult {
+        let _: hc::Walltime = self.request(nr::WALLTIME, gpa)?;
+        self.check_out::<hc::Walltime>(nr::WALLTIME, gpa)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.put(gpa, offset_of!(hc::Walltime, nsecs), now);
+        Ok(None)
+    }
+
+    fn puts(&mut self, gpa: u64) -> HcResult {
+        let r: hc::Puts = self.request(nr::PUTS, gpa)?;
+        let data = self
+            .mem
+            .slice(r.data, r.len)
+            .map_err(|e| access(nr::PUTS, "data", r.data, r.len, e, self.mem.size()))?;
+        self.console.write(data, &self.events);
+        Ok(None)
+    }
+
+    fn halt(&mut self, gpa: u64) -> HcResult {
+        let r: hc::Halt = self.request(nr::HALT, gpa)?;
+        // The cookie may point to a core-dump area; this launcher writes no core dumps.
+        Ok(Some(End::Halt(r.exit_status)))
+    }
+
+    fn net_ready(&mut self) {
+        if !self.net_ready_sent {
+            self.net_ready_sent = true;
+            self.emit(InstanceEvent::NetReady);
+        }
+    }
+
+    fn block(&mut self, call: u16, gpa: u64) -> HcResult {
+        let r: hc::Block = self.request(call, gpa)?;
+        self.check_out::<hc::Block>(call, gpa)?;
+        let ret_at = offset_of!(hc::Block, ret);
+        let Some(dev) = self.devices.block(r.handle) else {
+            self.put(gpa, ret_at, ret::EINVAL);
+            return Ok(None);
+        };
+        let buf = if call == nr::BLOCK_READ {
+            self.mem.checked_writable(r.data, r.len)
+        } else {
+            self.mem.checked(r.data, r.len)
+        }
+        .map_err(|e| access(call, "data", r.data, r.len, e, self.mem.size()))?;
+        if !dev.in_range(r.offset, r.len) {
+            self.put(gpa, ret_at, ret::EINVAL);
+            return Ok(None);
+        }
+        let len = r.len as usize;
+        let done = if call == nr::BLOCK_READ {
+            dev.read_at(buf, len, r.offset)
+        } else {
+            dev.write_at(buf, len, r.offset)
+        };
+        match done {
+            Ok(n) if n == len => {
+                self.put(gpa, ret_at, ret::OK);
+                Ok(None)
+            }
+            // The ABI makes host-side I/O failures fatal: the guest cannot recover a half-done
+            // sector write meaningfully.
+            Ok(n) => Err(format!(
+                "hypercall {}: short host I/O on block device {}: {n} of {len} bytes at offset {}",
+                name(call),
+                r.handle,
+                r.offset
+            )),
+            Err(e) => Err(format!(
+                "hypercall {}: host I/O error on block device {} at offset {}: {e}",
+                name(call),
+                r.handle,
+                r.offset
+            )),
+        }
+    }
+
+    fn net_write(&mut self, gpa: u64) -> HcResult {
+        let r: hc::Net = self.request(nr::NET_WRITE, gpa)?;
+        self.check_out::<hc::Net>(nr::NET_WRITE, gpa)?;
+        let ret_at = offset_of!(hc::Net, ret);
+        let data = self
+            .mem
+            .slice(r.data, r.len)
+            .map_err(|e| access(nr::NET_WRITE, "data", r.data, r.len, e, self.mem.size()))?;
+        let Some(dev) = self.devices.net(r.handle) else {
+            self.put(gpa, ret_at, ret::EINVAL);
+            return Ok(None);
+        };
+        let rc = match dev.write_frame(data) {
+            Ok(true) => ret::OK,
+            Ok(false) => ret::EUNSPEC,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => ret::AGAIN,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => ret::EINVAL,
+            Err(_) => ret::EUNSPEC,
+        };
+        self.put(gpa, ret_at, rc);
+        Ok(None)
+    }
+
+    fn net_read(&mut self, gpa: u64) -> HcResult {
+        let r: hc::Net = self.request(nr::NET_READ, gpa)?;
+        self.check_out::<hc::Net>(nr::NET_READ, gpa)?;
+        let ret_at = offset_of!(hc::Net, ret);
+        let buf = self
+            .mem
+            .checked_writable(r.data, r.len)
+            .map_err(|e| access(nr::NET_READ, "buffer", r.data, r.len, e, self.mem.size()))?;
+        let Some(dev) = self.devices.net(r.handle) else {
+            self.put(gpa, ret_at, ret::EINVAL);
+            return Ok(None);
+        };
+        let result = dev.read_frame(buf, r.len as usize);
+        self.net_ready();
+        match result {
+            Ok(Some(n)) => {
+                self.put(gpa, offset_of!(hc::Net, len), n as u64);
+                self.put(gpa, ret_at, ret::OK);
+            }
+            Ok(None) => self.put(gpa, ret_at, ret::AGAIN),
+            Err(_) => self.put(gpa, ret_at, ret::EUNSPEC),
+        }
+        Ok(None)
+    }
+
+    fn ensure_epoll(&mut self) -> Result<libc::c_int, String> {
+        if let Some(ep) = &self.epoll {
+            return Ok(ep.as_raw_fd());
+        }
+        // SAFETY: plain epoll_create1(2); the result is checked and then owned.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "hypercall POLL: epoll_create1 failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let ep = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut fds: Vec<(libc::c_int, u64)> = vec![(self.control.wake_fd(), WAKE_TOKEN)];
+        fds.extend(self.devices.nets().map(|(h, n)| (n.fd.as_raw_fd(), h)));
+        for (f, token) in fds {
+            // Level-triggered, like the reference tender: a frame left unread keeps POLL ready.
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: token,
+            };
+            // SAFETY: registers an fd we own (or that the devices own) with our epoll fd.
+            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, f, &mut ev) } < 0 {
+                return Err(format!(
+                    "hypercall POLL: epoll_ctl failed: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        self.epoll = Some(ep);
+        Ok(fd)
+    }
+
+    fn poll(&mut self, gpa: u64) -> HcResult {
+        let r: hc::Poll = self.request(nr::POLL, gpa)?;
+        self.check_out::<hc::Poll>(nr::POLL, gpa)?;
+        if self.devices.has_net() {
+            self.net_ready();
+        }
+        let ep = self.ensure_epoll()?;
+        // A timeout too large to represent means "wait for a frame or a request".
+        let deadline = Instant::now().checked_add(Duration::from_nanos(r.timeout_nsecs));
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];
+        loop {
+            let timeout = deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                libc::timespec {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                }
+            });
+            let tp = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `events` has room for 65 entries (64 handles at most, plus the wake fd);
+            // `tp` is null or points to a timespec that outlives the call.
+            let n = unsafe {
+                libc::epoll_pwait2(
+                    ep,
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    tp,
+                    std::ptr::null(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    if self.control.requested() {
+                        if let Some(end) = self.control.handle_request() {
+                            return Ok(Some(end));
+                        }
+                    }
+                    continue;
+                }
+                return Err(format!("hypercall POLL: epoll_pwait2 failed: {e}"));
+            }
+            let mut ready: u64 = 0;
+            let mut count = 0;
+            let mut woke = false;
+            for ev in &events[..n as usize] {
+                let token = ev.u64;
+                if token == WAKE_TOKEN {
+                    woke = true;
+                } else if let Some(bit) = 1u64.checked_shl(token as u32) {
+                    ready |= bit;
+                    count += 1;
+                }
+            }
+            if woke {
+                self.control.drain_wake();
+                if self.control.requested() {
+                    if let Some(end) = self.control.handle_request() {
+                        return Ok(Some(end));
+                    }
+                }
+            }
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            if count > 0 || n == 0 || expired {
+                self.put(gpa, offset_of!(hc::Poll, ready_set), ready);
+                self.put(gpa, offset_of!(hc::Poll, ret), count);
+                return Ok(None);
+            }
+        }
+    }
+}

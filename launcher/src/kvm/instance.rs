@@ -1,0 +1,282 @@
+//! One running guest as the caller sees it: the control state machine shared between the
+//! controller (any thread calling `stop`/`suspend`/`resume`) and the vCPU thread.
+//!
+//! The controller never touches the vCPU itself. It records what it wants in `desired`, then
+//! kicks: it sets `immediate_exit` in the vCPU's `kvm_run` and signals the vCPU thread, so a
+//! guest inside KVM_RUN (even in an endless loop) comes out with EINTR, and writes the wake
+//! eventfd, so a guest sleeping in POLL wakes up. The vCPU thread acts on `desired` between
+//! exits. This is Firecracker's scheme; setting `immediate_exit` before the signal closes the
+//! race with a thread that is just about to enter KVM_RUN.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::backend::{BackendError, Instance, InstanceState};
+
+use super::error::KvmError;
+
+const RUN: u8 = 0;
+const PAUSE: u8 = 1;
+const STOP: u8 = 2;
+
+/// How long `stop` and `suspend` wait for the vCPU thread to acknowledge. Only a host syscall
+/// stuck on the vCPU thread (e.g. a hung disk) can take longer; the request stays in force.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub(super) fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the (empty) kick handler once per process, without SA_RESTART so that blocking
+/// calls on the vCPU thread return EINTR.
+pub(super) fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with an empty `extern "C"` handler and an empty mask is a
+        // valid argument; the handler does nothing, so it is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// What ended the guest (from the vCPU thread's view).
+pub(super) enum End {
+    Halt(i32),
+    Fault(String),
+    Stop,
+}
+
+struct Inner {
+    state: InstanceState,
+    /// `kvm_run.immediate_exit` of the vCPU; null once the vCPU is gone.
+    immediate_exit: *const AtomicU8,
+    thread: Option<libc::pthread_t>,
+}
+
+// SAFETY: the raw pointer is only dereferenced under the mutex while the vCPU thread keeps the
+// kvm_run mapping alive (it nulls the pointer under the same mutex before unmapping).
+unsafe impl Send for Inner {}
+
+/// Shared between an instance's controller and its vCPU thread.
+pub(super) struct Control {
+    desired: AtomicU8,
+    inner: Mutex<Inner>,
+    cond: Condvar,
+    /// Eventfd that wakes a guest sleeping in POLL.
+    wake: OwnedFd,
+}
+
+impl Control {
+    pub(super) fn new(immediate_exit: *const AtomicU8) -> Result<Self, KvmError> {
+        // SAFETY: plain eventfd(2); the result is checked and then owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(KvmError::last_os("eventfd"));
+        }
+        Ok(Control {
+            desired: AtomicU8::new(RUN),
+            inner: Mutex::new(Inner {
+                state: InstanceState::Running,
+                immediate_exit,
+                thread: None,
+            }),
+            cond: Condvar::new(),
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn set_thread(&self, thread: libc::pthread_t) {
+        self.lock().thread = Some(thread);
+    }
+
+    pub(super) fn wake_fd(&self) -> libc::c_int {
+        self.wake.as_raw_fd()
+    }
+
+    /// Cheap check for the vCPU thread after every exit.
+    pub(super) fn requested(&self) -> bool {
+        self.desired.load(Ordering::SeqCst) != RUN
+    }
+
+    /// Clears the wake eventfd (vCPU thread, after POLL saw it readable).
+    pub(super) fn drain_wake(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into `v` from our own non-blocking eventfd.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    /// vCPU thread: acts on a pending request. Blocks while paused; `Some(End::Stop)` when the
+    /// guest must end.
+    pub(super) fn handle_request(&self) -> Option<End> {
+        let mut inner = self.lock();
+        loop {
+            match self.desired.load(Ordering::SeqCst) {
+                STOP => return Some(End::Stop),
+                PAUSE => {
+                    if inner.state != InstanceState::Paused {
+                        inner.state = InstanceState::Paused;
+                        self.cond.notify_all();
+                    }
+                    inner = self.cond.wait(inner).unwrap_or_else(|p| p.into_inner());
+                }
+                _ => {
+                    if inner.state == InstanceState::Paused {
+                        inner.state = InstanceState::Running;
+                        self.cond.notify_all();
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// vCPU thread: the guest is over and the vCPU is about to be dropped.
+    pub(super) fn finish(&self) {
+        let mut inner = self.lock();
+        inner.state = InstanceState::Stopped;
+        inner.immediate_exit = std::ptr::null();
+        self.cond.notify_all();
+    }
+
+    fn kick(&self, inner: &Inner) {
+        if !inner.immediate_exit.is_null() {
+            // SAFETY: non-null means the vCPU thread still has kvm_run mapped (see `finish`);
+            // immediate_exit is a byte the kernel reads on KVM_RUN entry.
+            unsafe { (*inner.immediate_exit).store(1, Ordering::SeqCst) };
+            if let Some(t) = inner.thread {
+                // SAFETY: the thread is joinable (its JoinHandle lives in KvmInstance) and still
+                // inside its run loop, so `t` names a live thread; the signal's handler is empty.
+                unsafe { libc::pthread_kill(t, kick_signal()) };
+            }
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from `one` to our own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn wait_while<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        cond: impl Fn(&Inner) -> bool,
+    ) -> MutexGuard<'a, Inner> {
+        let deadline = std::time::Instant::now() + ACK_TIMEOUT;
+        while cond(&inner) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            inner = self
+                .cond
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        inner
+    }
+
+    fn request_stop(&self) -> MutexGuard<'_, Inner> {
+        let inner = self.lock();
+        if inner.state != InstanceState::Stopped {
+            self.desired.store(STOP, Ordering::SeqCst);
+            self.kick(&inner);
+            self.cond.notify_all();
+        }
+        inner
+    }
+
+    pub(super) fn stop(&self) {
+        let inner = self.request_stop();
+        drop(self.wait_while(inner, |i| i.state != InstanceState::Stopped));
+    }
+
+    pub(super) fn suspend(&self, name: &str) -> Result<(), BackendError> {
+        let inner = self.lock();
+        if inner.state == InstanceState::Stopped || self.desired.load(Ordering::SeqCst) == STOP {
+            return Err(BackendError::InvalidState(name.to_string(), "suspend"));
+        }
+        self.desired.store(PAUSE, Ordering::SeqCst);
+        self.kick(&inner);
+        drop(self.wait_while(inner, |i| {
+            i.state == InstanceState::Running && self.desired.load(Ordering::SeqCst) == PAUSE
+        }));
+        Ok(())
+    }
+
+    pub(super) fn resume(&self, name: &str) -> Result<(), BackendError> {
+        let inner = self.lock();
+        if inner.state == InstanceState::Stopped || self.desired.load(Ordering::SeqCst) == STOP {
+            return Err(BackendError::InvalidState(name.to_string(), "resume"));
+        }
+        self.desired.store(RUN, Ordering::SeqCst);
+        self.cond.notify_all();
+        Ok(())
+    }
+
+    pub(super) fn state(&self) -> InstanceState {
+        self.lock().state
+    }
+}
+
+/// A guest started by [`super::KvmBackend`]. Dropping the handle stops the guest.
+pub struct KvmInstance {
+    pub(super) name: String,
+    pub(super) control: Arc<Control>,
+    pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl KvmInstance {
+    /// Waits until the vCPU thread has ended and released the VM and its memory.
+    pub fn join(&self) {
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Instance for KvmInstance {
+    fn stop(&self) -> Result<(), BackendError> {
+        self.control.stop();
+        Ok(())
+    }
+
+    fn suspend(&self) -> Result<(), BackendError> {
+        self.control.suspend(&self.name)
+    }
+
+    fn resume(&self) -> Result<(), BackendError> {
+        self.control.resume(&self.name)
+    }
+
+    fn state(&self) -> InstanceState {
+        self.control.state()
+    }
+}
+
+impl Drop for KvmInstance {
+    fn drop(&mut self) {
+        // Without a handle nobody could stop the guest any more. The vCPU thread finishes and
+        // tears down on its own; we do not wait for it here.
+        drop(self.control.request_stop());
+    }
+}

@@ -1,0 +1,226 @@
+//! Guest memory: one anonymous mapping at GPA 0, and bounds-checked access to it.
+//!
+//! The mapping is `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`: a page costs the host nothing
+//! until the guest (or the loader) touches it. Every access on behalf of a hypercall goes through
+//! [`GuestMemory::checked`] or [`GuestMemory::checked_writable`], so a hostile guest pointer can
+//! neither reach outside the mapping nor make the host write into a page it protected read-only
+//! (which would kill the whole host process with SIGSEGV).
+
+use std::ops::Range;
+
+use summon_hvt_abi::{hc, BootInfo, MftHeader};
+
+use super::error::KvmError;
+
+/// Plain data that may be copied in and out of guest memory byte for byte.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` types for which every bit pattern is a valid value.
+pub unsafe trait Pod: Copy {}
+
+// SAFETY: all of these are `#[repr(C)]` structs of integers (and byte arrays) for which every bit
+// pattern is valid.
+unsafe impl Pod for u8 {}
+unsafe impl Pod for u32 {}
+unsafe impl Pod for i32 {}
+unsafe impl Pod for u64 {}
+unsafe impl Pod for BootInfo {}
+unsafe impl Pod for MftHeader {}
+unsafe impl Pod for hc::Walltime {}
+unsafe impl Pod for hc::Puts {}
+unsafe impl Pod for hc::Poll {}
+unsafe impl Pod for hc::Block {}
+unsafe impl Pod for hc::Net {}
+unsafe impl Pod for hc::Halt {}
+
+/// Why a guest pointer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessError {
+    /// `gpa + len` overflows or is not strictly below `mem_size`.
+    OutOfBounds,
+    /// The range overlaps memory the host mapped read-only (the image's text or rodata).
+    ReadOnly,
+}
+
+/// The guest's memory, mapped into the host.
+pub struct GuestMemory {
+    ptr: *mut u8,
+    size: u64,
+    /// Ranges protected read-only on the host side, sorted, non-overlapping.
+    read_only: Vec<Range<u64>>,
+}
+
+// SAFETY: the mapping is owned by this value and lives until drop; the raw pointer is only
+// dereferenced through bounds-checked methods. One vCPU thread uses it while the guest is stopped
+// in an exit, which is the only time the host reads or writes guest memory.
+unsafe impl Send for GuestMemory {}
+// SAFETY: see `Send`; shared references only read.
+unsafe impl Sync for GuestMemory {}
+
+impl GuestMemory {
+    /// Maps `size` bytes (a multiple of the page size) of zeroed, not yet backed memory.
+    pub fn new(size: u64) -> Result<Self, KvmError> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choice; no existing
+        // memory is affected. The result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(KvmError::Mmap {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(GuestMemory {
+            ptr: ptr.cast(),
+            size,
+            read_only: Vec::new(),
+        })
+    }
+
+    /// The guest-visible memory size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of GPA 0 (for KVM_SET_USER_MEMORY_REGION).
+    pub fn host_base(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// The hypercall rule: `[gpa, gpa + len)` with `gpa + len` strictly below `mem_size`.
+    pub fn checked(&self, gpa: u64, len: u64) -> Result<*mut u8, AccessError> {
+        match gpa.checked_add(len) {
+            Some(end) if end < self.size => {
+                // SAFETY: gpa < size, so the offset stays inside the mapping.
+                Ok(unsafe { self.ptr.add(gpa as usize) })
+            }
+            _ => Err(AccessError::OutOfBounds),
+        }
+    }
+
+    /// Like [`Self::checked`], and the host may also write the range.
+    pub fn checked_writable(&self, gpa: u64, len: u64) -> Result<*mut u8, AccessError> {
+        let p = self.checked(gpa, len)?;
+        let end = gpa + len;
+        if len > 0 && self.read_only.iter().any(|r| gpa < r.end && r.start < end) {
+            return Err(AccessError::ReadOnly);
+        }
+        Ok(p)
+    }
+
+    /// The guest bytes `[gpa, gpa + len)`, checked as for a hypercall buffer.
+    pub fn slice(&self, gpa: u64, len: u64) -> Result<&[u8], AccessError> {
+        let p = self.checked(gpa, len)?;
+        // SAFETY: the range lies inside the mapping, which is readable everywhere and outlives
+        // `&self`; the guest does not run while the host handles an exit.
+        Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
+    }
+
+    /// Reads a `T` at `gpa` (hypercall bounds rule).
+    pub fn read_obj<T: Pod>(&self, gpa: u64) -> Result<T, AccessError> {
+        let p = self.checked(gpa, std::mem::size_of::<T>() as u64)?;
+        // SAFETY: in bounds (checked above); `T: Pod` accepts any bytes; guest structs may be
+        // unaligned, hence read_unaligned.
+        Ok(unsafe { std::ptr::read_unaligned(p.cast::<T>()) })
+    }
+
+    /// Writes a `T` at `gpa` (hypercall bounds rule, and not into read-only memory).
+    pub fn write_obj<T: Pod>(&self, gpa: u64, val: &T) -> Result<(), AccessError> {
+        let p = self.checked_writable(gpa, std::mem::size_of::<T>() as u64)?;
+        // SAFETY: in bounds and host-writable (checked above).
+        unsafe { std::ptr::write_unaligned(p.cast::<T>(), *val) };
+        Ok(())
+    }
+
+    /// Loader access: copies `data` to `gpa`, which may end exactly at `mem_size`.
+    /// Only used before the guest runs and before any page is protected.
+    pub fn load(&self, gpa: u64, data: &[u8]) -> Result<(), AccessError> {
+        match gpa.checked_add(data.len() as u64) {
+            Some(end) if end <= self.size => {
+                // SAFETY: the destination lies inside the mapping (checked above), which is
+                // read-write until `protect` is called, and does not overlap `data`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        self.ptr.add(gpa as usize),
+                        data.len(),
+                    )
+                };
+                Ok(())
+            }
+            _ => Err(AccessError::OutOfBounds),
+        }
+    }
+
+    /// Loader access to a `T` (see [`Self::load`]).
+    pub fn load_obj<T: Pod>(&self, gpa: u64, val: &T) -> Result<(), AccessError> {
+        // SAFETY: `T: Pod` is plain data, so viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((val as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        };
+        self.load(gpa, bytes)
+    }
+
+    /// Protects the host mapping of the page-aligned range `[start, end)`: read-only unless
+    /// `writable`. The guest's own page tables cannot undo this: KVM honours the host mapping.
+    pub fn protect(&mut self, start: u64, end: u64, writable: bool) -> Result<(), KvmError> {
+        if start >= end || end > self.size || !start.is_multiple_of(4096) {
+            return Ok(());
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let len = (end - start).div_ceil(4096) * 4096;
+        // SAFETY: the range lies inside our own mapping (checked above); changing its protection
+        // affects no other memory. Host writes into read-only ranges are refused by
+        // `checked_writable` from now on.
+        let rc = unsafe { libc::mprotect(self.ptr.add(start as usize).cast(), len as usize, prot) };
+        if rc != 0 {
+            return Err(KvmError::last_os("mprotect of guest memory"));
+        }
+        if !writable {
+            self.read_only.push(start..start + len);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`, which nothing references any more
+        // (the VM that used it is dropped before the memory, see `vcpu.rs`).
+        unsafe { libc::munmap(self.ptr.cast(), self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_strict_and_overflow_safe() {
+        let mut m = GuestMemory::new(2 << 20).unwrap();
+        assert!(m.checked(0, 16).is_ok());
+        assert!(m.checked((2 << 20) - 17, 16).is_ok());
+        assert_eq!(m.checked((2 << 20) - 16, 16), Err(AccessError::OutOfBounds));
+        assert_eq!(m.checked(u64::MAX - 4, 16), Err(AccessError::OutOfBounds));
+        assert_eq!(m.checked(8, u64::MAX), Err(AccessError::OutOfBounds));
+        m.protect(0x100000, 0x101000, false).unwrap();
+        assert_eq!(m.checked_writable(0x100ff8, 16), Err(AccessError::ReadOnly));
+        assert!(m.checked_writable(0x101000, 16).is_ok());
+        assert!(m.checked_writable(0xff000, 0x1000).is_ok());
+        assert_eq!(m.write_obj(0x100000, &7u64), Err(AccessError::ReadOnly));
+        m.write_obj(0x200, &7u64).unwrap();
+        assert_eq!(m.read_obj::<u64>(0x200).unwrap(), 7);
+    }
+}

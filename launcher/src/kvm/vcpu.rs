@@ -1,0 +1,236 @@
+//! The vCPU thread: KVM_RUN, exit decoding, and the end of the guest.
+//!
+//! Every way a guest can end other than HALT is a fault of that guest alone: the thread reports
+//! it with the exit's name, RIP and address, tears the VM down and returns. Nothing a guest does
+//! can make this thread panic or touch memory outside the guest's mapping.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+
+use crate::backend::{EventSink, InstanceEvent};
+
+use super::devices::{Console, Devices};
+use super::instance::{Control, End};
+use super::memory::GuestMemory;
+
+/// Everything the vCPU thread owns. Field order is drop order: the vCPU and the VM go before
+/// the memory they map.
+pub(super) struct VcpuRunner {
+    pub vcpu: VcpuFd,
+    /// Never used after start, but must outlive `vcpu` and be closed before `mem` is unmapped.
+    #[allow(dead_code)]
+    pub vm: VmFd,
+    pub mem: GuestMemory,
+    pub devices: Devices,
+    pub console: Console,
+    pub events: EventSink,
+    pub control: Arc<Control>,
+    pub immediate_exit: *const AtomicU8,
+    /// Created on the first POLL, so guests that never poll never pay for it.
+    pub epoll: Option<OwnedFd>,
+    pub net_ready_sent: bool,
+}
+
+// SAFETY: `immediate_exit` points into the vCPU's own kvm_run mapping, owned by `vcpu`, which
+// moves to the vCPU thread together with it.
+unsafe impl Send for VcpuRunner {}
+
+/// An exit, copied out of kvm_run so the vCPU is free to borrow again.
+enum Exit {
+    IoOut {
+        port: u16,
+        data: [u8; 8],
+        len: usize,
+    },
+    IoIn {
+        port: u16,
+        len: usize,
+    },
+    Mmio {
+        gpa: u64,
+        len: usize,
+        write: bool,
+    },
+    MemoryFault {
+        gpa: u64,
+        size: u64,
+    },
+    Shutdown,
+    InternalError,
+    Hlt,
+    FailEntry(u64),
+    Intr,
+    Other(String),
+}
+
+impl VcpuRunner {
+    /// The thread body: run the guest to its end, report it, release everything.
+    pub fn run(mut self) {
+        let end = self.run_loop();
+        self.console.flush(&self.events);
+        let event = match end {
+            End::Halt(status) => InstanceEvent::Exited(status),
+            End::Fault(reason) => InstanceEvent::Faulted(reason),
+            End::Stop => InstanceEvent::Stopped,
+        };
+        (self.events)(event);
+        self.control.finish();
+        // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
+        // thread rather than on anybody's start or stop path.
+    }
+
+    fn clear_immediate_exit(&self) {
+        // SAFETY: points into our own kvm_run mapping, alive as long as `self.vcpu`.
+        unsafe { (*self.immediate_exit).store(0, Ordering::SeqCst) };
+    }
+
+    fn run_loop(&mut self) -> End {
+        loop {
+            if self.control.requested() {
+                if let Some(end) = self.control.handle_request() {
+                    return end;
+                }
+            }
+            let exit = match self.vcpu.run() {
+                Ok(e) => decode(e),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Kicked: clear the flag before looking at the request (the controller
+                    // sets the request first), or the next KVM_RUN would return at once.
+                    self.clear_immediate_exit();
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EFAULT => {
+                    return self.fault(
+                        "KVM_RUN failed with EFAULT",
+                        "guest access to read-only or unbacked host memory".into(),
+                    );
+                }
+                Err(e) => return self.fault("KVM_RUN failed", e.to_string()),
+            };
+            match exit {
+                Exit::IoOut { port, data, len } => {
+                    if len != 4 {
+                        return self.fault(
+                            "KVM_EXIT_IO",
+                            format!(
+                                "out of {len} bytes to port {port:#x}: hypercalls are 4-byte outl"
+                            ),
+                        );
+                    }
+                    let gpa = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+                    match self.hypercall(port, gpa) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return end,
+                        Err(detail) => return self.fault("KVM_EXIT_IO", detail),
+                    }
+                }
+                Exit::IoIn { port, len } => {
+                    return self.fault(
+                        "KVM_EXIT_IO",
+                        format!("in of {len} bytes from unknown port {port:#x}"),
+                    )
+                }
+                Exit::Mmio { gpa, len, write } => {
+                    let what = if gpa < self.mem.size() {
+                        "read-only guest memory"
+                    } else {
+                        "an address outside guest memory"
+                    };
+                    return self.fault(
+                        "KVM_EXIT_MMIO",
+                        format!(
+                            "{} of {len} bytes at {gpa:#x}: {what}",
+                            if write { "write" } else { "read" }
+                        ),
+                    );
+                }
+                Exit::MemoryFault { gpa, size } => {
+                    return self.fault(
+                        "KVM_EXIT_MEMORY_FAULT",
+                        format!("access of {size} bytes at {gpa:#x}"),
+                    )
+                }
+                Exit::Shutdown => {
+                    let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+                    return self.fault(
+                        "KVM_EXIT_SHUTDOWN",
+                        format!("triple fault (last page fault address cr2={cr2:#x})"),
+                    );
+                }
+                Exit::InternalError => {
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                    // active member of the union.
+                    let sub = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let what = match sub {
+                        1 => "emulation failure: the host could not emulate a guest instruction",
+                        2 => "exception while delivering an event",
+                        3 => "unexpected exit during event delivery",
+                        _ => "internal KVM error",
+                    };
+                    return self
+                        .fault("KVM_EXIT_INTERNAL_ERROR", format!("suberror {sub}: {what}"));
+                }
+                Exit::Hlt => {
+                    return self.fault(
+                        "KVM_EXIT_HLT",
+                        "hlt with interrupts that never come (use the HALT hypercall)".into(),
+                    )
+                }
+                Exit::FailEntry(reason) => {
+                    return self.fault(
+                        "KVM_EXIT_FAIL_ENTRY",
+                        format!("hardware entry failure reason {reason:#x}"),
+                    )
+                }
+                Exit::Intr => continue,
+                Exit::Other(name) => return self.fault(&name, "unexpected exit".into()),
+            }
+        }
+    }
+
+    /// A fault message naming the exit, the RIP and the detail (which names the address).
+    pub(super) fn fault(&self, exit: &str, detail: String) -> End {
+        let rip = match self.vcpu.get_regs() {
+            Ok(r) => format!("{:#x}", r.rip),
+            Err(_) => "unknown".into(),
+        };
+        End::Fault(format!("{exit} at rip {rip}: {detail}"))
+    }
+
+    pub(super) fn emit(&self, e: InstanceEvent) {
+        (self.events)(e)
+    }
+}
+
+fn decode(e: VcpuExit<'_>) -> Exit {
+    match e {
+        VcpuExit::IoOut(port, d) => {
+            let mut data = [0u8; 8];
+            let len = d.len();
+            let n = len.min(8);
+            data[..n].copy_from_slice(&d[..n]);
+            Exit::IoOut { port, data, len }
+        }
+        VcpuExit::IoIn(port, d) => Exit::IoIn { port, len: d.len() },
+        VcpuExit::MmioRead(gpa, d) => Exit::Mmio {
+            gpa,
+            len: d.len(),
+            write: false,
+        },
+        VcpuExit::MmioWrite(gpa, d) => Exit::Mmio {
+            gpa,
+            len: d.len(),
+            write: true,
+        },
+        VcpuExit::MemoryFault { gpa, size, .. } => Exit::MemoryFault { gpa, size },
+        VcpuExit::Shutdown => Exit::Shutdown,
+        VcpuExit::InternalError => Exit::InternalError,
+        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),
+        VcpuExit::Intr => Exit::Intr,
+        other => Exit::Other(format!("unexpected KVM exit {other:?}")),
+    }
+}
