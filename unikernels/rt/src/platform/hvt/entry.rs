@@ -102,6 +102,9 @@ rt_tss:
     .fill 11, 8, 0
     .short 0
     .short 104
+    .fill 0xa0, 1, 0xff
+    .byte 0, 0
+    .byte 0xff
     .global rt_tss_end
 rt_tss_end:
 
