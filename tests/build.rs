@@ -10,11 +10,21 @@ const IMAGES: &[&str] = &["hello", "http"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("tests/ sits in the repository").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf();
     let unikernels = root.join("unikernels");
     let target_dir = unikernels.join("target");
 
-    for path in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rt", "hello", "http"] {
+    for path in [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rt",
+        "hello",
+        "http",
+    ] {
         println!("cargo:rerun-if-changed={}", unikernels.join(path).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("abi").display());
@@ -36,8 +46,16 @@ fn main() {
             || key.starts_with("RUSTC")
             || matches!(
                 key,
-                "RUSTFLAGS" | "RUSTDOCFLAGS" | "TARGET" | "HOST" | "OUT_DIR" | "PROFILE"
-                    | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "RUSTDOC"
+                "RUSTFLAGS"
+                    | "RUSTDOCFLAGS"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTDOC"
             );
         if leaks {
             cmd.env_remove(key);
@@ -46,7 +64,10 @@ fn main() {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the unikernels: {e}"));
-    assert!(status.success(), "building the unikernels failed ({status})");
+    assert!(
+        status.success(),
+        "building the unikernels failed ({status})"
+    );
 
     let built = target_dir.join("x86_64-unknown-none").join("release");
     let hvt = target_dir.join("hvt");

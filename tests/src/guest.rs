@@ -29,7 +29,9 @@ impl Events {
         let inner = self.inner.clone();
         Arc::new(move |event| {
             let (list, cond) = &*inner;
-            list.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), event));
+            list.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((Instant::now(), event));
             cond.notify_all();
         })
     }
@@ -66,7 +68,10 @@ impl Events {
         match end {
             Some((_, InstanceEvent::Exited(status))) => Ok(status),
             Some((_, other)) => Err(format!("{other:?}; console: {}", self.console())),
-            None => Err(format!("no end within {timeout:?}; console: {}", self.console())),
+            None => Err(format!(
+                "no end within {timeout:?}; console: {}",
+                self.console()
+            )),
         }
     }
 

@@ -52,13 +52,18 @@ impl Client {
     pub fn read_response(&mut self) -> io::Result<Response> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let status = line
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("status line {line:?}")))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("status line {line:?}"))
+            })?;
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -67,9 +72,9 @@ impl Client {
             if l.is_empty() {
                 break;
             }
-            let (k, v) = l
-                .split_once(':')
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("header {l:?}")))?;
+            let (k, v) = l.split_once(':').ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("header {l:?}"))
+            })?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
         let mut resp = Response {

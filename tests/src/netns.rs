@@ -55,7 +55,16 @@ impl NetNs {
             .collect::<Vec<_>>()
             .join(":");
         ip(&[
-            "-n", &self.name, "neigh", "replace", addr, "lladdr", &mac, "dev", dev, "nud",
+            "-n",
+            &self.name,
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
             "permanent",
         ]);
     }

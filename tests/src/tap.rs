@@ -17,7 +17,10 @@ pub fn open(name: &str) -> io::Result<OwnedFd> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "tap name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "tap name too long",
+        ));
     }
     for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = src as libc::c_char;
