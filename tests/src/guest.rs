@@ -18,10 +18,13 @@ pub fn backend() -> &'static KvmBackend {
     BACKEND.get_or_init(|| KvmBackend::new().expect("open /dev/kvm"))
 }
 
-/// Events of one instance, each with the time it arrived.
+/// Events in arrival order, each with the time it arrived.
+type Log = Mutex<Vec<(Instant, InstanceEvent)>>;
+
+/// Events of one instance.
 #[derive(Clone, Default)]
 pub struct Events {
-    inner: Arc<(Mutex<Vec<(Instant, InstanceEvent)>>, Condvar)>,
+    inner: Arc<(Log, Condvar)>,
 }
 
 impl Events {

@@ -115,6 +115,42 @@ fn hello_refuses_an_unknown_option_with_halt_1() {
 }
 
 #[test]
+fn hello_panic_prints_the_message_and_halts_255() {
+    if !require::check("KVM", require::kvm()) {
+        return;
+    }
+    let guest =
+        Guest::start(guest::spec("hello", &image("hello"), &["--panic"], None)).expect("start");
+    assert_eq!(guest.events.wait_end(END), Ok(255));
+    let out = guest.events.console();
+    assert!(
+        out.contains("panic: panicked at hello/src/main.rs"),
+        "console: {out}"
+    );
+    assert!(out.contains("asked to panic by --panic"), "console: {out}");
+}
+
+#[test]
+fn null_pointer_read_is_reported_as_a_page_fault_and_halts_255() {
+    if !require::check("KVM", require::kvm()) {
+        return;
+    }
+    let args = ["--fault=null"];
+    let guest = Guest::start(guest::spec("hello", &image("hello"), &args, None)).expect("start");
+    assert_eq!(guest.events.wait_end(END), Ok(255));
+    let out = guest.events.console();
+    assert!(
+        out.contains("rt: fatal exception #PF page fault"),
+        "console: {out}"
+    );
+    // Raised in ring 3 (CS 0x23), at address 0 (the unmapped low guard).
+    assert!(
+        out.contains("cs 0x23") && out.contains("address 0x0"),
+        "console: {out}"
+    );
+}
+
+#[test]
 fn http_refuses_bad_network_arguments_with_halt_1() {
     if !require::kvm_and_netns("KVM and network namespaces") {
         return;

@@ -61,7 +61,7 @@ pub fn manifest() -> &'static [MftEntry] {
     let start = info.mft;
     let header_size = core::mem::size_of::<MftHeader>() as u64;
     if start < summon_hvt_abi::LOW_GUARD_END
-        || start % 8 != 0
+        || !start.is_multiple_of(8)
         || start.saturating_add(header_size) > info.mem_size
     {
         return &[];
