@@ -25,8 +25,8 @@ use instance::Inner;
 pub use instance::Phase;
 pub use limits::{Admission, Limit};
 
-/// The manifest name of the guest's network device (Solo5's convention for a service NIC).
-pub const NET_DEVICE: &str = "service0";
+/// The manifest name of the guest's network device (the name our unikernels declare).
+pub const NET_DEVICE: &str = "service";
 
 /// What the registry needs from the host network (real: [`crate::net::NetPlumber`]).
 #[async_trait::async_trait]
