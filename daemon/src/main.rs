@@ -33,10 +33,9 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no configuration: use `summond --config FILE`");
             };
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_env("SUMMOND_LOG")
-                        .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn")),
-                )
+                .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {
+                    EnvFilter::new("info,hickory_server=warn,netlink_packet_route=error")
+                }))
                 .with_writer(std::io::stderr)
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread()

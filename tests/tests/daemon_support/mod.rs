@@ -113,7 +113,7 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &sock)
             .env(
                 "SUMMOND_LOG",
-                "info,summon_daemon=debug,hickory_server=warn",
+                "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
