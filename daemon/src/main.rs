@@ -28,6 +28,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Stop { service, admin }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let path = format!("/v1/instances/{service}/stop");
+            print!(
+                "{}",
+                rt.block_on(summon_daemon::admin::request(admin, "POST", &path))?
+            );
+            Ok(())
+        }
         Some(Command::Run) | None => {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");
