@@ -171,33 +171,20 @@ impl KvmBackend {
         let cmdline = boot_info::cmdline(&spec.args)?;
         let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
 
-        let mut mem = GuestMemory::new(mem_size)?;
-        for seg in &image.segments {
-            mem.load(seg.gpa, image.segment_data(seg))
-                .map_err(|_| image_error_fits(&image, mem_size))?;
-        }
-        // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
-        // read-write, so only the others need an mprotect.
-        for seg in image.segments.iter().filter(|s| !s.writable) {
-            mem.protect(seg.aligned_start(), seg.aligned_end(), false)?;
-        }
-        layout::write_low_memory(&mem);
-        let mft = devices.manifest_bytes(&image.manifest);
-        boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, &cmdline);
-
-        let mem_range = (mem.host_base(), mem.size());
-        let warm = match self.pool.as_ref().and_then(|p| p.take()) {
+        let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host)?,
+            None => WarmVcpu::prepare(&self.host, mem_size)?,
         };
-        vm::set_memory(&warm.vm, &mem)?;
-        warm.vcpu
-            .set_regs(&regs::initial_regs(image.entry, mem_size))
-            .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
-
+        let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
+        if let Some(p) = &self.pool {
+            p.refill();
+        }
+        let mem = loaded?;
+        let mem_range = (mem.host_base(), mem.size());
         let WarmVcpu {
             vcpu,
             vm,
+            mem: _,
             control,
             immediate_exit,
             job,
@@ -224,6 +211,45 @@ impl KvmBackend {
             control,
             thread: Mutex::new(Some(thread)),
         })
+    }
+}
+
+impl KvmBackend {
+    /// Puts the guest into the prepared vCPU's memory (which it takes) and sets its registers.
+    fn load(
+        &self,
+        warm: &mut WarmVcpu,
+        image: &ElfImage,
+        mem_size: u64,
+        devices: &Devices,
+        cmdline: &[u8],
+    ) -> Result<GuestMemory, KvmError> {
+        let mut mem = match warm.mem.take() {
+            Some(m) if m.size() == mem_size => m,
+            other => {
+                if other.is_some() {
+                    // Prepared for another size: the slot goes before its memory does.
+                    vm::clear_memory(&warm.vm)?;
+                    drop(other);
+                }
+                warm::memory_for(&warm.vm, mem_size)?
+            }
+        };
+        for seg in &image.segments {
+            mem.load(seg.gpa, image.segment_data(seg))
+                .map_err(|_| image_error_fits(image, mem_size))?;
+        }
+        // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
+        // read-write, so only the others need an mprotect.
+        for seg in image.segments.iter().filter(|s| !s.writable) {
+            mem.protect(seg.aligned_start(), seg.aligned_end(), false)?;
+        }
+        let mft = devices.manifest_bytes(&image.manifest);
+        boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);
+        warm.vcpu
+            .set_regs(&regs::initial_regs(image.entry, mem_size))
+            .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+        Ok(mem)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Attaching guest memory to a prepared VM (the VM and vCPU themselves are made in `warm.rs`).
+//! Guest memory as a VM's memory slot (the VM and vCPU themselves are made in `warm.rs`).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -19,4 +19,18 @@ pub fn set_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), KvmError> {
     // vCPU runner drops the VM before the memory).
     unsafe { vm.set_user_memory_region(region) }
         .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))
+}
+
+/// Removes slot 0 (before its memory is unmapped or replaced).
+pub fn clear_memory(vm: &VmFd) -> Result<(), KvmError> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: 0,
+        userspace_addr: 0,
+    };
+    // SAFETY: deleting a slot makes KVM forget the mapping; no memory is referenced.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))
 }

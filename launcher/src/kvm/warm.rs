@@ -1,13 +1,16 @@
-//! Prepared vCPUs: a VM with its vCPU (CPUID and long-mode sregs already set), its control
-//! block and a parked vCPU thread, made ahead of time so that `start` only has to map memory,
-//! load the image and set two registers.
+//! Prepared vCPUs: a VM with its vCPU (CPUID and long-mode sregs already set), guest memory
+//! already mapped, registered with KVM and holding the ABI's GDT and page tables, its control
+//! block and a parked vCPU thread, made ahead of time so that `start` only has to load the
+//! image, write the boot info and set the general registers.
 //!
-//! Creating a VM and a vCPU and setting the CPUID are the costliest steps of a start and depend
-//! on nothing in the image, so the backend keeps a few of them ready ([`Pool`]) and a background
-//! thread refills the pool after each start. With the pool empty (a burst of starts, or
+//! Creating the VM and vCPU, setting the CPUID and registering the memory slot (which waits for
+//! an SRCU grace period) are the costliest steps of a start and depend on nothing in the image,
+//! so the backend keeps a few ready ([`Pool`]) and a background thread, at a lower priority,
+//! refills the pool after each start. The memory is sized like the previous start's; a start of
+//! another size re-registers memory of its own. With the pool empty (a burst of starts, or
 //! `prewarm = 0`), `start` prepares one inline: same code, just on the start path.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -17,7 +20,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::error::KvmError;
 use super::instance::Control;
+use super::layout;
+use super::memory::GuestMemory;
 use super::vcpu::VcpuRunner;
+use super::vm;
 
 /// Stack of a vCPU thread: the run loop and hypercall handlers need little.
 const VCPU_STACK: usize = 256 << 10;
@@ -34,6 +40,8 @@ pub(super) struct HostInfo {
 pub(super) struct WarmVcpu {
     pub vcpu: VcpuFd,
     pub vm: VmFd,
+    /// Registered as slot 0 of `vm`, low-memory structures written.
+    pub mem: Option<GuestMemory>,
     pub control: Arc<Control>,
     pub immediate_exit: *const AtomicU8,
     pub job: Sender<VcpuRunner>,
@@ -44,7 +52,8 @@ pub(super) struct WarmVcpu {
 unsafe impl Send for WarmVcpu {}
 
 impl WarmVcpu {
-    pub fn prepare(host: &HostInfo) -> Result<WarmVcpu, KvmError> {
+    /// Prepares a vCPU; with `mem_size > 0` also its memory of that size.
+    pub fn prepare(host: &HostInfo, mem_size: u64) -> Result<WarmVcpu, KvmError> {
         let vm = host
             .kvm
             .create_vm()
@@ -56,6 +65,11 @@ impl WarmVcpu {
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         vcpu.set_sregs(&host.sregs)
             .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
+        let mem = if mem_size > 0 {
+            Some(memory_for(&vm, mem_size)?)
+        } else {
+            None
+        };
         let immediate_exit =
             std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
         let control = Arc::new(Control::new(immediate_exit)?);
@@ -77,6 +91,7 @@ impl WarmVcpu {
         Ok(WarmVcpu {
             vcpu,
             vm,
+            mem,
             control,
             immediate_exit,
             job,
@@ -85,12 +100,22 @@ impl WarmVcpu {
     }
 }
 
+/// Fresh guest memory of `mem_size` with the low-memory structures, as slot 0 of `vm`.
+pub(super) fn memory_for(vm: &VmFd, mem_size: u64) -> Result<GuestMemory, KvmError> {
+    let mem = GuestMemory::new(mem_size)?;
+    layout::write_low_memory(&mem);
+    vm::set_memory(vm, &mem)?;
+    Ok(mem)
+}
+
 /// Prepared vCPUs kept ready, refilled by a background thread.
 pub(super) struct Pool {
     slots: Mutex<Vec<WarmVcpu>>,
     cond: Condvar,
     target: usize,
     shutdown: AtomicBool,
+    /// Memory size of the latest start: what the next prepared vCPU gets.
+    mem_size: AtomicU64,
 }
 
 impl Pool {
@@ -101,6 +126,7 @@ impl Pool {
             cond: Condvar::new(),
             target,
             shutdown: AtomicBool::new(false),
+            mem_size: AtomicU64::new(0),
         });
         let p = pool.clone();
         let spawned = std::thread::Builder::new()
@@ -114,6 +140,9 @@ impl Pool {
     }
 
     fn refill_loop(&self, host: &HostInfo) {
+        // Refilling is never urgent: let guests that just started have the CPU first.
+        // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
         loop {
             {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,7 +153,7 @@ impl Pool {
                     return;
                 }
             }
-            match WarmVcpu::prepare(host) {
+            match WarmVcpu::prepare(host, self.mem_size.load(Ordering::SeqCst)) {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
                 Err(e) => {
                     // E.g. out of fds or memory: back off instead of spinning; starts still
@@ -136,11 +165,15 @@ impl Pool {
         }
     }
 
-    /// A prepared vCPU, if one is ready; wakes the refill thread either way.
-    pub fn take(&self) -> Option<WarmVcpu> {
-        let w = self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    /// A prepared vCPU, if one is ready. Call [`Self::refill`] once the start is done.
+    pub fn take(&self, mem_size: u64) -> Option<WarmVcpu> {
+        self.mem_size.store(mem_size, Ordering::SeqCst);
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Wakes the refill thread (after a start, so it does not compete with it).
+    pub fn refill(&self) {
         self.cond.notify_one();
-        w
     }
 
     /// Number of prepared vCPUs ready now.
