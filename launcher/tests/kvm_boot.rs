@@ -317,3 +317,45 @@ fn start_errors_are_typed_and_clear() {
     let err = backend.start_kvm(s, sink).unwrap_err();
     assert!(matches!(err, KvmError::Image(_)), "{err}");
 }
+
+#[test]
+fn hypercall_arguments_are_checked_and_answered() {
+    if !support::kvm_available() {
+        return;
+    }
+    let backend = KvmBackend::new().unwrap();
+    let (sink, rx) = support::event_channel();
+    let mut s = spec("checks", "checks");
+    s.args = vec!["a".into(), "b".into()];
+    let inst = backend.start_kvm(s, sink).unwrap();
+    let (_, end) = support::wait_end(&rx, LONG);
+    // A non-zero status names the first check of checks.S that failed.
+    assert_eq!(end, InstanceEvent::Exited(0));
+    inst.join();
+}
+
+#[test]
+fn hypercall_output_into_read_only_memory_is_a_reported_fault() {
+    if !support::kvm_available() {
+        return;
+    }
+    let r = fault_reason("roout");
+    assert!(r.contains("WALLTIME"), "{r}");
+    assert!(r.contains("read-only memory"), "{r}");
+}
+
+#[test]
+fn ring0_sse_runs_or_is_a_reported_emulation_failure() {
+    if !support::kvm_available() {
+        return;
+    }
+    // On this nested host ring-0 SSE is emulated and fails; on VMX/SVM it simply runs.
+    match run_to_end("sse").1 {
+        InstanceEvent::Exited(0) => {}
+        InstanceEvent::Faulted(r) => {
+            assert!(r.contains("KVM_EXIT_INTERNAL_ERROR"), "{r}");
+            assert!(r.contains("rip 0x1000"), "{r}");
+        }
+        other => panic!("unexpected end {other:?}"),
+    }
+}
