@@ -359,3 +359,48 @@ fn ring0_sse_runs_or_is_a_reported_emulation_failure() {
         other => panic!("unexpected end {other:?}"),
     }
 }
+
+#[test]
+fn guest_sleeping_in_poll_stops_on_request() {
+    if !support::kvm_available() {
+        return;
+    }
+    let backend = KvmBackend::new().unwrap();
+    let (inst, rx) = start(&backend, "idle", "idle");
+    assert_eq!(next_line(&rx), "idle");
+    std::thread::sleep(Duration::from_millis(20));
+    inst.stop().unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        InstanceEvent::Stopped
+    );
+    inst.join();
+}
+
+#[test]
+fn starts_of_changing_memory_sizes_boot_correctly() {
+    if !support::kvm_available() {
+        return;
+    }
+    // The prepared vCPU's memory follows the previous start's size; a start of another size
+    // must re-register memory of its own.
+    let backend = KvmBackend::new().unwrap();
+    for mib in [16u64, 16, 32, 16, 2, 64] {
+        let (sink, rx) = support::event_channel();
+        let mut s = spec("checks", "checks");
+        s.memory_mib = mib;
+        s.args = vec!["a".into(), "b".into()];
+        let inst = backend.start_kvm(s, sink).unwrap();
+        let (_, end) = support::wait_end(&rx, LONG);
+        // checks.S expects 16 MiB: check 6 (boot info) fails for any other size.
+        let expected = if mib == 16 { 0 } else { 6 };
+        assert_eq!(end, InstanceEvent::Exited(expected), "{mib} MiB");
+        inst.join();
+        let (sink, rx) = support::event_channel();
+        let mut s = spec("hello", "hello");
+        s.memory_mib = mib;
+        let inst = backend.start_kvm(s, sink).unwrap();
+        assert_eq!(support::wait_end(&rx, LONG).1, InstanceEvent::Exited(0));
+        inst.join();
+    }
+}
