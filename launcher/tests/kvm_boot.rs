@@ -230,16 +230,29 @@ fn a_faulting_guest_leaves_another_running() {
         return;
     }
     let backend = KvmBackend::new().unwrap();
-    let (ticker, ticks) = start(&backend, "ticker", "ticker");
-    assert_eq!(next_line(&ticks), "tick");
-    let (bad, bad_rx) = start(&backend, "nullread", "nullread");
-    let (_, end) = support::wait_end(&bad_rx, LONG);
-    assert!(matches!(end, InstanceEvent::Faulted(_)), "{end:?}");
-    bad.join();
-    assert_eq!(ticker.state(), InstanceState::Running);
-    let (lines, end) = support::wait_end(&ticks, LONG);
-    assert_eq!(lines.len(), 19);
-    assert_eq!(end, InstanceEvent::Exited(0));
+    // The idle guest never ends by itself, so whatever ends it must come from outside.
+    let (idle, idle_rx) = start(&backend, "idle", "idle");
+    assert_eq!(next_line(&idle_rx), "idle");
+    for guest in ["nullread", "textwrite", "badport", "badbuf"] {
+        let (bad, bad_rx) = start(&backend, guest, guest);
+        let (_, end) = support::wait_end(&bad_rx, LONG);
+        assert!(matches!(end, InstanceEvent::Faulted(_)), "{guest}: {end:?}");
+        bad.join();
+    }
+    assert_eq!(idle.state(), InstanceState::Running);
+    assert!(
+        idle_rx.try_recv().is_err(),
+        "the idle guest reported something"
+    );
+    // Still alive and under control.
+    idle.suspend().unwrap();
+    assert_eq!(idle.state(), InstanceState::Paused);
+    idle.resume().unwrap();
+    idle.stop().unwrap();
+    assert_eq!(
+        idle_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        InstanceEvent::Stopped
+    );
 }
 
 #[test]
