@@ -137,14 +137,15 @@ impl KvmBackend {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
         };
-        let mut cache = self.images.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, img)) = cache.get(path) {
+        let cache = || self.images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, img)) = cache().get(path) {
             if *s == stamp {
                 return Ok(img.clone());
             }
         }
+        // Parsed without the lock, so starts of other images do not wait for this one.
         let img = Arc::new(ElfImage::from_file(path)?);
-        cache.insert(path.to_path_buf(), (stamp, img.clone()));
+        cache().insert(path.to_path_buf(), (stamp, img.clone()));
         Ok(img)
     }
 
