@@ -216,6 +216,7 @@ impl Pool {
         // Refilling is never urgent: let guests that just started have the CPU first.
         // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        let mut pre_run_works = true;
         loop {
             {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,7 +227,17 @@ impl Pool {
                     return;
                 }
             }
-            match WarmVcpu::prepare(host, self.mem_size.load(Ordering::SeqCst), true) {
+            let mem_size = self.mem_size.load(Ordering::SeqCst);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            if pre_run_works && prepared.is_err() {
+                // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
+                pre_run_works = false;
+                if let Err(e) = &prepared {
+                    tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
+                }
+                prepared = WarmVcpu::prepare(host, mem_size, false);
+            }
+            match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
                 Err(e) => {
                     // E.g. out of fds or memory: back off instead of spinning; starts still
