@@ -200,6 +200,7 @@ fn summon_run_echoes_a_frame_through_a_named_tap() {
     let ns = Netns::with_tap("tap0");
     let sock = ns.run_in(|| packet_socket("tap0"));
     let image = support::guests::build("echo");
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = ChildGuard(
         Command::new("ip")
             .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_summon-run")])
@@ -208,7 +209,7 @@ fn summon_run_echoes_a_frame_through_a_named_tap() {
             .arg("--net-mac:service0=02:00:00:00:00:2a")
             .arg(&image)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("spawn summon-run"),
     );
@@ -225,7 +226,8 @@ fn summon_run_echoes_a_frame_through_a_named_tap() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(status.code(), Some(0));
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "summon-run stderr: {stderr}");
 }
 
 #[test]
