@@ -39,10 +39,13 @@ impl Server {
     pub fn new(name: String, port: u16, sockets: &mut SocketSet<'static>) -> Self {
         let conns = (0..MAX_CONNECTIONS)
             .map(|_| {
-                let socket = tcp::Socket::new(
+                let mut socket = tcp::Socket::new(
                     tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
                     tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
                 );
+                // Listen before the stack first polls: a SYN already waiting in the tap (the
+                // client that summoned us) must find a listener, not earn a RST.
+                let _ = socket.listen(port);
                 Connection {
                     handle: sockets.add(socket),
                     buf: Vec::new(),
