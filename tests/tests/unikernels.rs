@@ -78,6 +78,52 @@ fn images_are_built_at_the_documented_path_and_small() {
     }
 }
 
+/// The ring-0 part of the boot path, from the disassembly: `_start` up to `rt_entry_end`.
+fn ring0_entry(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn", "-j", ".text"])
+        .arg(image(name))
+        .output()
+        .expect("run objdump");
+    assert!(
+        out.status.success(),
+        "objdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("<_start>:").expect("_start in the image");
+    let end = text
+        .find("<rt_entry_end>:")
+        .expect("rt_entry_end in the image");
+    text[start..end]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(":\t").map(|(_, insn)| insn.trim().to_string()))
+        .filter(|insn| !insn.is_empty())
+        .collect()
+}
+
+#[test]
+fn ring0_boot_path_is_a_dozen_straight_line_instructions() {
+    if !require::check("objdump", require::tool("objdump")) {
+        return;
+    }
+    for name in ["hello", "http"] {
+        let insns = ring0_entry(name);
+        println!("{name}: {} ring-0 instructions: {insns:#?}", insns.len());
+        assert!(insns.len() <= 16, "{name}: {insns:#?}");
+        assert_eq!(insns.last().map(String::as_str), Some("iretq"), "{name}");
+        // Straight line: no jumps, calls, loops or string instructions before the iretq.
+        assert!(
+            insns.iter().all(|i| !i.starts_with('j')
+                && !i.starts_with("call")
+                && !i.starts_with("loop")
+                && !i.starts_with("rep")),
+            "{name}: {insns:#?}"
+        );
+    }
+}
+
 #[test]
 fn hello_prints_its_command_line_and_exits_0() {
     if !require::check("KVM", require::kvm()) {
