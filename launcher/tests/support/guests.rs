@@ -10,6 +10,9 @@ fn guests_dir() -> PathBuf {
 /// Assembles and links `tests/guests/NAME.S` into an hvt image and returns its path.
 /// Rebuilt when the source, hvt.h or the linker script is newer than the image.
 pub fn build(name: &str) -> PathBuf {
+    // Tests of one binary run in parallel threads: build one guest at a time per process.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let src_dir = guests_dir();
     let src = src_dir.join(format!("{name}.S"));
     let script = src_dir.join("guest.ld");
