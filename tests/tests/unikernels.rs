@@ -398,6 +398,51 @@ fn http_refuses_requests_over_the_size_limit() {
 }
 
 #[test]
+fn http_head_other_methods_and_http10_connection_semantics() {
+    if !require::kvm_and_netns("KVM and network namespaces") {
+        return;
+    }
+    let h = HttpGuest::start("uni-meth", &[]);
+    h.with_client(|mut c| {
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        // A HEAD response announces the page's length but carries no body: the next response
+        // on the connection must start right after its head.
+        let head = c.read_response_head().expect("HEAD response");
+        assert_eq!(head.status, 200);
+        assert!(head.header("content-length").is_some_and(|l| l != "0"));
+        let r = c.get("/healthz").expect("GET after HEAD");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .expect("send");
+        let r = c.read_response().expect("405");
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        // The body was consumed, the connection is still usable.
+        let r = c.get("/healthz").expect("GET after POST");
+        assert_eq!(r.status, 200);
+    });
+    // HTTP/1.0 closes by default, stays open with keep-alive; unknown versions get 505.
+    h.with_client(|mut c| {
+        c.send(b"GET /healthz HTTP/1.0\r\n\r\n").expect("send");
+        let r = c.read_response().expect("1.0 response");
+        assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+        assert!(c.closed_by_peer());
+    });
+    h.with_client(|mut c| {
+        c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("send");
+        let r = c.read_response().expect("1.0 keep-alive response");
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(c.get("/healthz").expect("second request").status, 200);
+    });
+    h.with_client(|mut c| {
+        c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n").expect("send");
+        assert_eq!(c.read_response().expect("505").status, 505);
+    });
+}
+
+#[test]
 fn http_serves_curl_in_the_namespace() {
     if !require::kvm_and_netns("KVM and network namespaces")
         || !require::check("curl", require::tool("curl"))
