@@ -41,7 +41,7 @@ fn well_formed_requests() {
     assert_eq!(len, 27);
     // A body is part of the request.
     let (_, len) = complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET");
-    assert_eq!(len, 48);
+    assert_eq!(len, 50);
 }
 
 #[test]
