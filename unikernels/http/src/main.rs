@@ -72,11 +72,12 @@ fn main() -> i32 {
         .unwrap_or_else(|e| rt::fail(format_args!("net device \"service\": {e}")));
     let mut server = server::Server::new(opts.name.clone(), opts.port, &mut stack.sockets);
     rt::println!(
-        "http: {} listening on {}/{}:{} ({} us after entry)",
+        "http: {} listening on {}/{}:{}, {} connections ({} us after entry)",
         opts.name,
         opts.net.address,
         opts.net.prefix,
         opts.port,
+        server.capacity(),
         rt::time::monotonic_ns() / 1000
     );
     stack.run(|sockets| server.step(sockets))
