@@ -211,6 +211,7 @@ fn http_refuses_bad_network_arguments_with_halt_1() {
         ("--port=http", "error: --port: not a port number"),
         ("--name=<script>", "error: --name:"),
         ("--verbose", "error: --verbose: unknown option"),
+        ("stray", "error: stray: unexpected argument"),
     ];
     let ns = NetNs::new("uni-badarg");
     for (i, (arg, message)) in cases.into_iter().enumerate() {

@@ -56,10 +56,10 @@ fn parse_args() -> Result<Options, ArgError> {
                 }
             }
             Arg::Word(w) => {
-                return Err(ArgError {
-                    option: w.into(),
-                    reason: "unexpected argument (options are --KEY=VALUE)",
-                })
+                return Err(ArgError::word(
+                    w,
+                    "unexpected argument (options are --KEY=VALUE)",
+                ))
             }
         }
     }
