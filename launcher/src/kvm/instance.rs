@@ -101,6 +101,11 @@ impl Control {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The vCPU's `kvm_run.immediate_exit` (null once the guest has ended).
+    pub(super) fn immediate_exit_ptr(&self) -> *const AtomicU8 {
+        self.lock().immediate_exit
+    }
+
     pub(super) fn set_thread(&self, thread: libc::pthread_t) {
         self.lock().thread = Some(thread);
     }

@@ -36,10 +36,9 @@ pub use error::KvmError;
 pub use image_error::ImageError;
 pub use instance::KvmInstance;
 
-use devices::{Console, Devices};
+use devices::Devices;
 use memory::GuestMemory;
-use vcpu::VcpuRunner;
-use warm::{HostInfo, Pool, WarmVcpu};
+use warm::{HostInfo, Job, Pool, WarmVcpu};
 
 /// Prepared vCPUs [`KvmBackend::new`] keeps ready (see `warm.rs`).
 pub const DEFAULT_PREWARM: usize = 1;
@@ -138,14 +137,15 @@ impl KvmBackend {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
         };
-        let mut cache = self.images.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, img)) = cache.get(path) {
+        let cache = || self.images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, img)) = cache().get(path) {
             if *s == stamp {
                 return Ok(img.clone());
             }
         }
+        // Parsed without the lock, so starts of other images do not wait for this one.
         let img = Arc::new(ElfImage::from_file(path)?);
-        cache.insert(path.to_path_buf(), (stamp, img.clone()));
+        cache().insert(path.to_path_buf(), (stamp, img.clone()));
         Ok(img)
     }
 
@@ -173,7 +173,7 @@ impl KvmBackend {
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host, mem_size)?,
+            None => WarmVcpu::prepare(&self.host, mem_size, false)?,
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {
@@ -182,29 +182,28 @@ impl KvmBackend {
         let mem = loaded?;
         let mem_range = (mem.host_base(), mem.size());
         let WarmVcpu {
-            vcpu,
             vm,
             mem: _,
             control,
-            immediate_exit,
             job,
             thread,
         } = warm;
-        let runner = VcpuRunner {
+        let job_sent = job.send(Job {
             name: spec.name.clone(),
-            vcpu,
             vm,
             mem,
             devices,
-            console: Console::default(),
             events,
             control: control.clone(),
-            immediate_exit,
-            epoll: None,
-            net_ready_sent: false,
-        };
-        // The parked thread only stops listening after it got a job, so this cannot fail.
-        let _ = job.send(runner);
+            regs: regs::initial_regs(image.entry, mem_size),
+        });
+        if job_sent.is_err() {
+            // The parked thread is gone (its pre-run failed after all): nothing ran yet.
+            return Err(KvmError::Sys {
+                op: "handing the guest to its vCPU thread",
+                source: std::io::Error::other("vCPU thread ended"),
+            });
+        }
         Ok(KvmInstance {
             name: spec.name,
             mem: mem_range,
@@ -215,7 +214,7 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
-    /// Puts the guest into the prepared vCPU's memory (which it takes) and sets its registers.
+    /// Puts the guest into the prepared vCPU's memory, which it takes.
     fn load(
         &self,
         warm: &mut WarmVcpu,
@@ -246,9 +245,6 @@ impl KvmBackend {
         }
         let mft = devices.manifest_bytes(&image.manifest);
         boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);
-        warm.vcpu
-            .set_regs(&regs::initial_regs(image.entry, mem_size))
-            .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
         Ok(mem)
     }
 }

@@ -15,6 +15,7 @@ use crate::backend::{EventSink, InstanceEvent};
 use super::devices::{Console, Devices};
 use super::instance::{Control, End};
 use super::memory::GuestMemory;
+use super::warm::Job;
 
 /// Everything the vCPU thread owns. Field order is drop order: the vCPU and the VM go before
 /// the memory they map.
@@ -35,10 +36,6 @@ pub(super) struct VcpuRunner {
     pub epoll: Option<OwnedFd>,
     pub net_ready_sent: bool,
 }
-
-// SAFETY: `immediate_exit` points into the vCPU's own kvm_run mapping, owned by `vcpu`, which
-// moves to the vCPU thread together with it.
-unsafe impl Send for VcpuRunner {}
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
 enum Exit {
@@ -69,17 +66,51 @@ enum Exit {
 }
 
 impl VcpuRunner {
+    /// The parked thread's entry once it has a guest: set the registers, then run.
+    pub fn start(vcpu: VcpuFd, job: Job) {
+        let set = vcpu.set_regs(&job.regs);
+        let runner = VcpuRunner {
+            name: job.name,
+            vcpu,
+            vm: job.vm,
+            mem: job.mem,
+            devices: job.devices,
+            console: Console::default(),
+            events: job.events,
+            immediate_exit: job.control.immediate_exit_ptr(),
+            control: job.control,
+            epoll: None,
+            net_ready_sent: false,
+        };
+        match set {
+            Ok(()) => runner.run(),
+            Err(e) => {
+                (runner.events)(InstanceEvent::Faulted(format!(
+                    "KVM_SET_REGS failed before the guest ran: {e}"
+                )));
+                runner.control.finish();
+            }
+        }
+    }
+
     /// The thread body: run the guest to its end, report it, release everything.
     pub fn run(mut self) {
         set_thread_name(&self.name);
-        let end = self.run_loop();
-        self.console.flush(&self.events);
-        let event = match end {
-            End::Halt(status) => InstanceEvent::Exited(status),
-            End::Fault(reason) => InstanceEvent::Faulted(reason),
-            End::Stop => InstanceEvent::Stopped,
-        };
-        (self.events)(event);
+        // A panic here would be a launcher bug (or a panicking event sink); it must still end
+        // with `finish`, or stop() would wait for a guest that is no longer run.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let end = self.run_loop();
+            self.console.flush(&self.events);
+            let event = match end {
+                End::Halt(status) => InstanceEvent::Exited(status),
+                End::Fault(reason) => InstanceEvent::Faulted(reason),
+                End::Stop => InstanceEvent::Stopped,
+            };
+            (self.events)(event);
+        }));
+        if outcome.is_err() {
+            tracing::error!(instance = %self.name, "vCPU thread panicked; guest ended");
+        }
         self.control.finish();
         // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
         // thread rather than on anybody's start or stop path.

@@ -15,9 +15,12 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_sregs, CpuId};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
+use crate::backend::EventSink;
+
+use super::devices::Devices;
 use super::error::KvmError;
 use super::instance::Control;
 use super::layout;
@@ -38,22 +41,56 @@ pub(super) struct HostInfo {
 
 /// A VM and vCPU ready for a guest, and the parked thread that will run it.
 pub(super) struct WarmVcpu {
-    pub vcpu: VcpuFd,
     pub vm: VmFd,
     /// Registered as slot 0 of `vm`, low-memory structures written.
     pub mem: Option<GuestMemory>,
     pub control: Arc<Control>,
-    pub immediate_exit: *const AtomicU8,
-    pub job: Sender<VcpuRunner>,
+    pub job: Sender<Job>,
     pub thread: JoinHandle<()>,
 }
 
-// SAFETY: `immediate_exit` points into the kvm_run mapping owned by `vcpu`, which moves with it.
-unsafe impl Send for WarmVcpu {}
+/// What the start path hands to the parked vCPU thread: everything but the vCPU, which the
+/// thread already owns, plus the general registers to start with.
+pub(super) struct Job {
+    pub name: String,
+    pub vm: VmFd,
+    pub mem: GuestMemory,
+    pub devices: Devices,
+    pub events: EventSink,
+    pub control: Arc<Control>,
+    pub regs: kvm_regs,
+}
+
+/// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
+/// page tables and used by nothing else.
+const STUB_GPA: u64 = 0xff000;
+/// `out %al, $0x80`.
+const STUB: [u8; 2] = [0xe6, 0x80];
+const STUB_PORT: u16 = 0x80;
+
+/// Runs the vCPU once through a one-instruction stub, so that the guest's first KVM_RUN does not
+/// pay for KVM's first-run setup and for shadowing the ABI's page tables. Runs on the vCPU's own
+/// thread (a change of thread on KVM_RUN has its own cost on older kernels).
+fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
+    let regs = kvm_regs {
+        rip: STUB_GPA,
+        rflags: summon_hvt_abi::RFLAGS_INIT,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+    match vcpu.run() {
+        Ok(VcpuExit::IoOut(STUB_PORT, _)) => Ok(()),
+        Ok(other) => Err(format!("unexpected exit {other:?}")),
+        Err(e) => Err(format!("KVM_RUN: {e}")),
+    }
+}
 
 impl WarmVcpu {
-    /// Prepares a vCPU; with `mem_size > 0` also its memory of that size.
-    pub fn prepare(host: &HostInfo, mem_size: u64) -> Result<WarmVcpu, KvmError> {
+    /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
+    /// (and memory) runs it once through a stub (which waits for the new thread: only for the
+    /// prewarm pool, not on a start path).
+    pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
         let vm = host
             .kvm
             .create_vm()
@@ -73,27 +110,63 @@ impl WarmVcpu {
         let immediate_exit =
             std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
         let control = Arc::new(Control::new(immediate_exit)?);
-        let (job, jobs) = channel::<VcpuRunner>();
+        let pre_run_it = pre_run_it && mem.is_some();
+        if pre_run_it {
+            if let Some(m) = &mem {
+                m.load(STUB_GPA, &STUB).map_err(|_| KvmError::MemorySize {
+                    mib: mem_size >> 20,
+                })?;
+            }
+        }
+        let (job, jobs) = channel::<Job>();
+        let (ran_tx, ran) = channel::<Result<(), String>>();
         let thread = std::thread::Builder::new()
             .name("vcpu".into())
             .stack_size(VCPU_STACK)
             .spawn(move || {
+                if pre_run_it {
+                    let r = pre_run(&mut vcpu);
+                    let failed = r.is_err();
+                    let _ = ran_tx.send(r);
+                    if failed {
+                        return;
+                    }
+                }
                 // Dropped unused (pool shut down) when the sender goes away.
-                if let Ok(runner) = jobs.recv() {
-                    runner.run();
+                if let Ok(job) = jobs.recv() {
+                    VcpuRunner::start(vcpu, job);
                 }
             })
             .map_err(KvmError::Thread)?;
+        if pre_run_it {
+            match ran.recv() {
+                Ok(Ok(())) => {
+                    if let Some(m) = &mem {
+                        let _ = m.load(STUB_GPA, &[0; STUB.len()]);
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(KvmError::Sys {
+                        op: "pre-running a prepared vCPU",
+                        source: std::io::Error::other(e),
+                    })
+                }
+                Err(_) => {
+                    return Err(KvmError::Sys {
+                        op: "pre-running a prepared vCPU",
+                        source: std::io::Error::other("vCPU thread ended"),
+                    })
+                }
+            }
+        }
         {
             use std::os::unix::thread::JoinHandleExt;
             control.set_thread(thread.as_pthread_t());
         }
         Ok(WarmVcpu {
-            vcpu,
             vm,
             mem,
             control,
-            immediate_exit,
             job,
             thread,
         })
@@ -143,6 +216,7 @@ impl Pool {
         // Refilling is never urgent: let guests that just started have the CPU first.
         // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        let mut pre_run_works = true;
         loop {
             {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,7 +227,17 @@ impl Pool {
                     return;
                 }
             }
-            match WarmVcpu::prepare(host, self.mem_size.load(Ordering::SeqCst)) {
+            let mem_size = self.mem_size.load(Ordering::SeqCst);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            if pre_run_works && prepared.is_err() {
+                // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
+                pre_run_works = false;
+                if let Err(e) = &prepared {
+                    tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
+                }
+                prepared = WarmVcpu::prepare(host, mem_size, false);
+            }
+            match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
                 Err(e) => {
                     // E.g. out of fds or memory: back off instead of spinning; starts still
