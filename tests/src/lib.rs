@@ -1,1 +1,22 @@
-//! Shared helpers of the end-to-end tests.
+//! Shared helpers of the end-to-end tests and benchmarks: where the unikernel images are,
+//! prerequisites (KVM, root, tools), network namespaces with taps, guests started through the
+//! launcher's `Backend` trait, and a small HTTP client.
+
+pub mod guest;
+pub mod http_client;
+pub mod netns;
+pub mod require;
+pub mod tap;
+
+use std::path::PathBuf;
+
+/// Directory holding the unikernel images (`unikernels/target/hvt`), built by this crate's
+/// build script.
+pub fn image_dir() -> PathBuf {
+    PathBuf::from(env!("SUMMON_UNIKERNEL_DIR"))
+}
+
+/// Path of the image `name` (`unikernels/target/hvt/NAME.hvt`).
+pub fn image(name: &str) -> PathBuf {
+    image_dir().join(format!("{name}.hvt"))
+}

@@ -1,0 +1,87 @@
+//! An interface on one hvt net device and the event loop: poll smoltcp, let the application
+//! act on its sockets, then sleep in POLL for as long as smoltcp allows (no busy polling: with
+//! nothing to do the guest sits in the tender until a frame arrives or a TCP timer is due).
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use super::device::{DeviceError, HvtNet};
+use super::Config;
+use crate::platform::hvt::hypercall;
+use crate::time;
+
+/// Longest single POLL when smoltcp has no timer pending. Only bounds the wait; any frame
+/// ends it at once.
+const IDLE_POLL_NS: u64 = 10_000_000_000;
+
+/// An interface, its device and its sockets.
+pub struct Stack {
+    pub iface: Interface,
+    pub device: HvtNet,
+    pub sockets: SocketSet<'static>,
+}
+
+/// Smoltcp's clock: the TSC since boot.
+pub fn now() -> Instant {
+    Instant::from_micros((time::monotonic_ns() / 1000) as i64)
+}
+
+impl Stack {
+    /// Opens net device `name` of the manifest and configures it with `config`.
+    pub fn new(name: &str, config: &Config) -> Result<Self, DeviceError> {
+        let mut device = HvtNet::open(name)?;
+        let mut iface_config =
+            IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(device.mac())));
+        iface_config.random_seed = time::rdtsc() ^ time::wall_ns();
+        let mut iface = Interface::new(iface_config, &mut device, now());
+        iface.update_ip_addrs(|addrs| {
+            // The interface starts with no address, so there is room for one.
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(config.address), config.prefix));
+        });
+        if let Some(gw) = config.gateway {
+            // Only fails when the route table is full; it is empty here.
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        Ok(Stack {
+            iface,
+            device,
+            sockets: SocketSet::new(alloc::vec::Vec::new()),
+        })
+    }
+
+    /// Runs forever: `app` is called after every poll with the sockets and returns whether it
+    /// did anything (queued data, closed or reopened a socket), in which case the stack is
+    /// polled again before the guest sleeps.
+    pub fn run(&mut self, mut app: impl FnMut(&mut SocketSet<'static>) -> bool) -> ! {
+        // The application sets its sockets up (listens) before the first frame is read.
+        app(&mut self.sockets);
+        loop {
+            let now = now();
+            let mut changed = self.iface.poll(now, &mut self.device, &mut self.sockets)
+                == PollResult::SocketStateChanged;
+            // Let the application act until it is done; each round may queue more to send.
+            for _ in 0..8 {
+                if !app(&mut self.sockets) && !changed {
+                    break;
+                }
+                changed = self.iface.poll(now, &mut self.device, &mut self.sockets)
+                    == PollResult::SocketStateChanged;
+            }
+            if self.device.rx_ready() {
+                continue;
+            }
+            let timeout = match self.iface.poll_delay(self::now(), &self.sockets) {
+                Some(d) => d.total_micros().saturating_mul(1000),
+                None => IDLE_POLL_NS,
+            };
+            if timeout == 0 {
+                continue;
+            }
+            let ready = hypercall::poll(timeout.min(IDLE_POLL_NS));
+            if ready & self.device.ready_mask() != 0 {
+                self.device.set_rx_ready();
+            }
+        }
+    }
+}
