@@ -29,7 +29,7 @@ fn main() -> i32 {
             };
         }
     }
-    rt::println!("Hello from Summon's rt on hvt!");
+    rt::println!("Hello from Summon's rt on {}!", rt::platform::NAME);
     rt::println!("command line: \"{}\"", rt::cmdline());
     let wall = rt::time::wall_ns();
     rt::println!(
@@ -37,6 +37,12 @@ fn main() -> i32 {
         wall / 1_000_000_000,
         wall % 1_000_000_000,
         rt::time::monotonic_ns() / 1000
+    );
+    #[cfg(feature = "virtio")]
+    rt::println!(
+        "tsc: {} kHz ({:?})",
+        rt::time::ns_to_ticks(1_000_000),
+        rt::platform::virtio::tsc::source()
     );
     match then {
         Then::Exit => 0,
