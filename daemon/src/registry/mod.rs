@@ -287,7 +287,16 @@ impl Registry {
                                 break Ok((cfg.ip, Served::Resumed));
                             }
                             Some(Err(e)) => {
-                                tracing::warn!(service = %slot.name, error = %e, "resume failed");
+                                // Destroy it, so that the next query boots a fresh instance.
+                                tracing::warn!(service = %slot.name, error = %e, "resume failed; destroying");
+                                self.transition(slot, &mut g, Phase::Stopping);
+                                let (gen, inst, lease) = (g.gen, g.instance.take(), g.net.take());
+                                let reg = self.clone();
+                                let s = slot.clone();
+                                tokio::spawn(async move {
+                                    reg.finish_stop(&s, gen, inst, lease, Some("resume failed"))
+                                        .await
+                                });
                                 break Err(SummonError::BootFailed(format!("resume: {e}")));
                             }
                             None => {
