@@ -1,0 +1,140 @@
+//! summond's configuration: TOML in, a checked [`Config`] out, or errors with line and column.
+
+mod error;
+mod model;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{line_col, ConfigError, Problem};
+pub use model::{ReplyMode, StopMode};
+
+/// A checked configuration. Names are lower case; the zone ends with a dot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dns: DnsConfig,
+    pub network: NetworkConfig,
+    pub admin: Option<SocketAddr>,
+    pub limits: Limits,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Lower case, with the trailing dot, e.g. `svc.test.`.
+    pub zone: String,
+    pub ttl: u32,
+    pub upstream: Vec<SocketAddr>,
+    /// Fully qualified, lower case.
+    pub nameserver: String,
+    /// Answered for `nameserver` when it lies inside the zone.
+    pub nameserver_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub txqueuelen: u32,
+}
+
+impl NetworkConfig {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix);
+        u32::from(ip) & mask == u32::from(self.subnet) & mask
+    }
+}
+
+pub fn prefix_mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_instances: u32,
+    pub max_concurrent_boots: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: 64,
+            max_concurrent_boots: 8,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Kvm,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// A single DNS label, lower case.
+    pub name: String,
+    pub backend: BackendKind,
+    pub image: PathBuf,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub memory_mib: u64,
+    /// The full guest command line, network arguments included when `net_args` is on.
+    pub args: Vec<String>,
+    pub idle_timeout: Duration,
+    pub stop: StopMode,
+    pub reply: ReplyMode,
+    pub ready_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and checks a file. Relative image paths are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&src, base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses and checks TOML text; `base` resolves relative image paths.
+    pub fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+        validate::parse(src, base)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// A locally administered unicast MAC derived from the IPv4 address (02:53:a:b:c:d),
+/// so a guest keeps its MAC across restarts without the operator picking one.
+pub fn mac_from_ip(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x53, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

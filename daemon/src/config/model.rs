@@ -1,0 +1,106 @@
+//! The TOML file as written by the operator. Only shape and types are checked here;
+//! `validate.rs` turns it into the checked [`super::Config`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub dns: RawDns,
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    pub zone: Spanned<String>,
+    #[serde(default)]
+    pub ttl: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub upstream: Vec<Spanned<String>>,
+    /// Host name of the zone's name server (NS and SOA MNAME); `ns.<zone>` by default.
+    #[serde(default)]
+    pub nameserver: Option<Spanned<String>>,
+    /// Address answered for the name server when it lies inside the zone.
+    #[serde(default)]
+    pub nameserver_ip: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub subnet: Spanned<String>,
+    pub gateway: Spanned<String>,
+    #[serde(default)]
+    pub txqueuelen: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default)]
+    pub max_instances: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_concurrent_boots: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub backoff_initial: Option<Spanned<String>>,
+    #[serde(default)]
+    pub backoff_max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    Destroy,
+    Suspend,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyMode {
+    Immediate,
+    Ready,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub backend: Option<Spanned<String>>,
+    pub image: Option<Spanned<String>>,
+    pub ip: Spanned<String>,
+    #[serde(default)]
+    pub mac: Option<Spanned<String>>,
+    #[serde(default)]
+    pub memory_mib: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub net_args: Option<bool>,
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stop: Option<StopMode>,
+    #[serde(default)]
+    pub reply: Option<ReplyMode>,
+    #[serde(default)]
+    pub ready_timeout: Option<Spanned<String>>,
+    /// Reserved for the libvirt backend (issue 6); accepted so its error names the backend.
+    #[serde(default)]
+    pub libvirt: Option<toml::Table>,
+}

@@ -1,0 +1,210 @@
+//! Config errors carry line and column and say what was expected.
+
+use std::path::Path;
+
+use super::*;
+
+fn image() -> String {
+    let p = std::env::temp_dir().join("summon-config-test.hvt");
+    std::fs::write(&p, b"img").unwrap();
+    p.display().to_string()
+}
+
+fn base(services: &str) -> String {
+    format!(
+        r#"[dns]
+listen = ["127.0.0.1:5300"]
+zone = "svc.test."
+ttl = 10
+
+[network]
+subnet = "10.77.0.0/16"
+gateway = "10.77.0.1"
+{services}"#
+    )
+}
+
+fn service(extra: &str) -> String {
+    format!(
+        "\n[[service]]\nname = \"web\"\nimage = \"{}\"\nip = \"10.77.0.10\"\n{extra}",
+        image()
+    )
+}
+
+fn errors(src: &str) -> Vec<Problem> {
+    Config::parse(src, Path::new("/")).expect_err("config should be rejected")
+}
+
+fn one_error(src: &str) -> Problem {
+    let e = errors(src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn valid_config_with_defaults_and_generated_net_args() {
+    let cfg = Config::parse(&base(&service("args = [\"--port=80\"]")), Path::new("/")).unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(
+        s.args,
+        [
+            "--ipv4=10.77.0.10/16",
+            "--ipv4-gateway=10.77.0.1",
+            "--port=80"
+        ]
+    );
+    assert_eq!(s.mac, [0x02, 0x53, 10, 77, 0, 10]);
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.stop, StopMode::Destroy);
+    assert_eq!(s.reply, ReplyMode::Immediate);
+    assert_eq!(cfg.dns.nameserver, "ns.svc.test.");
+    assert_eq!(cfg.limits, Limits::default());
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let src = base(&service("colour = \"blue\""));
+    let p = one_error(&src);
+    assert_eq!(p.line, Some(14), "{p}");
+    assert_eq!(p.column, Some(1), "{p}");
+    assert!(p.message.contains("unknown field `colour`"), "{p}");
+}
+
+#[test]
+fn wrong_type_names_position_and_expectation() {
+    let src = base(&service("memory_mib = \"lots\""));
+    let p = one_error(&src);
+    assert_eq!((p.line, p.column), (Some(14), Some(14)), "{p}");
+    assert!(p.message.contains("expected u64"), "{p}");
+}
+
+#[test]
+fn syntax_error_position() {
+    let p = one_error("[dns\nlisten = 1\n");
+    assert_eq!(p.line, Some(1), "{p}");
+}
+
+#[test]
+fn semantic_errors_point_at_values() {
+    let src = base(&format!(
+        "{}{}",
+        service("idle_timeout = \"soon\""),
+        service("").replace("10.77.0.10", "10.78.0.10")
+    ));
+    let e = errors(&src);
+    let msgs: Vec<String> = e.iter().map(|p| p.to_string()).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("14:16:") && m.contains("expected a duration")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("18:6:") && m.contains("outside network.subnet")),
+        "{msgs:?}"
+    );
+    let dup = base(&format!(
+        "{}{}",
+        service(""),
+        service("").replace("10.77.0.10", "10.77.0.11")
+    ));
+    let p = one_error(&dup);
+    assert!(
+        p.message
+            .contains("duplicate service \"web\" (first defined on line 10)"),
+        "{p}"
+    );
+    assert_eq!(p.line, Some(16), "{p}");
+}
+
+#[test]
+fn checks_names_ips_images_backends() {
+    let bad_name = base(&service("").replace("\"web\"", "\"we_b\""));
+    assert!(one_error(&bad_name).message.contains("DNS label"));
+    let gw = base(&service("").replace("10.77.0.10", "10.77.0.1"));
+    assert!(one_error(&gw).message.contains("gateway"));
+    let dup_ip = base(&format!(
+        "{}{}",
+        service(""),
+        service("").replace("\"web\"", "\"api\"")
+    ));
+    assert!(one_error(&dup_ip)
+        .message
+        .contains("already used by service \"web\""));
+    let missing = base(&service("").replace(&image(), "/nonexistent/x.hvt"));
+    let p = one_error(&missing);
+    assert!(
+        p.message.contains("no such file") && p.line == Some(12),
+        "{p}"
+    );
+    let lv = base(&service("backend = \"libvirt\""));
+    assert!(one_error(&lv).message.contains("not supported yet"));
+    let stop = base(&service("stop = \"explode\""));
+    assert!(
+        one_error(&stop).message.contains("destroy"),
+        "{:?}",
+        errors(&stop)
+    );
+    let dup_args = base(&service("args = [\"--ipv4=10.77.0.10/16\"]"));
+    assert!(one_error(&dup_args).message.contains("net_args"));
+    let raw = Config::parse(
+        &base(&service(
+            "net_args = false\nargs = [\"--ipv4=10.77.0.10/24\"]",
+        )),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(raw.services[0].args, ["--ipv4=10.77.0.10/24"]);
+}
+
+#[test]
+fn checks_network_and_dns() {
+    let src = base(&service("")).replace("10.77.0.0/16", "10.77.0.0");
+    assert!(one_error(&src).message.contains("network.subnet"));
+    let src = base(&service("")).replace("gateway = \"10.77.0.1\"", "gateway = \"192.168.0.1\"");
+    assert!(errors(&src)
+        .iter()
+        .any(|p| p.message.contains("outside network.subnet")));
+    let src = base(&service("")).replace("svc.test.", "bad..zone");
+    assert!(one_error(&src).message.contains("dns.zone"));
+    let src = base(&service("")).replace("127.0.0.1:5300", "localhost");
+    let p = one_error(&src);
+    assert_eq!((p.line, p.column), (Some(2), Some(11)), "{p}");
+}
+
+#[test]
+fn load_error_names_the_file() {
+    let dir = std::env::temp_dir().join("summon-config-load-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.toml");
+    std::fs::write(&f, base(&service("colour = 1"))).unwrap();
+    let e = Config::load(&f).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:14:1: ", f.display())), "{e}");
+}
+
+#[test]
+fn hostile_input_is_an_error_not_a_panic() {
+    for src in [
+        "",
+        "\u{0}",
+        "[[service]]\n[[service]]",
+        "dns = 1",
+        &"[".repeat(10_000),
+        "a=\"\\u{110000}\"",
+    ] {
+        let _ = Config::parse(src, Path::new("/"));
+    }
+}
+
+#[test]
+fn shipped_example_is_valid_but_for_its_image_paths() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+    let err = Config::load(&path).expect_err("example images do not exist here");
+    assert_eq!(err.problems().len(), 2, "{err}");
+    assert!(
+        err.problems()
+            .iter()
+            .all(|p| p.message.starts_with("service.image: no such file")),
+        "{err}"
+    );
+}

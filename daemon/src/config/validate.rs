@@ -1,0 +1,497 @@
+//! Semantic checks: everything serde cannot see (addresses, durations, duplicates, files).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::model::{RawConfig, RawService, ReplyMode, StopMode};
+use super::{
+    mac_from_ip, BackendKind, Config, DnsConfig, Limits, NetworkConfig, Problem, ServiceConfig,
+};
+
+struct Checker<'a> {
+    src: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
+        self.problems
+            .push(Problem::at(self.src, Some(at.span()), msg.into()));
+    }
+
+    fn err_plain(&mut self, msg: impl Into<String>) {
+        self.problems.push(Problem::at(self.src, None, msg.into()));
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.err(
+                    v,
+                    format!("{key}: expected a duration above zero, like \"60s\""),
+                );
+                default
+            }
+            Err(e) => {
+                self.err(
+                    v,
+                    format!(
+                        "{key}: expected a duration like \"60s\" or \"500ms\", found {:?} ({e})",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn ipv4(&mut self, v: &Spanned<String>, key: &str) -> Option<Ipv4Addr> {
+        match v.get_ref().parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(
+                    v,
+                    format!(
+                        "{key}: expected an IPv4 address like \"10.77.0.10\", found {:?}",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn socket(&mut self, v: &Spanned<String>, key: &str, default_port: u16) -> Option<SocketAddr> {
+        let s = v.get_ref();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Some(SocketAddr::new(ip, default_port));
+        }
+        self.err(
+            v,
+            format!("{key}: expected an address with port like \"127.0.0.1:53\", found {s:?}"),
+        );
+        None
+    }
+}
+
+/// A DNS label: 1..=63 of letters, digits and '-', not starting or ending with '-'.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn normalise_fqdn(s: &str) -> Option<String> {
+    let s = s.trim().to_ascii_lowercase();
+    let body = s.strip_suffix('.').unwrap_or(&s);
+    if body.is_empty() || body.len() > 253 || !body.split('.').all(is_dns_label) {
+        return None;
+    }
+    Some(format!("{body}."))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (slot, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *slot = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+    let raw: RawConfig = match toml::from_str(src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Err(vec![Problem::at(
+                src,
+                e.span(),
+                e.message().trim().to_string(),
+            )]);
+        }
+    };
+    let mut c = Checker {
+        src,
+        problems: Vec::new(),
+    };
+
+    // [network]
+    let mut network = NetworkConfig {
+        subnet: Ipv4Addr::UNSPECIFIED,
+        prefix: 32,
+        gateway: Ipv4Addr::UNSPECIFIED,
+        txqueuelen: 1000,
+    };
+    let mut network_ok = true;
+    let subnet = &raw.network.subnet;
+    match subnet.get_ref().split_once('/') {
+        Some((a, p)) => match (a.parse::<Ipv4Addr>(), p.parse::<u8>()) {
+            (Ok(a), Ok(p)) if (1..=30).contains(&p) => {
+                network.subnet = a;
+                network.prefix = p;
+            }
+            _ => {
+                c.err(
+                    subnet,
+                    format!(
+                        "network.subnet: expected an IPv4 prefix like \"10.77.0.0/16\" (prefix 1 to 30), found {:?}",
+                        subnet.get_ref()
+                    ),
+                );
+                network_ok = false;
+            }
+        },
+        None => {
+            c.err(
+                subnet,
+                format!(
+                    "network.subnet: expected an IPv4 prefix like \"10.77.0.0/16\", found {:?}",
+                    subnet.get_ref()
+                ),
+            );
+            network_ok = false;
+        }
+    }
+    match c.ipv4(&raw.network.gateway, "network.gateway") {
+        Some(gw) => {
+            network.gateway = gw;
+            if network_ok && !network.contains(gw) {
+                c.err(
+                    &raw.network.gateway,
+                    format!(
+                        "network.gateway: {gw} is outside network.subnet {}",
+                        subnet.get_ref()
+                    ),
+                );
+            }
+        }
+        None => network_ok = false,
+    }
+    if let Some(q) = &raw.network.txqueuelen {
+        if *q.get_ref() == 0 {
+            c.err(q, "network.txqueuelen: expected a queue length above zero");
+        } else {
+            network.txqueuelen = *q.get_ref();
+        }
+    }
+
+    // [dns]
+    let mut listen = Vec::new();
+    if raw.dns.listen.get_ref().is_empty() {
+        c.err(
+            &raw.dns.listen,
+            "dns.listen: expected at least one address like \"127.0.0.1:53\"",
+        );
+    }
+    for l in raw.dns.listen.get_ref() {
+        if let Some(a) = c.socket(l, "dns.listen", 53) {
+            listen.push(a);
+        }
+    }
+    let zone = match normalise_fqdn(raw.dns.zone.get_ref()) {
+        Some(z) => z,
+        None => {
+            c.err(
+                &raw.dns.zone,
+                format!(
+                    "dns.zone: expected a domain name like \"svc.test.\", found {:?}",
+                    raw.dns.zone.get_ref()
+                ),
+            );
+            "invalid.".to_string()
+        }
+    };
+    let ttl = match &raw.dns.ttl {
+        Some(t) if *t.get_ref() > 86_400 => {
+            c.err(t, "dns.ttl: expected at most 86400 seconds");
+            10
+        }
+        Some(t) => *t.get_ref(),
+        None => 10,
+    };
+    let mut upstream = Vec::new();
+    for u in &raw.dns.upstream {
+        if let Some(a) = c.socket(u, "dns.upstream", 53) {
+            upstream.push(a);
+        }
+    }
+    let nameserver = match &raw.dns.nameserver {
+        Some(n) => match normalise_fqdn(n.get_ref()) {
+            Some(n) => n,
+            None => {
+                c.err(
+                    n,
+                    "dns.nameserver: expected a host name like \"ns.svc.test.\"",
+                );
+                format!("ns.{zone}")
+            }
+        },
+        None => format!("ns.{zone}"),
+    };
+    let nameserver_ip = match &raw.dns.nameserver_ip {
+        Some(v) => c.ipv4(v, "dns.nameserver_ip").unwrap_or(network.gateway),
+        None => network.gateway,
+    };
+
+    // [admin]
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| c.socket(&a.listen, "admin.listen", 9100));
+
+    // [limits]
+    let mut limits = Limits::default();
+    if let Some(l) = &raw.limits {
+        if let Some(v) = &l.max_instances {
+            if *v.get_ref() == 0 {
+                c.err(v, "limits.max_instances: expected at least 1");
+            } else {
+                limits.max_instances = *v.get_ref();
+            }
+        }
+        if let Some(v) = &l.max_concurrent_boots {
+            if *v.get_ref() == 0 {
+                c.err(v, "limits.max_concurrent_boots: expected at least 1");
+            } else {
+                limits.max_concurrent_boots = *v.get_ref();
+            }
+        }
+        limits.backoff_initial = c.duration(
+            &l.backoff_initial,
+            "limits.backoff_initial",
+            limits.backoff_initial,
+        );
+        limits.backoff_max = c.duration(&l.backoff_max, "limits.backoff_max", limits.backoff_max);
+    }
+
+    // [[service]]
+    let mut services = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+    let ns_label = nameserver
+        .strip_suffix(&format!(".{zone}"))
+        .map(str::to_string);
+    for s in &raw.services {
+        if let Some(svc) = check_service(&mut c, s, base, &network, network_ok) {
+            let (nl, _) = super::line_col(src, s.span().start);
+            if let Some(prev) = names.insert(svc.name.clone(), nl) {
+                c.err(
+                    &s.get_ref().name,
+                    format!(
+                        "service.name: duplicate service {:?} (first defined on line {prev})",
+                        svc.name
+                    ),
+                );
+            }
+            if ns_label.as_deref() == Some(svc.name.as_str()) {
+                c.err(
+                    &s.get_ref().name,
+                    format!(
+                        "service.name: {:?} is the zone's name server ({nameserver})",
+                        svc.name
+                    ),
+                );
+            }
+            if let Some(other) = ips.insert(svc.ip, svc.name.clone()) {
+                c.err(
+                    &s.get_ref().ip,
+                    format!(
+                        "service.ip: {} is already used by service {other:?}",
+                        svc.ip
+                    ),
+                );
+            }
+            services.push(svc);
+        }
+    }
+    if raw.services.is_empty() {
+        c.err_plain("no [[service]] defined: expected at least one");
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            dns: DnsConfig {
+                listen,
+                zone,
+                ttl,
+                upstream,
+                nameserver,
+                nameserver_ip,
+            },
+            network,
+            admin,
+            limits,
+            services,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn check_service(
+    c: &mut Checker<'_>,
+    s: &Spanned<RawService>,
+    base: &Path,
+    network: &NetworkConfig,
+    network_ok: bool,
+) -> Option<ServiceConfig> {
+    let r = s.get_ref();
+    let before = c.problems.len();
+    let name = r.name.get_ref().to_ascii_lowercase();
+    if !is_dns_label(&name) {
+        c.err(
+            &r.name,
+            format!(
+                "service.name: expected a DNS label (letters, digits, '-', at most 63), found {:?}",
+                r.name.get_ref()
+            ),
+        );
+    }
+    let backend = match r.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("kvm") => BackendKind::Kvm,
+        Some("libvirt") => {
+            let b = r.backend.as_ref().expect("matched Some");
+            c.err(
+                b,
+                "service.backend: \"libvirt\" is not supported yet (issue 6); use \"kvm\"",
+            );
+            BackendKind::Kvm
+        }
+        Some(other) => {
+            let b = r.backend.as_ref().expect("matched Some");
+            c.err(
+                b,
+                format!("service.backend: expected \"kvm\", found {other:?}"),
+            );
+            BackendKind::Kvm
+        }
+    };
+    if r.libvirt.is_some() && backend == BackendKind::Kvm && r.backend.is_none() {
+        c.err(
+            &r.name,
+            "service.libvirt: only valid with backend = \"libvirt\"",
+        );
+    }
+    let image = match &r.image {
+        Some(img) => {
+            let p = Path::new(img.get_ref());
+            let p = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            };
+            if !p.is_file() {
+                c.err(img, format!("service.image: no such file: {}", p.display()));
+            }
+            p
+        }
+        None => {
+            c.err(&r.name, format!("service {name:?}: missing key `image`"));
+            Default::default()
+        }
+    };
+    let ip = c.ipv4(&r.ip, "service.ip");
+    if let Some(ip) = ip {
+        if network_ok {
+            if !network.contains(ip) {
+                c.err(&r.ip, format!("service.ip: {ip} is outside network.subnet"));
+            } else if ip == network.gateway {
+                c.err(&r.ip, format!("service.ip: {ip} is the gateway address"));
+            } else {
+                let host = u32::from(ip) & !super::prefix_mask(network.prefix);
+                if host == 0 || host == !super::prefix_mask(network.prefix) {
+                    c.err(
+                        &r.ip,
+                        format!("service.ip: {ip} is the subnet's network or broadcast address"),
+                    );
+                }
+            }
+        }
+    }
+    let mac = match &r.mac {
+        Some(m) => match parse_mac(m.get_ref()) {
+            Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
+            Some(_) => {
+                c.err(m, "service.mac: expected a unicast MAC (first octet even)");
+                [0; 6]
+            }
+            None => {
+                c.err(
+                    m,
+                    format!(
+                        "service.mac: expected a MAC like \"02:00:00:00:00:01\", found {:?}",
+                        m.get_ref()
+                    ),
+                );
+                [0; 6]
+            }
+        },
+        None => mac_from_ip(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+    };
+    let memory_mib = match &r.memory_mib {
+        Some(m) if !(2..=4096).contains(m.get_ref()) => {
+            c.err(m, "service.memory_mib: expected 2 to 4096");
+            16
+        }
+        Some(m) => *m.get_ref(),
+        None => 16,
+    };
+    let net_args = r.net_args.unwrap_or(true);
+    let mut args = Vec::new();
+    if net_args {
+        if let Some(a) = r.args.iter().find(|a| a.starts_with("--ipv4")) {
+            c.err(
+                &r.name,
+                format!("service.args: {a:?} is generated from `ip` and [network]; drop it or set net_args = false"),
+            );
+        }
+        if let Some(ip) = ip {
+            args.push(format!("--ipv4={ip}/{}", network.prefix));
+            args.push(format!("--ipv4-gateway={}", network.gateway));
+        }
+    }
+    args.extend(r.args.iter().cloned());
+    let idle_timeout = c.duration(
+        &r.idle_timeout,
+        "service.idle_timeout",
+        Duration::from_secs(60),
+    );
+    let ready_timeout = c.duration(
+        &r.ready_timeout,
+        "service.ready_timeout",
+        Duration::from_secs(5),
+    );
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(ServiceConfig {
+        name,
+        backend,
+        image,
+        ip: ip?,
+        mac,
+        memory_mib,
+        args,
+        idle_timeout,
+        stop: r.stop.unwrap_or(StopMode::Destroy),
+        reply: r.reply.unwrap_or(ReplyMode::Immediate),
+        ready_timeout,
+    })
+}

@@ -1,0 +1,117 @@
+//! `summond run`: wire config, network, registry, DNS, admin, reaper, signals and systemd.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use hickory_server::Server;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{BackendKind, Config};
+use crate::dns::{DnsFront, Zone};
+use crate::metrics::Metrics;
+use crate::net::{remove_leftovers, NetPlumber, Netlink};
+use crate::registry::Registry;
+use crate::{admin, backend, reaper, reload, systemd};
+
+/// Idle TCP DNS connections are closed after this.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let mut config = Config::load(&config_path)?;
+    let metrics = Arc::new(Metrics::new());
+
+    let nl = Netlink::connect().context("netlink")?;
+    match remove_leftovers(&nl).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(?removed, "removed interfaces left by an earlier summond")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "looking for leftover interfaces"),
+    }
+    let plumber = NetPlumber::new(
+        nl.clone(),
+        config.network.gateway,
+        config.network.txqueuelen,
+    );
+
+    let backend = backend::for_kind(BackendKind::Kvm).context("starting the KVM backend")?;
+    let registry = Registry::new(
+        &config.services,
+        config.limits,
+        config.dns.ttl,
+        backend,
+        Arc::new(plumber),
+        metrics.clone(),
+    );
+    let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
+        &config,
+        reload::next_serial(0),
+    )?)));
+
+    let mut server = Server::new(DnsFront::new(
+        zone.clone(),
+        registry.clone(),
+        metrics.clone(),
+    ));
+    for addr in &config.dns.listen {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS UDP {addr}"))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS TCP {addr}"))?;
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_TIMEOUT, 64);
+    }
+    if let Some(addr) = config.admin {
+        let l = admin::bind(addr)
+            .await
+            .with_context(|| format!("binding admin {addr}"))?;
+        tokio::spawn(admin::serve(l, registry.clone()));
+    }
+    let reaper = reaper::spawn(registry.clone());
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    tracing::info!(
+        zone = %config.dns.zone, listen = ?config.dns.listen, admin = ?config.admin,
+        services = config.services.len(), "summond ready"
+    );
+    systemd::ready(&format!("serving {} services", config.services.len()));
+    systemd::spawn_watchdog();
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                systemd::reloading();
+                match reload::reload(&config_path, &config, &zone, &registry).await {
+                    Ok(new) => {
+                        tracing::info!(services = new.services.len(), "configuration reloaded");
+                        config = new;
+                    }
+                    Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
+                }
+                systemd::ready(&format!("serving {} services", config.services.len()));
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!("stopping");
+    systemd::stopping();
+    reaper.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
+    registry.stop_all().await;
+    match remove_leftovers(&nl).await {
+        Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "final interface cleanup"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! summond: an authoritative DNS server that boots the unikernel behind a name when the name
+//! is resolved, and stops it again when it is idle.
+//!
+//! Where things live: [`config`] (TOML → checked config), [`dns`] (the hickory-server front),
+//! [`registry`] (services, instance state machine, backoff, limits), [`net`] (taps, routes,
+//! neighbours over netlink), [`reaper`], [`metrics`], [`admin`], [`systemd`], [`reload`].
+
+pub mod admin;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod metrics;
+pub mod net;
+pub mod reaper;
+pub mod registry;
+pub mod reload;
+pub mod systemd;
+pub mod testkit;

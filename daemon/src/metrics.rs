@@ -1,0 +1,109 @@
+//! Prometheus metrics, exported as text on the admin listener's /metrics.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub dns_queries: IntCounterVec,
+    pub summons: IntCounterVec,
+    pub summon_seconds: HistogramVec,
+    pub instances: IntGaugeVec,
+    pub reaped: IntCounterVec,
+    pub boot_failures: IntCounterVec,
+    pub boots: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let dns_queries = IntCounterVec::new(
+            Opts::new(
+                "summon_dns_queries_total",
+                "DNS queries answered, by query type and response code",
+            ),
+            &["qtype", "rcode"],
+        )
+        .expect("valid metric");
+        let summons = IntCounterVec::new(
+            Opts::new(
+                "summon_summons_total",
+                "A queries for services, by outcome (warm, cold, resumed, failed, backoff, limit, timeout)",
+            ),
+            &["service", "result"],
+        )
+        .expect("valid metric");
+        let summon_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "summon_summon_seconds",
+                "Summon latency: query to answer (stage=answer) and query to guest network-ready (stage=ready)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let instances = IntGaugeVec::new(
+            Opts::new("summon_instances", "Instances by service and state"),
+            &["service", "state"],
+        )
+        .expect("valid metric");
+        let reaped = IntCounterVec::new(
+            Opts::new(
+                "summon_reaped_total",
+                "Idle instances stopped, by mode (destroy, suspend)",
+            ),
+            &["service", "mode"],
+        )
+        .expect("valid metric");
+        let boot_failures = IntCounterVec::new(
+            Opts::new("summon_boot_failures_total", "Failed boots by reason"),
+            &["service", "reason"],
+        )
+        .expect("valid metric");
+        let boots = IntCounterVec::new(
+            Opts::new("summon_boots_total", "Instances started (cold boots)"),
+            &["service"],
+        )
+        .expect("valid metric");
+        for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+        }
+        registry
+            .register(Box::new(summon_seconds.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(instances.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            dns_queries,
+            summons,
+            summon_seconds,
+            instances,
+            reaped,
+            boot_failures,
+            boots,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

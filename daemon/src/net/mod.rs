@@ -1,0 +1,135 @@
+//! Network plumbing: one routed point-to-point tap per instance (no shared L2 between guests).
+
+mod cleanup;
+mod netlink;
+mod tap;
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+pub use cleanup::remove_leftovers;
+pub use netlink::{LinkCounters, NetError, Netlink};
+pub use tap::{tap_name, Tap, TAP_PREFIX};
+
+/// An instance's host-side network: the open tap with its route and neighbour entry.
+/// Dropping it closes the daemon's fd; [`NetPlumber::teardown`] also deletes the link.
+#[derive(Debug)]
+pub struct InstanceNet {
+    pub tap: Tap,
+    pub guest: Ipv4Addr,
+}
+
+impl InstanceNet {
+    pub fn launcher_fd(&self) -> Result<OwnedFd, NetError> {
+        self.tap.dup_fd().map_err(|source| NetError::Io {
+            what: format!("duplicating the fd of tap {}", self.tap.name),
+            source,
+        })
+    }
+}
+
+/// Creates and removes instance networks.
+#[derive(Clone)]
+pub struct NetPlumber {
+    nl: Netlink,
+    gateway: Ipv4Addr,
+    txqueuelen: u32,
+}
+
+impl NetPlumber {
+    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32) -> NetPlumber {
+        NetPlumber {
+            nl,
+            gateway,
+            txqueuelen,
+        }
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
+    /// Everything in place before the DNS answer leaves: tap open and up, gateway address,
+    /// /32 route and permanent neighbour entry.
+    pub async fn setup(
+        &self,
+        service: &str,
+        guest: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<InstanceNet, NetError> {
+        let name = tap_name(service);
+        let tap = Tap::open(&name).map_err(|source| NetError::Io {
+            what: format!("creating tap {name}"),
+            source,
+        })?;
+        restrict_tap_sysctls(&name);
+        let index = tap.index;
+        if let Err(e) = self
+            .nl
+            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen)
+            .await
+        {
+            let _ = self.nl.delete_link(index).await;
+            return Err(e);
+        }
+        Ok(InstanceNet { tap, guest })
+    }
+
+    /// Removes the link (and with it its address, route and neighbour entry).
+    pub async fn teardown(&self, net: InstanceNet) -> Result<(), NetError> {
+        let index = net.tap.index;
+        drop(net);
+        self.nl.delete_link(index).await
+    }
+}
+
+/// Strict reverse-path filtering on the tap: a guest cannot send with another guest's (or any
+/// other) source address. Best effort: a read-only /proc (tests, containers) only loses this.
+fn restrict_tap_sysctls(name: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/rp_filter");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(%path, error = %e, "could not set rp_filter");
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::registry::Plumbing for NetPlumber {
+    async fn setup(
+        &self,
+        svc: &crate::config::ServiceConfig,
+    ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), String> {
+        let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fd = net.launcher_fd().map_err(|e| e.to_string())?;
+        Ok((
+            crate::registry::NetLease {
+                tap: net.tap.name.clone(),
+                index: net.tap.index,
+                inner: Some(net),
+            },
+            Some(fd),
+        ))
+    }
+
+    async fn teardown(&self, lease: crate::registry::NetLease) {
+        let result = match lease.inner {
+            Some(net) => NetPlumber::teardown(self, net).await,
+            None => self.nl.delete_link(lease.index).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(tap = %lease.tap, error = %e, "removing tap");
+        }
+    }
+
+    async fn packets(&self, tap: &str, index: u32) -> Option<u64> {
+        match self.nl.counters(index).await {
+            Ok(Some(c)) => Some(c.rx_packets + c.tx_packets),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(%tap, error = %e, "reading tap counters");
+                None
+            }
+        }
+    }
+}

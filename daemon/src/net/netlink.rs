@@ -1,0 +1,182 @@
+//! The host side of an instance's point-to-point link, through rtnetlink.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Netlink { what, source }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.raw_code() == -errno,
+        _ => false,
+    }
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// Packet counters of one link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl Netlink {
+    /// Opens a netlink socket; its connection task runs on the current tokio runtime.
+    pub fn connect() -> Result<Netlink, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io {
+            what: "opening a netlink socket".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Link up with a queue long enough to hold a client's first burst while the guest boots;
+    /// the gateway as /32 on the host side; a /32 route and a permanent neighbour entry for the
+    /// guest, so the first SYN is queued in the tap without an ARP round trip.
+    pub async fn setup_p2p(
+        &self,
+        index: u32,
+        gateway: Ipv4Addr,
+        guest: Ipv4Addr,
+        mac: [u8; 6],
+        txqueuelen: u32,
+    ) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .up()
+                    .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting link {index} up")))?;
+        if let Err(e) = self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(gateway), 32)
+            .execute()
+            .await
+        {
+            if !is_errno(&e, libc::EEXIST) {
+                return Err(nl(format!("adding {gateway}/32 to link {index}"))(e));
+            }
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(guest, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .pref_source(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding route {guest}/32 via link {index}")))?;
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(guest))
+            .link_local_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("adding neighbour {guest} on link {index}")))?;
+        Ok(())
+    }
+
+    /// Deletes a link; one that is already gone is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("deleting link {index}"))(e)),
+        }
+    }
+
+    /// All links whose name starts with `prefix`, as (index, name).
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>, NetError> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl("listing links"))? {
+            if let Some(name) = link_name(&msg) {
+                if name.starts_with(prefix) {
+                    out.push((msg.header.index, name));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packet counters of a link, or `None` if it does not exist.
+    pub async fn counters(&self, index: u32) -> Result<Option<LinkCounters>, NetError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_counters(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("reading counters of link {index}"))(e)),
+        }
+    }
+}
+
+fn link_name(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_counters(msg: &LinkMessage) -> LinkCounters {
+    let mut c = LinkCounters::default();
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::Stats64(s) => {
+                return LinkCounters {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                }
+            }
+            LinkAttribute::Stats(s) => {
+                c = LinkCounters {
+                    rx_packets: u64::from(s.rx_packets),
+                    tx_packets: u64::from(s.tx_packets),
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}

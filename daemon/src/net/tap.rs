@@ -1,0 +1,118 @@
+//! Taps opened by the daemon itself through /dev/net/tun, so that the interface exists and
+//! queues packets before the guest (and even the DNS answer) is there.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Every interface summond creates starts with this, so leftovers can be found after a crash.
+pub const TAP_PREFIX: &str = "sm-";
+const IFNAMSIZ: usize = 16;
+
+/// `_IOW('T', 202, int)`
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// The interface name for a service: `sm-NAME`, or `sm-PREFIX-HASH` when that would not fit
+/// in IFNAMSIZ (15 bytes plus NUL). Deterministic, so a restarted daemon finds the same name.
+pub fn tap_name(service: &str) -> String {
+    let max = IFNAMSIZ - 1;
+    if TAP_PREFIX.len() + service.len() <= max {
+        return format!("{TAP_PREFIX}{service}");
+    }
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in service.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let head: String = service.chars().take(6).collect();
+    let head = head.trim_end_matches('-');
+    format!("{TAP_PREFIX}{head}-{:05x}", h & 0xf_ffff)
+}
+
+/// An open tap: the fd keeps the (non-persistent) interface alive.
+#[derive(Debug)]
+pub struct Tap {
+    pub name: String,
+    pub index: u32,
+    pub fd: OwnedFd,
+}
+
+impl Tap {
+    /// Creates (or attaches to) the tap `name` as IFF_TAP | IFF_NO_PI.
+    pub fn open(name: &str) -> io::Result<Tap> {
+        if name.is_empty() || name.len() >= IFNAMSIZ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "interface name {name:?} does not fit in {} bytes",
+                    IFNAMSIZ - 1
+                ),
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        let mut req = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI,
+            _pad: [0; 22],
+        };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which IfReq mirrors in size
+        // and layout (40 bytes); the fd is a freshly opened /dev/net/tun.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cname =
+            CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: cname is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Tap {
+            name: name.to_string(),
+            index,
+            fd: file.into(),
+        })
+    }
+
+    /// A second fd on the same queue, for the launcher; the daemon keeps its own so the
+    /// interface outlives a guest that exits, until the daemon has cleaned up.
+    pub fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_ifnamsiz_and_are_stable() {
+        assert_eq!(tap_name("hello"), "sm-hello");
+        assert_eq!(tap_name("abcdefghijkl"), "sm-abcdefghijkl");
+        let long = tap_name("a-very-long-service-name");
+        assert!(long.len() <= 15, "{long}");
+        assert!(long.starts_with("sm-a-very"));
+        assert_eq!(long, tap_name("a-very-long-service-name"));
+        assert_ne!(long, tap_name("a-very-long-service-nama"));
+        let dashy = tap_name("abcde--------------x");
+        assert!(dashy.len() <= 15 && !dashy.contains("--"), "{dashy}");
+    }
+}

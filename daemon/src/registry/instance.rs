@@ -1,0 +1,94 @@
+//! One service's instance: its phase and what it holds while alive.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use summon_launcher::Instance;
+
+use super::NetLease;
+
+/// The lifecycle of an instance (docs/architecture.md, "Instance lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Stopped,
+    Starting,
+    Running,
+    Suspended,
+    Stopping,
+    /// The last boot failed; no new boot before the backoff expires.
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Stopped,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Suspended,
+        Phase::Stopping,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Suspended => "suspended",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether the instance holds memory and a tap (and so counts against max_instances).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            Phase::Starting | Phase::Running | Phase::Suspended | Phase::Stopping
+        )
+    }
+}
+
+/// Mutable state of one slot, behind its mutex. Only short, non-blocking work under the lock.
+pub struct Inner {
+    pub phase: Phase,
+    /// Generation of the current (or last) instance; events of older ones are ignored.
+    pub gen: u64,
+    pub instance: Option<Arc<dyn Instance>>,
+    pub net: Option<NetLease>,
+    pub net_ready: bool,
+    /// An exit or fault that arrived while the start call had not returned yet.
+    pub early_exit: Option<String>,
+    pub failures: u32,
+    pub backoff_until: Option<Instant>,
+    pub last_error: Option<String>,
+    pub since: Instant,
+    pub started_at: Option<Instant>,
+    pub last_traffic: Instant,
+    pub last_packets: Option<u64>,
+    pub boots: u64,
+    pub removed: bool,
+}
+
+impl Inner {
+    pub fn new() -> Inner {
+        let now = Instant::now();
+        Inner {
+            phase: Phase::Stopped,
+            gen: 0,
+            instance: None,
+            net: None,
+            net_ready: false,
+            early_exit: None,
+            failures: 0,
+            backoff_until: None,
+            last_error: None,
+            since: now,
+            started_at: None,
+            last_traffic: now,
+            last_packets: None,
+            boots: 0,
+            removed: false,
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Registry behaviour with a scripted backend and in-memory plumbing (no KVM, no netlink):
+//! the state machine, one start per instance, backoff, limits, suspend/resume, reaping, reload.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use summon_launcher::{
+    Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
+};
+
+use super::*;
+use crate::config::{BackendKind, Limits, ReplyMode, ServiceConfig, StopMode};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    /// Starts, reports network-ready.
+    Healthy,
+    /// start() returns an error.
+    FailStart,
+    /// Starts, then halts at once (like `hello`).
+    ExitAtOnce,
+    /// Starts but never becomes ready.
+    Silent,
+}
+
+struct FakeBackend {
+    script: Mutex<Script>,
+    starts: AtomicU32,
+    stops: Arc<AtomicU32>,
+    boot_delay: Duration,
+}
+
+struct FakeInstance {
+    paused: AtomicBool,
+    stopped: AtomicBool,
+    stops: Arc<AtomicU32>,
+    resumes: Arc<AtomicU64>,
+}
+
+impl Instance for FakeInstance {
+    fn stop(&self) -> Result<(), BackendError> {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            self.stops.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn suspend(&self) -> Result<(), BackendError> {
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), BackendError> {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn state(&self) -> InstanceState {
+        if self.stopped.load(Ordering::SeqCst) {
+            InstanceState::Stopped
+        } else if self.paused.load(Ordering::SeqCst) {
+            InstanceState::Paused
+        } else {
+            InstanceState::Running
+        }
+    }
+}
+
+static RESUMES: std::sync::OnceLock<Arc<AtomicU64>> = std::sync::OnceLock::new();
+
+impl Backend for FakeBackend {
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(spec.nets.len(), 1);
+        std::thread::sleep(self.boot_delay);
+        let script = *self.script.lock().unwrap();
+        if script == Script::FailStart {
+            return Err(BackendError::InvalidState(spec.name, "start"));
+        }
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            match script {
+                Script::Healthy => ev(InstanceEvent::NetReady),
+                Script::ExitAtOnce => ev(InstanceEvent::Exited(0)),
+                _ => {}
+            }
+        });
+        Ok(Box::new(FakeInstance {
+            paused: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            stops: self.stops.clone(),
+            resumes: RESUMES.get_or_init(Default::default).clone(),
+        }))
+    }
+}
+
+#[derive(Default)]
+struct FakePlumbing {
+    live: Mutex<Vec<String>>,
+    packets: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Plumbing for FakePlumbing {
+    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), String> {
+        let tap = crate::net::tap_name(&svc.name);
+        let mut live = self.live.lock().unwrap();
+        if live.contains(&tap) {
+            return Err(format!("{tap} exists twice"));
+        }
+        live.push(tap.clone());
+        Ok((
+            NetLease {
+                tap,
+                index: 1,
+                inner: None,
+            },
+            None,
+        ))
+    }
+    async fn teardown(&self, lease: NetLease) {
+        self.live.lock().unwrap().retain(|t| *t != lease.tap);
+    }
+    async fn packets(&self, _tap: &str, _index: u32) -> Option<u64> {
+        Some(self.packets.load(Ordering::SeqCst))
+    }
+}
+
+fn svc(name: &str, last_octet: u8) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        backend: BackendKind::Kvm,
+        image: PathBuf::from("/nonexistent"),
+        ip: Ipv4Addr::new(10, 77, 0, last_octet),
+        mac: [2, 0, 0, 0, 0, last_octet],
+        memory_mib: 16,
+        args: vec![],
+        idle_timeout: Duration::from_millis(300),
+        stop: StopMode::Destroy,
+        reply: ReplyMode::Immediate,
+        ready_timeout: Duration::from_secs(2),
+    }
+}
+
+struct Fixture {
+    reg: Registry,
+    backend: Arc<FakeBackend>,
+    plumbing: Arc<FakePlumbing>,
+}
+
+fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixture {
+    let backend = Arc::new(FakeBackend {
+        script: Mutex::new(script),
+        starts: AtomicU32::new(0),
+        stops: Arc::new(AtomicU32::new(0)),
+        boot_delay: Duration::from_millis(30),
+    });
+    let plumbing = Arc::new(FakePlumbing::default());
+    let reg = Registry::new(
+        &services,
+        limits,
+        0,
+        backend.clone(),
+        plumbing.clone(),
+        Arc::new(Metrics::new()),
+    );
+    Fixture {
+        reg,
+        backend,
+        plumbing,
+    }
+}
+
+async fn wait_phase(slot: &Arc<Slot>, phase: Phase) {
+    for _ in 0..400 {
+        if slot.phase() == phase {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "{} stayed {:?}, wanted {:?}",
+        slot.name,
+        slot.phase(),
+        phase
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_summons_share_one_start() {
+    let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let reg = f.reg.clone();
+            let slot = slot.clone();
+            tokio::spawn(async move { reg.summon(&slot).await })
+        })
+        .collect();
+    for t in tasks {
+        let (ip, _) = t.await.unwrap().unwrap();
+        assert_eq!(ip, Ipv4Addr::new(10, 77, 0, 10));
+    }
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(slot.phase(), Phase::Running);
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Warm);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_boot_backs_off_then_retries() {
+    let limits = Limits {
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let f = fixture(vec![svc("bad", 11)], limits, Script::FailStart);
+    let slot = f.reg.get("bad").unwrap();
+    assert!(matches!(
+        f.reg.summon(&slot).await,
+        Err(SummonError::BootFailed(_))
+    ));
+    assert_eq!(slot.phase(), Phase::Failed);
+    for _ in 0..20 {
+        assert_eq!(f.reg.summon(&slot).await, Err(SummonError::BackingOff));
+    }
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+    assert!(
+        f.plumbing.live.lock().unwrap().is_empty(),
+        "tap left after failed boot"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    *f.backend.script.lock().unwrap() = Script::Healthy;
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_exiting_before_ready_is_a_failed_boot() {
+    let limits = Limits {
+        backoff_initial: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let f = fixture(vec![svc("hello", 12)], limits, Script::ExitAtOnce);
+    let slot = f.reg.get("hello").unwrap();
+    // Immediate mode answers as soon as the boot is under way.
+    assert!(f.reg.summon(&slot).await.is_ok());
+    wait_phase(&slot, Phase::Failed).await;
+    assert_eq!(f.reg.summon(&slot).await, Err(SummonError::BackingOff));
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    let m = f.reg.metrics().render();
+    assert!(
+        m.contains("summon_boot_failures_total{reason=\"exit\",service=\"hello\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_at_once() {
+    let limits = Limits {
+        max_instances: 1,
+        ..Limits::default()
+    };
+    let f = fixture(vec![svc("a", 10), svc("b", 11)], limits, Script::Healthy);
+    let a = f.reg.get("a").unwrap();
+    let b = f.reg.get("b").unwrap();
+    f.reg.summon(&a).await.unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(
+        f.reg.summon(&b).await,
+        Err(SummonError::Limit(Limit::Instances))
+    );
+    assert!(t.elapsed() < Duration::from_millis(20));
+    assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
+    f.reg.summon(&b).await.unwrap();
+
+    let limits = Limits {
+        max_concurrent_boots: 1,
+        ..Limits::default()
+    };
+    let f = fixture(vec![svc("a", 10), svc("b", 11)], limits, Script::Healthy);
+    let a = f.reg.get("a").unwrap();
+    let b = f.reg.get("b").unwrap();
+    let reg = f.reg.clone();
+    let first = tokio::spawn(async move { reg.summon(&a).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        f.reg.summon(&b).await,
+        Err(SummonError::Limit(Limit::Boots))
+    );
+    first.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_without_reboot() {
+    let mut s = svc("keep", 13);
+    s.stop = StopMode::Suspend;
+    let f = fixture(vec![s], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("keep").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+    assert_eq!(slot.phase(), Phase::Suspended);
+    assert_eq!(
+        f.plumbing.live.lock().unwrap().len(),
+        1,
+        "suspended instance keeps its tap"
+    );
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Resumed);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaper_stops_idle_and_spares_busy() {
+    let f = fixture(vec![svc("idle", 14)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("idle").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    // Traffic keeps it alive past idle_timeout.
+    for _ in 0..8 {
+        f.plumbing.packets.fetch_add(3, Ordering::SeqCst);
+        f.reg.reap_idle().await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(slot.phase(), Phase::Running);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    f.reg.reap_idle().await;
+    assert_eq!(slot.phase(), Phase::Stopped);
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_mode_waits_and_times_out() {
+    let mut s = svc("slow", 15);
+    s.reply = ReplyMode::Ready;
+    s.ready_timeout = Duration::from_millis(300);
+    let f = fixture(vec![s], Limits::default(), Script::Silent);
+    let slot = f.reg.get("slow").unwrap();
+    assert_eq!(f.reg.summon(&slot).await, Err(SummonError::Timeout));
+    wait_phase(&slot, Phase::Stopped).await;
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+
+    *f.backend.script.lock().unwrap() = Script::Healthy;
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_unchanged_and_replaces_changed() {
+    let f = fixture(
+        vec![svc("same", 10), svc("changed", 11), svc("gone", 12)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    for n in ["same", "changed", "gone"] {
+        let s = f.reg.get(n).unwrap();
+        f.reg.summon(&s).await.unwrap();
+    }
+    let mut changed = svc("changed", 11);
+    changed.memory_mib = 32;
+    f.reg
+        .apply(
+            &[svc("same", 10), changed, svc("new", 13)],
+            Limits::default(),
+            0,
+        )
+        .await;
+    assert_eq!(f.reg.get("same").unwrap().phase(), Phase::Running);
+    assert_eq!(f.reg.get("changed").unwrap().phase(), Phase::Stopped);
+    assert_eq!(f.reg.get("changed").unwrap().config().memory_mib, 32);
+    assert!(f.reg.get("gone").is_none());
+    assert_eq!(f.reg.get("new").unwrap().phase(), Phase::Stopped);
+    assert_eq!(
+        f.plumbing.live.lock().unwrap().clone(),
+        vec![crate::net::tap_name("same")]
+    );
+    f.reg.stop_all().await;
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+}

@@ -1,0 +1,392 @@
+//! Helpers of the daemon end-to-end tests: a real `summond` process inside a network namespace
+//! made for the test, DNS queries (hickory-proto messages over real UDP/TCP sockets) and HTTP
+//! requests from inside that namespace, metrics from its admin listener.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use summon_tests::netns::NetNs;
+use summon_tests::require;
+
+pub const DNS: &str = "127.0.0.1:5300";
+pub const ADMIN: &str = "127.0.0.1:9100";
+pub const ZONE: &str = "svc.test.";
+
+/// KVM, namespaces and the tools a daemon test needs; false = skip (never under CI=true).
+pub fn prerequisites(what: &str) -> bool {
+    require::kvm_and_netns(what) && require::check(what, require::tool("ip"))
+}
+
+/// The `summond` binary: $SUMMOND_BIN, or built once into the workspace's target dir.
+pub fn summond() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SUMMOND_BIN") {
+            return PathBuf::from(p);
+        }
+        // tests run from target/<profile>/deps/; the binary lives in target/<profile>/.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = profile_dir.join("summond");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "summon-daemon", "--bin", "summond"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        if let Some(target) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().expect("run cargo build for summond");
+        assert!(status.success(), "building summond failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+pub fn image(name: &str) -> PathBuf {
+    summon_tests::image(name)
+}
+
+/// A `[[service]]` block for the http unikernel.
+pub fn http_service(name: &str, ip: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nimage = \"{}\"\nip = \"{ip}\"\nmemory_mib = 8\nargs = [\"--port=80\", \"--name={name}\"]\n{extra}\n",
+        image("http").display()
+    )
+}
+
+/// A whole config: the DNS/network/admin sections plus `services`.
+pub fn config(ttl: u32, upstream: &[&str], limits: &str, services: &str) -> String {
+    let upstream = upstream
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[dns]\nlisten = [\"{DNS}\"]\nzone = \"{ZONE}\"\nttl = {ttl}\nupstream = [{upstream}]\n\n[network]\nsubnet = \"10.77.0.0/16\"\ngateway = \"10.77.0.1\"\n\n[admin]\nlisten = \"{ADMIN}\"\n\n{limits}\n\n{services}"
+    )
+}
+
+/// A running summond in its own namespace. Killed (and the namespace deleted) on drop.
+pub struct Daemon {
+    pub ns: NetNs,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Daemon {
+    pub fn start(tag: &str, config_text: &str) -> Daemon {
+        let ns = NetNs::new(tag);
+        Self::start_in(ns, config_text)
+    }
+
+    pub fn start_in(ns: NetNs, config_text: &str) -> Daemon {
+        Self::start_env(ns, config_text, &[])
+    }
+
+    pub fn start_env(ns: NetNs, config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("summond.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let sock = dir.join("notify.sock");
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = dir.join("summond.log");
+        let child = ns
+            .command(summond().to_str().unwrap())
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock)
+            .envs(env.iter().copied())
+            .env(
+                "SUMMOND_LOG",
+                "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn summond");
+        let mut d = Daemon {
+            ns,
+            child: Some(child),
+            dir,
+            config,
+            log,
+            notify,
+        };
+        d.wait_notify("READY=1", Duration::from_secs(30));
+        d
+    }
+
+    /// Waits for an sd_notify datagram containing `what`; returns the datagram.
+    pub fn wait_notify(&mut self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == what) {
+                    return msg;
+                }
+            }
+            if let Some(status) = self.try_wait() {
+                panic!("summond exited ({status}) before {what}:\n{}", self.log());
+            }
+        }
+        panic!("no {what} from summond within {timeout:?}:\n{}", self.log());
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.try_wait() {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "summond did not exit on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces the config file and sends SIGHUP; waits for the daemon's READY after reload.
+    pub fn reload(&mut self, config_text: &str) {
+        std::fs::write(&self.config, config_text).unwrap();
+        self.signal(libc::SIGHUP);
+        self.wait_notify("RELOADING=1", Duration::from_secs(10));
+        self.wait_notify("READY=1", Duration::from_secs(30));
+    }
+
+    pub fn query(&self, name: &str, qtype: RecordType) -> Message {
+        let name = name.to_string();
+        self.ns
+            .run(move || query_udp(DNS.parse().unwrap(), &name, qtype).expect("DNS query"))
+    }
+
+    pub fn query_tcp(&self, name: &str, qtype: RecordType) -> Message {
+        let name = name.to_string();
+        self.ns
+            .run(move || query_tcp(DNS.parse().unwrap(), &name, qtype).expect("DNS query (TCP)"))
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        let path = path.to_string();
+        self.ns
+            .run(move || http_get(ADMIN.parse().unwrap(), &path).expect("admin GET"))
+    }
+
+    /// Sum of all samples of a metric whose label set contains every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.admin("/metrics"), name, labels)
+    }
+
+    /// `ip -n NS ARGS` output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.ns.name())
+            .args(args)
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names of the namespace's interfaces starting with "sm-".
+    pub fn taps(&self) -> Vec<String> {
+        self.ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("sm-"))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!("--- summond log ---\n{}", self.log());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn build_query(name: &str, qtype: RecordType, id: u16) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), qtype));
+    let mut e = Edns::new();
+    e.set_max_payload(1232);
+    m.set_edns(e);
+    m.to_vec().unwrap()
+}
+
+pub fn query_udp(server: SocketAddr, name: &str, qtype: RecordType) -> std::io::Result<Message> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let id = rand_id();
+    s.send_to(&build_query(name, qtype, id), server)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = s.recv_from(&mut buf)?;
+        let m = Message::from_vec(&buf[..n]).map_err(std::io::Error::other)?;
+        if m.metadata.id == id {
+            return Ok(m);
+        }
+    }
+}
+
+pub fn query_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> std::io::Result<Message> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let id = rand_id();
+    let q = build_query(name, qtype, id);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf)?;
+    Message::from_vec(&buf).map_err(std::io::Error::other)
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static N: AtomicU16 = AtomicU16::new(0);
+    (std::process::id() as u16) ^ N.fetch_add(7919, Ordering::Relaxed)
+}
+
+/// The A addresses of an answer.
+pub fn a_records(m: &Message) -> Vec<(Ipv4Addr, u32)> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some((a.0, r.ttl)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A one-shot HTTP/1.1 GET; returns the body of a 200 response.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status: {head}")));
+    }
+    Ok(body.to_string())
+}
+
+/// A POST to the admin listener (e.g. `/v1/instances/NAME/stop`); returns the body.
+pub fn admin_post(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// Sums the samples of `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, lbls) = match series.split_once('{') {
+            Some((m, l)) => (m, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
