@@ -30,6 +30,8 @@ struct Shared {
     events: EventSink,
     /// The end was reported (stopped on request, or seen ending); no more events follow.
     ended: AtomicBool,
+    /// stop() is under way: the domain vanishing is its doing, not the guest's.
+    stopping: AtomicBool,
     /// The handle was dropped: the watcher leaves the domain alone and exits.
     detached: AtomicBool,
     last: AtomicU8,
@@ -42,7 +44,7 @@ impl LibvirtInstance {
         name: String,
         stop: StopMode,
         events: EventSink,
-        console: Option<PathBuf>,
+        console: Option<Console>,
     ) -> LibvirtInstance {
         let shared = Arc::new(Shared {
             conn,
@@ -51,6 +53,7 @@ impl LibvirtInstance {
             stop,
             events,
             ended: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             last: AtomicU8::new(encode(InstanceState::Running)),
         });
@@ -129,9 +132,14 @@ impl Instance for LibvirtInstance {
         if self.shared.ended.load(Ordering::SeqCst) {
             return Ok(());
         }
-        match self.shared.stop {
-            StopMode::Destroy => self.destroy()?,
-            StopMode::Shutdown { timeout } => self.shutdown(timeout)?,
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let result = match self.shared.stop {
+            StopMode::Destroy => self.destroy(),
+            StopMode::Shutdown { timeout } => self.shutdown(timeout),
+        };
+        if let Err(e) = result {
+            self.shared.stopping.store(false, Ordering::SeqCst);
+            return Err(e.into());
         }
         self.end(InstanceEvent::Stopped);
         Ok(())
@@ -212,7 +220,7 @@ fn decode(v: u8) -> InstanceState {
 }
 
 /// Follows the console log and the domain's state until the domain ends or the handle goes.
-fn watch(shared: Arc<Shared>, console: Option<PathBuf>) {
+fn watch(shared: Arc<Shared>, console: Option<Console>) {
     let mut tail = console.map(ConsoleTail::new);
     let mut last_check = Instant::now();
     loop {
@@ -225,7 +233,9 @@ fn watch(shared: Arc<Shared>, console: Option<PathBuf>) {
         if let Some(t) = tail.as_mut() {
             t.pump(&shared.events);
         }
-        if last_check.elapsed() >= Duration::from_millis(250) {
+        if last_check.elapsed() >= Duration::from_millis(250)
+            && !shared.stopping.load(Ordering::SeqCst)
+        {
             last_check = Instant::now();
             let ended = match shared.conn.with_domain(&shared.uuid, "get state", observe) {
                 Ok(o) => match o.state {
@@ -266,6 +276,15 @@ fn watch(shared: Arc<Shared>, console: Option<PathBuf>) {
 /// libvirt's VIR_DOMAIN_SHUTOFF_CRASHED.
 const SHUTOFF_CRASHED: i32 = 3;
 
+/// A serial console log file to follow.
+#[derive(Debug, Clone)]
+pub(crate) struct Console {
+    pub path: PathBuf,
+    /// Skip what is in the file already (a domain that was running or paused before the summon:
+    /// its old output is not news).
+    pub from_end: bool,
+}
+
 /// Reads what the serial console wrote since the last call and emits whole lines.
 struct ConsoleTail {
     path: PathBuf,
@@ -275,11 +294,18 @@ struct ConsoleTail {
 }
 
 impl ConsoleTail {
-    fn new(path: PathBuf) -> ConsoleTail {
+    fn new(console: Console) -> ConsoleTail {
+        let offset = if console.from_end {
+            std::fs::metadata(&console.path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        } else {
+            0
+        };
         ConsoleTail {
-            path,
+            path: console.path,
             file: None,
-            offset: 0,
+            offset,
             partial: Vec::new(),
         }
     }
@@ -289,6 +315,11 @@ impl ConsoleTail {
             self.file = File::open(&self.path).ok();
         }
         let Some(f) = self.file.as_mut() else { return };
+        // Truncated under us (the domain was started again with append='off'): start over.
+        if f.metadata().is_ok_and(|m| m.len() < self.offset) {
+            self.offset = 0;
+            self.partial.clear();
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }

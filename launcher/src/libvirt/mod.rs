@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use conn::Conn;
 pub use error::{LibvirtError, VIR_ERR_NO_DOMAIN};
+use instance::Console;
 pub use instance::LibvirtInstance;
 pub use xml::{DomainXml, GuestKind, NicXml, QBOOT};
 
@@ -166,6 +167,7 @@ impl LibvirtBackend {
     ) -> Result<LibvirtInstance, LibvirtError> {
         let info = self.inspect(which)?;
         let o = self.conn.with_domain(&info.uuid, "get state", observe)?;
+        let mut from_end = true;
         match o.state {
             DomainState::Running | DomainState::Blocked => {}
             DomainState::Paused => {
@@ -178,6 +180,7 @@ impl LibvirtBackend {
             }
             DomainState::Shutoff | DomainState::Crashed | DomainState::NoState => {
                 self.conn.with_domain(&info.uuid, "start", |d| d.create())?;
+                from_end = false;
             }
             DomainState::Shutdown => {
                 return Err(LibvirtError::State {
@@ -194,7 +197,7 @@ impl LibvirtBackend {
             info.name,
             self.config.stop,
             events,
-            info.console_log,
+            info.console_log.map(|path| Console { path, from_end }),
         ))
     }
 
@@ -231,7 +234,12 @@ impl LibvirtBackend {
             doc.name.clone(),
             self.config.stop,
             events,
-            doc.console_log.filter(|_| self.is_local()),
+            doc.console_log
+                .filter(|_| self.is_local())
+                .map(|path| Console {
+                    path,
+                    from_end: false,
+                }),
         ))
     }
 
