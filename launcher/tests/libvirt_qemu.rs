@@ -14,7 +14,7 @@ use summon_launcher::libvirt::{
     DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig, StopMode,
 };
 use summon_launcher::{
-    Backend, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
+    Backend, EventSink, InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
 };
 use virt::connect::Connect;
 
