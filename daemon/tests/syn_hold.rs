@@ -311,3 +311,115 @@ fn unheld_addresses_and_released_holds_pass() {
     assert!(ok);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// The daemon's libvirt backend: an existing domain (libvirt's test driver) is summoned, a
+/// client connects at once and is held, the "guest" (a listener at the domain's IP) comes up
+/// later, the backend's probe sees it, reports NetReady and releases the client's first SYN.
+#[test]
+fn held_backend_releases_when_the_guest_answers() {
+    use summon_daemon::libvirt::{HeldBackend, LibvirtService};
+    use summon_launcher::libvirt::LibvirtBackend;
+    use summon_launcher::{Backend, InstanceEvent, InstanceSpec};
+
+    if !tools_ok() {
+        return;
+    }
+    let pair = Pair::new();
+    let ip = pair.server_ip;
+    let server_ns = pair.server.clone();
+    let result = in_ns(&pair.client, move || {
+        // libvirt's test driver keeps state while a connection is open: this one plays libvirtd.
+        let host = virt::connect::Connect::open(Some("test:///default")).unwrap();
+        host.define_domain_xml(
+            "<domain type='test'><name>held-vm</name><memory unit='MiB'>16</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>",
+        )
+        .unwrap();
+        let svc = LibvirtService::from_table(
+            &"uri = 'test:///default'\ndomain = 'held-vm'"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        let inner = LibvirtBackend::new(svc.launcher_config().unwrap()).unwrap();
+        let hold = Arc::new(SynHold::start(4305).unwrap());
+        let backend = HeldBackend::new(inner, Some(hold.clone()), ip, 8083, Duration::from_secs(5));
+        let (ev_tx, ev_rx) = channel();
+        let ev_tx = std::sync::Mutex::new(ev_tx);
+        let spec = InstanceSpec {
+            name: "held".into(),
+            image: "/unused".into(),
+            memory_mib: 16,
+            nets: Vec::new(),
+            blocks: Vec::new(),
+            args: Vec::new(),
+        };
+        let inst = backend
+            .start(
+                spec,
+                Arc::new(move |e| {
+                    let _ = ev_tx.lock().unwrap().send((e, Instant::now()));
+                }),
+            )
+            .unwrap();
+        let t0 = Instant::now();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let r =
+                TcpStream::connect_timeout(&SocketAddr::from((ip, 8083)), Duration::from_secs(5));
+            tx.send((r.is_ok(), Instant::now())).unwrap();
+        });
+        // The guest's network comes up 300 ms later.
+        std::thread::sleep(Duration::from_millis(300));
+        let early = rx.try_recv().is_ok();
+        let accepted = serve(server_ns, ip, 8083);
+        let (ok, connected_at) = rx.recv_timeout(Duration::from_secs(6)).unwrap();
+        let ready_at = loop {
+            match ev_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("NetReady")
+            {
+                (InstanceEvent::NetReady, at) => break at,
+                _ => continue,
+            }
+        };
+        let stats = hold.stats(ip);
+        inst.stop().unwrap();
+        let state = host
+            .lookup_domain_by_name("held-vm")
+            .unwrap()
+            .is_active()
+            .unwrap();
+        let d = host.lookup_domain_by_name("held-vm").unwrap();
+        let _ = d.undefine();
+        hold.shutdown();
+        let rules =
+            String::from_utf8_lossy(&Command::new("iptables").arg("-S").output().unwrap().stdout)
+                .into_owned();
+        (
+            early,
+            ok,
+            connected_at.duration_since(t0),
+            ready_at <= connected_at + Duration::from_millis(50),
+            stats.held,
+            state,
+            rules.contains(RULE_COMMENT),
+            accepted.load(Ordering::SeqCst),
+        )
+    });
+    let (early, ok, took, ready_first, held, active, rules_left, accepted) = result;
+    assert!(
+        !early,
+        "the client connected before the guest was up: no hold"
+    );
+    assert!(ok, "the held client never connected");
+    assert!(ready_first, "NetReady came after the client's connection");
+    assert_eq!(held, 1, "one SYN held, none retransmitted");
+    assert!(
+        took < Duration::from_millis(1000),
+        "connect took {took:?}: retransmitted"
+    );
+    assert!(!active, "stop destroyed the domain");
+    assert!(!rules_left, "hold rules left behind");
+    assert!(accepted >= 2, "probe and client both reached the guest");
+}

@@ -1,0 +1,291 @@
+//! Libvirt services: the `[service.libvirt]` table, and a [`Backend`] that wraps the launcher's
+//! libvirt backend with the SYN hold, so the registry sees what it sees for the embedded
+//! launcher: instances that report `NetReady` once the guest answers, and no first SYN lost.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use summon_launcher::libvirt::{
+    DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig, StopMode,
+};
+use summon_launcher::{
+    Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
+};
+
+use crate::net::hold::{wait_until_answers, SynHold};
+
+/// `libvirt = { uri = "qemu:///system", domain = "legacy-vm" }` and friends.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtService {
+    /// `qemu:///system`, `xen:///system`, `qemu+ssh://host/system`, ...
+    pub uri: String,
+    /// An existing domain (name or UUID). Without it a transient domain is generated from the
+    /// service's image, memory and args.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// For generated domains: "kvm" (default), "xen-pvh" or "xen-pv".
+    #[serde(default)]
+    pub guest: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// qemu: firmware ROM for the `pc` machine (qboot by default).
+    #[serde(default)]
+    pub firmware: Option<PathBuf>,
+    /// qemu: where serial console logs go (default /var/log/libvirt/qemu).
+    #[serde(default)]
+    pub console_dir: Option<PathBuf>,
+    /// "destroy" (default) or "shutdown" (graceful, destroyed after `shutdown_timeout`).
+    #[serde(default)]
+    pub stop: Option<String>,
+    #[serde(default)]
+    pub shutdown_timeout: Option<String>,
+    /// TCP port probed to learn that the guest answers; the held SYNs are released then.
+    #[serde(default)]
+    pub probe_port: Option<u16>,
+}
+
+impl LibvirtService {
+    pub fn from_table(t: &toml::Table) -> Result<LibvirtService, String> {
+        let s: LibvirtService = t
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        s.launcher_config()?;
+        Ok(s)
+    }
+
+    /// The launcher's view; errors say which key is wrong.
+    pub fn launcher_config(&self) -> Result<LibvirtConfig, String> {
+        if self.uri.is_empty() {
+            return Err("libvirt.uri: empty".into());
+        }
+        let kind = match self.guest.as_deref() {
+            None | Some("kvm") => GuestKind::Kvm,
+            Some("xen-pvh") => GuestKind::XenPvh,
+            Some("xen-pv") => GuestKind::XenPv,
+            Some(other) => {
+                return Err(format!(
+                    "libvirt.guest: {other:?}: expected \"kvm\", \"xen-pvh\" or \"xen-pv\""
+                ))
+            }
+        };
+        let timeout = match &self.shutdown_timeout {
+            None => Duration::from_secs(10),
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| format!("libvirt.shutdown_timeout: {t:?}: {e}"))?,
+        };
+        let stop = match self.stop.as_deref() {
+            None | Some("destroy") => StopMode::Destroy,
+            Some("shutdown") => StopMode::Shutdown { timeout },
+            Some(other) => {
+                return Err(format!(
+                    "libvirt.stop: {other:?}: expected \"destroy\" or \"shutdown\""
+                ))
+            }
+        };
+        let domain = match &self.domain {
+            Some(d) if d.is_empty() => return Err("libvirt.domain: empty".into()),
+            Some(d) => DomainSource::Existing(d.clone()),
+            None => {
+                let mut g = Generated::new(kind);
+                if let Some(v) = self.vcpus {
+                    if v == 0 {
+                        return Err("libvirt.vcpus: must be at least 1".into());
+                    }
+                    g.vcpus = v;
+                }
+                if let Some(f) = &self.firmware {
+                    g.firmware = Some(f.clone());
+                }
+                if let Some(d) = &self.console_dir {
+                    g.console_dir = d.clone();
+                }
+                DomainSource::Generated(g)
+            }
+        };
+        Ok(LibvirtConfig {
+            uri: self.uri.clone(),
+            domain,
+            stop,
+        })
+    }
+}
+
+/// A libvirt backend whose instances' first SYNs are held until the guest answers.
+pub struct HeldBackend {
+    inner: LibvirtBackend,
+    hold: Option<Arc<SynHold>>,
+    ip: Ipv4Addr,
+    port: u16,
+    ready_timeout: Duration,
+}
+
+impl HeldBackend {
+    /// `hold` is `None` when NFQUEUE is unavailable: instances then run without a hold.
+    pub fn new(
+        inner: LibvirtBackend,
+        hold: Option<Arc<SynHold>>,
+        ip: Ipv4Addr,
+        port: u16,
+        ready_timeout: Duration,
+    ) -> HeldBackend {
+        HeldBackend {
+            inner,
+            hold,
+            ip,
+            port,
+            ready_timeout,
+        }
+    }
+
+    pub fn libvirt(&self) -> &LibvirtBackend {
+        &self.inner
+    }
+}
+
+struct Release {
+    hold: Option<Arc<SynHold>>,
+    ip: Ipv4Addr,
+    pending: AtomicBool,
+}
+
+impl Release {
+    /// Idempotent: whoever comes first (guest answered, timeout, stop) releases.
+    fn now(&self) {
+        if self.pending.swap(false, Ordering::SeqCst) {
+            if let Some(h) = &self.hold {
+                if let Err(e) = h.release(self.ip) {
+                    tracing::warn!(ip = %self.ip, error = %e, "releasing SYN hold");
+                }
+            }
+        }
+    }
+}
+
+impl Backend for HeldBackend {
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        let held = match &self.hold {
+            Some(h) => match h.hold(self.ip) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(ip = %self.ip, error = %e, "no SYN hold: first SYNs may be retransmitted");
+                    false
+                }
+            },
+            None => false,
+        };
+        let release = Arc::new(Release {
+            hold: self.hold.clone(),
+            ip: self.ip,
+            pending: AtomicBool::new(held),
+        });
+        let inner = match self.inner.start(spec, events.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                release.now();
+                return Err(e);
+            }
+        };
+        let (ip, port, timeout) = (self.ip, self.port, self.ready_timeout);
+        let r = release.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ready-{ip}"))
+            .spawn(move || {
+                if wait_until_answers(ip, port, timeout, Duration::from_millis(2)) {
+                    r.now();
+                    events(InstanceEvent::NetReady);
+                } else {
+                    tracing::warn!(%ip, port, "guest did not answer in time; releasing held SYNs");
+                    r.now();
+                }
+            });
+        if spawned.is_err() {
+            release.now();
+        }
+        Ok(Box::new(HeldInstance { inner, release }))
+    }
+}
+
+struct HeldInstance {
+    inner: Box<dyn Instance>,
+    release: Arc<Release>,
+}
+
+impl Instance for HeldInstance {
+    fn stop(&self) -> Result<(), BackendError> {
+        let r = self.inner.stop();
+        self.release.now();
+        r
+    }
+    fn suspend(&self) -> Result<(), BackendError> {
+        self.inner.suspend()
+    }
+    fn resume(&self) -> Result<(), BackendError> {
+        self.inner.resume()
+    }
+    fn state(&self) -> InstanceState {
+        self.inner.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<LibvirtService, String> {
+        LibvirtService::from_table(&s.parse::<toml::Table>().unwrap())
+    }
+
+    #[test]
+    fn tables() {
+        let s = parse("uri = 'qemu:///system'\ndomain = 'legacy-vm'").unwrap();
+        assert_eq!(
+            s.launcher_config().unwrap().domain,
+            DomainSource::Existing("legacy-vm".into())
+        );
+        let s = parse("uri = 'xen:///system'\nguest = 'xen-pvh'\nvcpus = 2").unwrap();
+        match s.launcher_config().unwrap().domain {
+            DomainSource::Generated(g) => {
+                assert_eq!((g.kind, g.vcpus), (GuestKind::XenPvh, 2));
+            }
+            d => panic!("{d:?}"),
+        }
+        let s =
+            parse("uri = 'qemu:///system'\nstop = 'shutdown'\nshutdown_timeout = '3s'").unwrap();
+        assert_eq!(
+            s.launcher_config().unwrap().stop,
+            StopMode::Shutdown {
+                timeout: Duration::from_secs(3)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_tables_name_the_key() {
+        assert!(parse("uri = 'qemu:///system'\nguest = 'lxc'")
+            .unwrap_err()
+            .contains("libvirt.guest"));
+        assert!(parse("uri = 'qemu:///system'\nstop = 'pause'")
+            .unwrap_err()
+            .contains("libvirt.stop"));
+        assert!(parse("uri = 'qemu:///system'\nvcpus = 0")
+            .unwrap_err()
+            .contains("libvirt.vcpus"));
+        assert!(parse("uri = 'qemu:///system'\nshutdown_timeout = 'soon'")
+            .unwrap_err()
+            .contains("shutdown_timeout"));
+        assert!(parse("uri = 'qemu:///system'\nnope = 1")
+            .unwrap_err()
+            .contains("nope"));
+        assert!(parse("domain = 'x'").unwrap_err().contains("uri"));
+    }
+}
