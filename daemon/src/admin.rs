@@ -50,10 +50,30 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "only GET\n").await;
-    }
     let path = target.split('?').next().unwrap_or("");
+    if method == "POST" {
+        // POST /v1/instances/NAME/stop: destroy the instance now (operators, benchmarks).
+        let name = path
+            .strip_prefix("/v1/instances/")
+            .and_then(|r| r.strip_suffix("/stop"));
+        return match name.and_then(|n| registry.get(&n.to_ascii_lowercase())) {
+            Some(slot) => {
+                let stopped = registry
+                    .stop(&slot, crate::config::StopMode::Destroy, "admin request")
+                    .await;
+                let body = if stopped {
+                    "stopped\n"
+                } else {
+                    "not running\n"
+                };
+                respond(&mut stream, 200, "text/plain", body).await
+            }
+            None => respond(&mut stream, 404, "text/plain", "no such service\n").await,
+        };
+    }
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, 405, "text/plain", "GET, or POST .../stop\n").await;
+    }
     match path {
         "/metrics" => {
             let body = registry.metrics().render();
@@ -93,11 +113,16 @@ async fn respond(
 
 /// Fetches a path from an admin listener (used by `summond status`).
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    request(addr, "GET", path).await
+}
+
+/// One request to an admin listener; the body of a 200 response.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out).into_owned();

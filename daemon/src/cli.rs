@@ -34,6 +34,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop (destroy) a service's instance now; the next query boots it again.
+    Stop {
+        service: String,
+        /// The daemon's admin.listen address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: SocketAddr,
+    },
 }
 
 /// Renders `/v1/instances` JSON as a table.

@@ -18,3 +18,4 @@ pub mod reaper;
 pub mod registry;
 pub mod reload;
 pub mod systemd;
+pub mod testkit;

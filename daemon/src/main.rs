@@ -28,15 +28,25 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Stop { service, admin }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let path = format!("/v1/instances/{service}/stop");
+            print!(
+                "{}",
+                rt.block_on(summon_daemon::admin::request(admin, "POST", &path))?
+            );
+            Ok(())
+        }
         Some(Command::Run) | None => {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");
             };
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_env("SUMMOND_LOG")
-                        .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn")),
-                )
+                .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {
+                    EnvFilter::new("info,hickory_server=warn,netlink_packet_route=error")
+                }))
                 .with_writer(std::io::stderr)
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -74,10 +74,6 @@ fn resolve_boots_and_serves_the_page_and_warm_queries_do_not_reboot() {
         "{json}"
     );
     assert_eq!(d.admin("/healthz"), "ok\n");
-    let status = std::process::Command::new(summond())
-        .args(["status", "--admin", ADMIN])
-        .output();
-    drop(status); // the admin address lives in the namespace; checked via `ip netns exec` below.
     let out =
         d.ns.command(summond().to_str().unwrap())
             .args(["status", "--admin", ADMIN])

@@ -195,3 +195,16 @@ fn hostile_input_is_an_error_not_a_panic() {
         let _ = Config::parse(src, Path::new("/"));
     }
 }
+
+#[test]
+fn shipped_example_is_valid_but_for_its_image_paths() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+    let err = Config::load(&path).expect_err("example images do not exist here");
+    assert_eq!(err.problems().len(), 2, "{err}");
+    assert!(
+        err.problems()
+            .iter()
+            .all(|p| p.message.starts_with("service.image: no such file")),
+        "{err}"
+    );
+}

@@ -2,6 +2,9 @@
 //! A queries and forwards or refuses everything else.
 
 mod forward;
+pub mod local;
+#[cfg(test)]
+mod tests;
 pub mod zone;
 
 use std::sync::{Arc, RwLock};

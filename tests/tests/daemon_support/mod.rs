@@ -95,6 +95,10 @@ impl Daemon {
     }
 
     pub fn start_in(ns: NetNs, config_text: &str) -> Daemon {
+        Self::start_env(ns, config_text, &[])
+    }
+
+    pub fn start_env(ns: NetNs, config_text: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -111,9 +115,10 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock)
+            .envs(env.iter().copied())
             .env(
                 "SUMMOND_LOG",
-                "info,summon_daemon=debug,hickory_server=warn",
+                "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
