@@ -37,12 +37,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let backend = backend::for_kind(BackendKind::Kvm).context("starting the KVM backend")?;
+    // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; the
+    // hold lives until run() returns, which removes its iptables rules.
+    let (backend, _syn_hold) =
+        crate::libvirt::ServiceBackends::new(backend, &config.services, crate::libvirt::HOLD_QUEUE)
+            .context("connecting libvirt services")?;
     let registry = Registry::new(
         &config.services,
         config.limits,
         config.dns.ttl,
-        backend,
-        Arc::new(plumber),
+        Arc::new(backend),
+        Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
         metrics.clone(),
     );
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(

@@ -17,6 +17,8 @@ use summon_launcher::{
 };
 
 use crate::net::hold::{wait_until_answers, SynHold};
+use crate::net::NetPlumber;
+use crate::registry::Plumbing;
 
 /// `libvirt = { uri = "qemu:///system", domain = "legacy-vm" }` and friends.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -115,6 +117,9 @@ impl LibvirtService {
         })
     }
 }
+
+/// NFQUEUE queue number of summond's SYN hold.
+pub const HOLD_QUEUE: u16 = 7346;
 
 /// A libvirt backend whose instances' first SYNs are held until the guest answers.
 pub struct HeldBackend {
@@ -234,6 +239,169 @@ impl Instance for HeldInstance {
     }
     fn state(&self) -> InstanceState {
         self.inner.state()
+    }
+}
+
+/// The probe port of a service: `libvirt.probe_port`, else its `--port=N` argument, else 80.
+pub fn probe_port(svc: &crate::config::ServiceConfig) -> u16 {
+    svc.libvirt
+        .as_ref()
+        .and_then(|l| l.probe_port)
+        .or_else(|| {
+            svc.args
+                .iter()
+                .find_map(|a| a.strip_prefix("--port=").and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or(80)
+}
+
+/// Dispatches each start to the service's own backend: libvirt services have one each (URI,
+/// domain, IP to hold); everything else goes to the embedded launcher.
+pub struct ServiceBackends {
+    default: Arc<dyn Backend>,
+    libvirt: std::collections::HashMap<String, Arc<HeldBackend>>,
+}
+
+impl ServiceBackends {
+    /// Connects to every libvirt service's URI (one connection per URI), destroys leftover
+    /// generated domains there, and starts the SYN hold when any service needs it.
+    pub fn new(
+        default: Arc<dyn Backend>,
+        services: &[crate::config::ServiceConfig],
+        hold_queue: u16,
+    ) -> anyhow::Result<(ServiceBackends, Option<Arc<SynHold>>)> {
+        let lv: Vec<_> = services
+            .iter()
+            .filter_map(|s| s.libvirt.as_ref().map(|l| (s, l)))
+            .collect();
+        let hold = if lv.is_empty() {
+            None
+        } else {
+            match SynHold::start(hold_queue) {
+                Ok(h) => Some(Arc::new(h)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SYN hold for libvirt services");
+                    None
+                }
+            }
+        };
+        let mut conns: std::collections::HashMap<String, Arc<summon_launcher::libvirt::Conn>> =
+            Default::default();
+        let mut libvirt = std::collections::HashMap::new();
+        for (svc, l) in lv {
+            let config = l
+                .launcher_config()
+                .map_err(|e| anyhow::anyhow!("service {}: {e}", svc.name))?;
+            let conn = match conns.get(&config.uri) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = summon_launcher::libvirt::Conn::open(&config.uri)?;
+                    match summon_launcher::libvirt::destroy_leftovers(&c) {
+                        Ok(gone) if !gone.is_empty() => {
+                            tracing::warn!(uri = %config.uri, ?gone, "destroyed domains left by an earlier summond")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(uri = %config.uri, error = %e, "looking for leftover domains")
+                        }
+                    }
+                    conns.insert(config.uri.clone(), c.clone());
+                    c
+                }
+            };
+            let backend = HeldBackend::new(
+                LibvirtBackend::with_conn(conn, config),
+                hold.clone(),
+                svc.ip,
+                probe_port(svc),
+                svc.ready_timeout.max(Duration::from_secs(30)),
+            );
+            libvirt.insert(svc.name.clone(), Arc::new(backend));
+        }
+        Ok((ServiceBackends { default, libvirt }, hold))
+    }
+}
+
+impl Backend for ServiceBackends {
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        match self.libvirt.get(&spec.name) {
+            Some(b) => b.start(spec, events),
+            None => self.default.start(spec, events),
+        }
+    }
+}
+
+/// Network plumbing for libvirt services: an existing domain's NIC is the operator's (nothing to
+/// do); a generated domain gets the daemon's tap, route and neighbour entry as usual, but the
+/// tap is made persistent and the daemon's fd closed, because libvirt opens it by name (a tap
+/// still held open by the daemon would make that open fail with EBUSY).
+pub struct LibvirtPlumbing<P> {
+    inner: P,
+}
+
+impl<P> LibvirtPlumbing<P> {
+    pub fn new(inner: P) -> LibvirtPlumbing<P> {
+        LibvirtPlumbing { inner }
+    }
+}
+
+/// `_IOW('T', 203, int)`
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+
+#[async_trait::async_trait]
+impl Plumbing for LibvirtPlumbing<NetPlumber> {
+    async fn setup(
+        &self,
+        svc: &crate::config::ServiceConfig,
+    ) -> Result<(crate::registry::NetLease, Option<std::os::fd::OwnedFd>), String> {
+        let Some(l) = &svc.libvirt else {
+            return <NetPlumber as Plumbing>::setup(&self.inner, svc).await;
+        };
+        if l.domain.is_some() {
+            return Ok((
+                crate::registry::NetLease {
+                    tap: String::new(),
+                    index: 0,
+                    inner: None,
+                },
+                None,
+            ));
+        }
+        let net = NetPlumber::setup(&self.inner, &svc.name, svc.ip, svc.mac)
+            .await
+            .map_err(|e| e.to_string())?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: TUNSETPERSIST takes an int argument by value on a tap fd we own.
+        let rc = unsafe { libc::ioctl(net.tap.fd.as_raw_fd(), TUNSETPERSIST as _, 1) };
+        let lease = crate::registry::NetLease {
+            tap: net.tap.name.clone(),
+            index: net.tap.index,
+            inner: None,
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            <NetPlumber as Plumbing>::teardown(&self.inner, lease).await;
+            return Err(format!("making tap persistent: {e}"));
+        }
+        drop(net);
+        Ok((lease, None))
+    }
+
+    async fn teardown(&self, lease: crate::registry::NetLease) {
+        if lease.index != 0 {
+            <NetPlumber as Plumbing>::teardown(&self.inner, lease).await;
+        }
+    }
+
+    async fn packets(&self, tap: &str, index: u32) -> Option<u64> {
+        if index == 0 {
+            return None;
+        }
+        <NetPlumber as Plumbing>::packets(&self.inner, tap, index).await
     }
 }
 
