@@ -2,15 +2,17 @@
 //! libvirt backend with the SYN hold, so the registry sees what it sees for the embedded
 //! launcher: instances that report `NetReady` once the guest answers, and no first SYN lost.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
 use summon_launcher::libvirt::{
-    DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig, StopMode,
+    destroy_leftovers, Conn, DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig,
+    StopMode,
 };
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
@@ -259,66 +261,101 @@ pub fn probe_port(svc: &crate::config::ServiceConfig) -> u16 {
 /// domain, IP to hold); everything else goes to the embedded launcher.
 pub struct ServiceBackends {
     default: Arc<dyn Backend>,
-    libvirt: std::collections::HashMap<String, Arc<HeldBackend>>,
+    hold_queue: u16,
+    libvirt: RwLock<HashMap<String, (LibvirtService, Arc<HeldBackend>)>>,
+    /// One connection per URI, shared by the services on it.
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    hold: Mutex<Option<Arc<SynHold>>>,
 }
 
 impl ServiceBackends {
-    /// Connects to every libvirt service's URI (one connection per URI), destroys leftover
-    /// generated domains there, and starts the SYN hold when any service needs it.
+    /// Connects to every libvirt service's URI, destroys leftover generated domains there, and
+    /// starts the SYN hold when any service needs it.
     pub fn new(
         default: Arc<dyn Backend>,
         services: &[crate::config::ServiceConfig],
         hold_queue: u16,
-    ) -> anyhow::Result<(ServiceBackends, Option<Arc<SynHold>>)> {
-        let lv: Vec<_> = services
-            .iter()
-            .filter_map(|s| s.libvirt.as_ref().map(|l| (s, l)))
-            .collect();
-        let hold = if lv.is_empty() {
-            None
-        } else {
-            match SynHold::start(hold_queue) {
-                Ok(h) => Some(Arc::new(h)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no SYN hold for libvirt services");
-                    None
+    ) -> anyhow::Result<ServiceBackends> {
+        let b = ServiceBackends {
+            default,
+            hold_queue,
+            libvirt: RwLock::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            hold: Mutex::new(None),
+        };
+        b.apply(services)?;
+        Ok(b)
+    }
+
+    /// Brings the libvirt backends in line with `services` (start-up and SIGHUP): unchanged
+    /// services keep theirs, new and changed ones get new ones, removed ones are dropped.
+    /// Running instances keep the backend they were started with.
+    pub fn apply(&self, services: &[crate::config::ServiceConfig]) -> anyhow::Result<()> {
+        let mut next = HashMap::new();
+        let old = self
+            .libvirt
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for svc in services {
+            let Some(l) = &svc.libvirt else { continue };
+            if let Some((prev, b)) = old.get(&svc.name) {
+                if prev == l && b.ip == svc.ip && b.port == probe_port(svc) {
+                    next.insert(svc.name.clone(), (prev.clone(), b.clone()));
+                    continue;
                 }
             }
-        };
-        let mut conns: std::collections::HashMap<String, Arc<summon_launcher::libvirt::Conn>> =
-            Default::default();
-        let mut libvirt = std::collections::HashMap::new();
-        for (svc, l) in lv {
             let config = l
                 .launcher_config()
                 .map_err(|e| anyhow::anyhow!("service {}: {e}", svc.name))?;
-            let conn = match conns.get(&config.uri) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = summon_launcher::libvirt::Conn::open(&config.uri)?;
-                    match summon_launcher::libvirt::destroy_leftovers(&c) {
-                        Ok(gone) if !gone.is_empty() => {
-                            tracing::warn!(uri = %config.uri, ?gone, "destroyed domains left by an earlier summond")
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(uri = %config.uri, error = %e, "looking for leftover domains")
-                        }
-                    }
-                    conns.insert(config.uri.clone(), c.clone());
-                    c
-                }
-            };
+            let conn = self.conn(&config.uri)?;
             let backend = HeldBackend::new(
                 LibvirtBackend::with_conn(conn, config),
-                hold.clone(),
+                self.hold(),
                 svc.ip,
                 probe_port(svc),
                 svc.ready_timeout.max(Duration::from_secs(30)),
             );
-            libvirt.insert(svc.name.clone(), Arc::new(backend));
+            next.insert(svc.name.clone(), (l.clone(), Arc::new(backend)));
         }
-        Ok((ServiceBackends { default, libvirt }, hold))
+        *self.libvirt.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// The SYN hold, started on first use (`None` when NFQUEUE is unavailable).
+    fn hold(&self) -> Option<Arc<SynHold>> {
+        let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none() {
+            match SynHold::start(self.hold_queue) {
+                Ok(h) => *hold = Some(Arc::new(h)),
+                Err(e) => tracing::warn!(error = %e, "no SYN hold for libvirt services"),
+            }
+        }
+        hold.clone()
+    }
+
+    /// Releases every hold and removes its rules (daemon exit).
+    pub fn shutdown(&self) {
+        if let Some(h) = self.hold.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.shutdown();
+        }
+    }
+
+    fn conn(&self, uri: &str) -> anyhow::Result<Arc<Conn>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.get(uri) {
+            return Ok(c.clone());
+        }
+        let c = Conn::open(uri)?;
+        match destroy_leftovers(&c) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::warn!(%uri, ?gone, "destroyed domains left by an earlier summond")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%uri, error = %e, "looking for leftover domains"),
+        }
+        conns.insert(uri.to_string(), c.clone());
+        Ok(c)
     }
 }
 
@@ -328,7 +365,13 @@ impl Backend for ServiceBackends {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<Box<dyn Instance>, BackendError> {
-        match self.libvirt.get(&spec.name) {
+        let lv = self
+            .libvirt
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&spec.name)
+            .map(|(_, b)| b.clone());
+        match lv {
             Some(b) => b.start(spec, events),
             None => self.default.start(spec, events),
         }

@@ -213,3 +213,38 @@ fn existing_domain_destroyed_when_idle() {
     assert!(list.contains(&dom.name), "an existing domain stays defined");
     drop(d);
 }
+
+#[test]
+fn libvirt_service_added_by_sighup_is_summoned() {
+    if !prerequisites("daemon libvirt test") || !libvirtd_ok() {
+        return;
+    }
+    let first = Defined::new("lvtest-e2e-reload-a");
+    let second = Defined::new("lvtest-e2e-reload-b");
+    let one = service("alpha", &first.name, "10.77.0.42", "destroy");
+    let mut d = Daemon::start("lv-hup", &config(1, &[], "", &one));
+    let two = format!(
+        "{one}\n{}",
+        service("beta", &second.name, "10.77.0.43", "destroy")
+    );
+    d.reload(&config(1, &[], "", &two));
+    assert_eq!(
+        a_records(&d.query("beta.svc.test.", RecordType::A)).len(),
+        1,
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || domstate(&second.name)
+            == "running"),
+        "added service not summoned: {} / {}",
+        domstate(&second.name),
+        d.log()
+    );
+    assert_eq!(
+        domstate(&first.name),
+        "shut off",
+        "the other service was left alone"
+    );
+    drop(d);
+}
