@@ -132,7 +132,7 @@ fn hostile_udp_and_tcp_input_does_not_hurt() {
             let len = (rng.next() % 600) as usize;
             let mut p = rng.bytes(len);
             // Half of them with a plausible query header so they reach deeper parsing.
-            if len >= 12 && rng.next() % 2 == 0 {
+            if len >= 12 && rng.next().is_multiple_of(2) {
                 p[2] = 0x01;
                 p[3] = 0x00;
                 p[4] = 0;
@@ -153,7 +153,7 @@ fn hostile_udp_and_tcp_input_does_not_hurt() {
         };
         for (i, p) in packets.iter().enumerate() {
             let _ = s.send_to(p, server);
-            if i % 16 == 0 {
+            if i.is_multiple_of(16) {
                 std::thread::sleep(Duration::from_micros(500));
             }
             while let Ok(n) = s.recv(&mut buf) {

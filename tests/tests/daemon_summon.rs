@@ -136,3 +136,38 @@ fn two_hundred_concurrent_queries_boot_once() {
         .contains("ok"));
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn reply_ready_answers_once_the_guest_network_is_up() {
+    if !prerequisites("daemon reply=ready test") {
+        return;
+    }
+    let d = Daemon::start(
+        "ready",
+        &config(
+            5,
+            &[],
+            "",
+            &http_service("calm", "10.77.0.21", "reply = \"ready\""),
+        ),
+    );
+    let m = d.query("calm.svc.test.", RecordType::A);
+    assert_eq!(a_records(&m), vec![(Ipv4Addr::new(10, 77, 0, 21), 5)]);
+    // By the time the answer left, the guest had polled its NIC.
+    let json = d.admin("/v1/instances");
+    assert!(json.contains("\"net_ready\": true"), "{json}");
+    assert_eq!(
+        d.metric("summon_summon_seconds_count", &[("stage", "ready")]),
+        1.0
+    );
+    assert_eq!(
+        d.metric("summon_summon_seconds_count", &[("stage", "answer")]),
+        1.0
+    );
+    let addr: SocketAddr = "10.77.0.21:80".parse().unwrap();
+    assert!(d
+        .ns
+        .run(move || http_get(addr, "/healthz"))
+        .unwrap()
+        .contains("ok"));
+}

@@ -27,7 +27,10 @@ fn env() -> &'static Env {
             img.display()
         );
         let config = Config::parse(&src, std::path::Path::new("/")).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let front = rt.block_on(async { summon_daemon::testkit::front(&config) });
         Env { rt, front }
     })
@@ -36,7 +39,8 @@ fn env() -> &'static Env {
 fuzz_target!(|data: &[u8]| {
     let env = env();
     if let Some(out) = env.rt.block_on(answer(&env.front, data)) {
-        let m = hickory_proto::op::Message::from_vec(&out).expect("summond emitted a malformed message");
+        let m = hickory_proto::op::Message::from_vec(&out)
+            .expect("summond emitted a malformed message");
         assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));
     }
 });

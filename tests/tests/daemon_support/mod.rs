@@ -336,6 +336,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     Ok(body.to_string())
 }
 
+/// A POST to the admin listener (e.g. `/v1/instances/NAME/stop`); returns the body.
+pub fn admin_post(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
 /// Sums the samples of `name` whose labels include all of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
