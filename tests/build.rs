@@ -73,7 +73,12 @@ fn main() {
     let hvt = target_dir.join("hvt");
     std::fs::create_dir_all(&hvt).expect("create unikernels/target/hvt");
     for name in IMAGES {
-        copy(&built.join(name), &hvt.join(format!("{name}.hvt")));
+        let (from, to) = (built.join(name), hvt.join(format!("{name}.hvt")));
+        copy(&from, &to);
+        // Deleted or replaced images bring this script back. Both files keep the inner build's
+        // mtime, so an unchanged image never looks newer than this run and causes no rerun.
+        println!("cargo:rerun-if-changed={}", from.display());
+        println!("cargo:rerun-if-changed={}", to.display());
     }
     println!("cargo:rustc-env=SUMMON_UNIKERNEL_DIR={}", hvt.display());
 }
@@ -83,6 +88,14 @@ fn copy(from: &Path, to: &Path) {
     let tmp = to.with_extension("hvt.tmp");
     std::fs::copy(from, &tmp)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), tmp.display()));
+    let mtime = std::fs::metadata(from)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("mtime of {}: {e}", from.display()));
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_modified(mtime))
+        .unwrap_or_else(|e| panic!("set mtime of {}: {e}", tmp.display()));
     std::fs::rename(&tmp, to)
         .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), to.display()));
 }

@@ -63,6 +63,16 @@ impl Netns {
     }
 }
 
+/// Kills the child on drop, so a failing test leaves no launcher behind in its namespace.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -190,36 +200,34 @@ fn summon_run_echoes_a_frame_through_a_named_tap() {
     let ns = Netns::with_tap("tap0");
     let sock = ns.run_in(|| packet_socket("tap0"));
     let image = support::guests::build("echo");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_summon-run")])
-        .arg("--mem=16")
-        .arg("--net:service0=tap0")
-        .arg("--net-mac:service0=02:00:00:00:00:2a")
-        .arg(&image)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn summon-run");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_summon-run")])
+            .arg("--mem=16")
+            .arg("--net:service0=tap0")
+            .arg("--net-mac:service0=02:00:00:00:00:2a")
+            .arg(&image)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("spawn summon-run"),
+    );
     let echo = exchange(&sock, Duration::from_secs(20));
     check_echo(&echo);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("summon-run did not exit after the echo");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "summon-run did not exit after the echo"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "summon-run stderr: {stderr}");
 }
 
 #[test]

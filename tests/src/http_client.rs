@@ -50,6 +50,19 @@ impl Client {
 
     /// Reads one response (Content-Length framed).
     pub fn read_response(&mut self) -> io::Result<Response> {
+        let mut resp = self.read_response_head()?;
+        let len: usize = resp
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no content-length"))?;
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        resp.body = String::from_utf8_lossy(&body).into_owned();
+        Ok(resp)
+    }
+
+    /// Reads a response's status line and headers only (for HEAD).
+    pub fn read_response_head(&mut self) -> io::Result<Response> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(io::Error::new(
@@ -77,19 +90,11 @@ impl Client {
             })?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let mut resp = Response {
+        Ok(Response {
             status,
             headers,
             body: String::new(),
-        };
-        let len: usize = resp
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no content-length"))?;
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
-        resp.body = String::from_utf8_lossy(&body).into_owned();
-        Ok(resp)
+        })
     }
 
     /// True once the server closed the connection (EOF within the read timeout).

@@ -78,6 +78,52 @@ fn images_are_built_at_the_documented_path_and_small() {
     }
 }
 
+/// The ring-0 part of the boot path, from the disassembly: `_start` up to `rt_entry_end`.
+fn ring0_entry(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn", "-j", ".text"])
+        .arg(image(name))
+        .output()
+        .expect("run objdump");
+    assert!(
+        out.status.success(),
+        "objdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("<_start>:").expect("_start in the image");
+    let end = text
+        .find("<rt_entry_end>:")
+        .expect("rt_entry_end in the image");
+    text[start..end]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(":\t").map(|(_, insn)| insn.trim().to_string()))
+        .filter(|insn| !insn.is_empty())
+        .collect()
+}
+
+#[test]
+fn ring0_boot_path_is_a_dozen_straight_line_instructions() {
+    if !require::check("objdump", require::tool("objdump")) {
+        return;
+    }
+    for name in ["hello", "http"] {
+        let insns = ring0_entry(name);
+        println!("{name}: {} ring-0 instructions: {insns:#?}", insns.len());
+        assert!(insns.len() <= 16, "{name}: {insns:#?}");
+        assert_eq!(insns.last().map(String::as_str), Some("iretq"), "{name}");
+        // Straight line: no jumps, calls, loops or string instructions before the iretq.
+        assert!(
+            insns.iter().all(|i| !i.starts_with('j')
+                && !i.starts_with("call")
+                && !i.starts_with("loop")
+                && !i.starts_with("rep")),
+            "{name}: {insns:#?}"
+        );
+    }
+}
+
 #[test]
 fn hello_prints_its_command_line_and_exits_0() {
     if !require::check("KVM", require::kvm()) {
@@ -165,6 +211,7 @@ fn http_refuses_bad_network_arguments_with_halt_1() {
         ("--port=http", "error: --port: not a port number"),
         ("--name=<script>", "error: --name:"),
         ("--verbose", "error: --verbose: unknown option"),
+        ("stray", "error: stray: unexpected argument"),
     ];
     let ns = NetNs::new("uni-badarg");
     for (i, (arg, message)) in cases.into_iter().enumerate() {
@@ -348,6 +395,51 @@ fn http_refuses_requests_over_the_size_limit() {
         c.send(&req).expect("send");
         let r = c.read_response().expect("response");
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    });
+}
+
+#[test]
+fn http_head_other_methods_and_http10_connection_semantics() {
+    if !require::kvm_and_netns("KVM and network namespaces") {
+        return;
+    }
+    let h = HttpGuest::start("uni-meth", &[]);
+    h.with_client(|mut c| {
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        // A HEAD response announces the page's length but carries no body: the next response
+        // on the connection must start right after its head.
+        let head = c.read_response_head().expect("HEAD response");
+        assert_eq!(head.status, 200);
+        assert!(head.header("content-length").is_some_and(|l| l != "0"));
+        let r = c.get("/healthz").expect("GET after HEAD");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .expect("send");
+        let r = c.read_response().expect("405");
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        // The body was consumed, the connection is still usable.
+        let r = c.get("/healthz").expect("GET after POST");
+        assert_eq!(r.status, 200);
+    });
+    // HTTP/1.0 closes by default, stays open with keep-alive; unknown versions get 505.
+    h.with_client(|mut c| {
+        c.send(b"GET /healthz HTTP/1.0\r\n\r\n").expect("send");
+        let r = c.read_response().expect("1.0 response");
+        assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+        assert!(c.closed_by_peer());
+    });
+    h.with_client(|mut c| {
+        c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("send");
+        let r = c.read_response().expect("1.0 keep-alive response");
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(c.get("/healthz").expect("second request").status, 200);
+    });
+    h.with_client(|mut c| {
+        c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n").expect("send");
+        assert_eq!(c.read_response().expect("505").status, 505);
     });
 }
 

@@ -101,6 +101,11 @@ impl Control {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The vCPU's `kvm_run.immediate_exit` (null once the guest has ended).
+    pub(super) fn immediate_exit_ptr(&self) -> *const AtomicU8 {
+        self.lock().immediate_exit
+    }
+
     pub(super) fn set_thread(&self, thread: libc::pthread_t) {
         self.lock().thread = Some(thread);
     }
@@ -236,6 +241,8 @@ impl Control {
 /// A guest started by [`super::KvmBackend`]. Dropping the handle stops the guest.
 pub struct KvmInstance {
     pub(super) name: String,
+    /// Host address and size of guest memory, for [`KvmInstance::guest_resident_bytes`].
+    pub(super) mem: (u64, u64),
     pub(super) control: Arc<Control>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -251,6 +258,26 @@ impl KvmInstance {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Bytes of guest memory resident on the host (pages the guest or the loader touched);
+    /// 0 once the guest's memory is gone.
+    pub fn guest_resident_bytes(&self) -> u64 {
+        if self.control.state() == InstanceState::Stopped {
+            return 0;
+        }
+        let (base, size) = self.mem;
+        let pages = size.div_ceil(4096) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: mincore only reads page-table state of the range and writes one byte per page
+        // into `vec`, which has room for all of them; should the range have been unmapped
+        // meanwhile it fails with ENOMEM and touches nothing.
+        let rc =
+            unsafe { libc::mincore(base as *mut libc::c_void, size as usize, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return 0;
+        }
+        vec.iter().filter(|&&b| b & 1 != 0).count() as u64 * 4096
     }
 }
 

@@ -20,15 +20,13 @@ mod memory;
 mod regs;
 mod vcpu;
 mod vm;
+mod warm;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_sregs, CpuId};
 use kvm_ioctls::Kvm;
 
 use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
@@ -38,13 +36,12 @@ pub use error::KvmError;
 pub use image_error::ImageError;
 pub use instance::KvmInstance;
 
-use devices::{Console, Devices};
-use instance::Control;
+use devices::Devices;
 use memory::GuestMemory;
-use vcpu::VcpuRunner;
+use warm::{HostInfo, Job, Pool, WarmVcpu};
 
-/// Stack of a vCPU thread: the run loop and hypercall handlers need little.
-const VCPU_STACK: usize = 256 << 10;
+/// Prepared vCPUs [`KvmBackend::new`] keeps ready (see `warm.rs`).
+pub const DEFAULT_PREWARM: usize = 1;
 
 /// Guest memory size in bytes for `mib`, rounded down to 2 MiB, or an error if out of range.
 pub fn mem_size_from_mib(mib: u64) -> Result<u64, KvmError> {
@@ -70,23 +67,28 @@ struct FileStamp {
 
 /// The embedded KVM backend.
 pub struct KvmBackend {
-    kvm: Kvm,
-    cpuid: CpuId,
-    tsc_khz: u32,
-    sregs: kvm_sregs,
+    host: Arc<HostInfo>,
+    pool: Option<Arc<Pool>>,
     images: Mutex<HashMap<PathBuf, (FileStamp, Arc<ElfImage>)>>,
 }
 
 impl KvmBackend {
-    /// Opens `/dev/kvm` and reads what every guest shares (CPUID, TSC frequency, the vCPU's
-    /// reset state) from a throw-away VM, once.
+    /// Opens `/dev/kvm`, reads what every guest shares, and keeps [`DEFAULT_PREWARM`] vCPUs
+    /// prepared.
     pub fn new() -> Result<Self, KvmError> {
+        Self::with_prewarm(DEFAULT_PREWARM)
+    }
+
+    /// Like [`Self::new`], keeping `prewarm` prepared vCPUs (0: prepare each on its start).
+    /// Each costs an idle VM, a vCPU and a parked thread: kernel memory and two fds.
+    pub fn with_prewarm(prewarm: usize) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
         let api = kvm.get_api_version();
         if api != 12 {
             return Err(KvmError::ApiVersion(api));
         }
         let cpuid = cpuid::supported(&kvm)?;
+        // The TSC frequency and the vCPU's reset state come from a throw-away vCPU.
         let probe = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
         let vcpu = probe
             .create_vcpu(0)
@@ -95,19 +97,31 @@ impl KvmBackend {
             .get_tsc_khz()
             .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
         let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+        drop(vcpu);
+        drop(probe);
         instance::install_kick_handler();
-        Ok(KvmBackend {
+        let host = Arc::new(HostInfo {
             kvm,
             cpuid,
-            tsc_khz,
             sregs: regs::long_mode_sregs(&reset),
+            tsc_khz,
+        });
+        let pool = (prewarm > 0).then(|| Pool::start(host.clone(), prewarm));
+        Ok(KvmBackend {
+            host,
+            pool,
             images: Mutex::new(HashMap::new()),
         })
     }
 
     /// TSC frequency the guests are told, in kHz.
     pub fn tsc_khz(&self) -> u32 {
-        self.tsc_khz
+        self.host.tsc_khz
+    }
+
+    /// Prepared vCPUs ready right now.
+    pub fn prewarmed(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.ready())
     }
 
     /// Parses the image at `path`, or returns the cached parse if the file has not changed.
@@ -123,14 +137,15 @@ impl KvmBackend {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
         };
-        let mut cache = self.images.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, img)) = cache.get(path) {
+        let cache = || self.images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, img)) = cache().get(path) {
             if *s == stamp {
                 return Ok(img.clone());
             }
         }
+        // Parsed without the lock, so starts of other images do not wait for this one.
         let img = Arc::new(ElfImage::from_file(path)?);
-        cache.insert(path.to_path_buf(), (stamp, img.clone()));
+        cache().insert(path.to_path_buf(), (stamp, img.clone()));
         Ok(img)
     }
 
@@ -156,50 +171,89 @@ impl KvmBackend {
         let cmdline = boot_info::cmdline(&spec.args)?;
         let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
 
-        let mut mem = GuestMemory::new(mem_size)?;
+        let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
+            Some(w) => w,
+            None => WarmVcpu::prepare(&self.host, mem_size, false)?,
+        };
+        let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
+        if let Some(p) = &self.pool {
+            p.refill();
+        }
+        let mem = loaded?;
+        let mem_range = (mem.host_base(), mem.size());
+        let WarmVcpu {
+            vm,
+            mem: _,
+            control,
+            job,
+            thread,
+        } = warm;
+        let job_sent = job.send(Job {
+            name: spec.name.clone(),
+            vm,
+            mem,
+            devices,
+            events,
+            control: control.clone(),
+            regs: regs::initial_regs(image.entry, mem_size),
+        });
+        if job_sent.is_err() {
+            // The parked thread is gone (its pre-run failed after all): nothing ran yet.
+            return Err(KvmError::Sys {
+                op: "handing the guest to its vCPU thread",
+                source: std::io::Error::other("vCPU thread ended"),
+            });
+        }
+        Ok(KvmInstance {
+            name: spec.name,
+            mem: mem_range,
+            control,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+impl KvmBackend {
+    /// Puts the guest into the prepared vCPU's memory, which it takes.
+    fn load(
+        &self,
+        warm: &mut WarmVcpu,
+        image: &ElfImage,
+        mem_size: u64,
+        devices: &Devices,
+        cmdline: &[u8],
+    ) -> Result<GuestMemory, KvmError> {
+        let mut mem = match warm.mem.take() {
+            Some(m) if m.size() == mem_size => m,
+            other => {
+                if other.is_some() {
+                    // Prepared for another size: the slot goes before its memory does.
+                    vm::clear_memory(&warm.vm)?;
+                    drop(other);
+                }
+                warm::memory_for(&warm.vm, mem_size)?
+            }
+        };
         for seg in &image.segments {
             mem.load(seg.gpa, image.segment_data(seg))
-                .map_err(|_| image_error_fits(&image, mem_size))?;
+                .map_err(|_| image_error_fits(image, mem_size))?;
         }
         // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
         // read-write, so only the others need an mprotect.
         for seg in image.segments.iter().filter(|s| !s.writable) {
             mem.protect(seg.aligned_start(), seg.aligned_end(), false)?;
         }
-        layout::write_low_memory(&mem);
         let mft = devices.manifest_bytes(&image.manifest);
-        boot_info::write_boot_info(&mem, image.kernel_end, self.tsc_khz, &mft, &cmdline);
+        boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);
+        Ok(mem)
+    }
+}
 
-        let vm = vm::create_vm(&self.kvm, &mem)?;
-        let regs = regs::initial_regs(image.entry, mem_size);
-        let mut vcpu = vm::create_vcpu(&vm, &self.cpuid, &self.sregs, &regs)?;
-        let immediate_exit =
-            std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
-        let control = Arc::new(Control::new(immediate_exit)?);
-
-        let runner = VcpuRunner {
-            vcpu,
-            vm,
-            mem,
-            devices,
-            console: Console::new(),
-            events,
-            control: control.clone(),
-            immediate_exit,
-            epoll: None,
-            net_ready_sent: false,
-        };
-        let handle = std::thread::Builder::new()
-            .name(thread_name(&spec.name))
-            .stack_size(VCPU_STACK)
-            .spawn(move || runner.run())
-            .map_err(KvmError::Thread)?;
-        control.set_thread(handle.as_pthread_t());
-        Ok(KvmInstance {
-            name: spec.name,
-            control,
-            thread: Mutex::new(Some(handle)),
-        })
+impl Drop for KvmBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pool {
+            p.shutdown();
+        }
     }
 }
 
@@ -211,15 +265,6 @@ fn image_error_fits(image: &ElfImage, mem_size: u64) -> KvmError {
             mib: mem_size >> 20,
         },
     }
-}
-
-/// Linux thread names hold 15 bytes.
-fn thread_name(name: &str) -> String {
-    let mut n = format!("vcpu-{name}");
-    while n.len() > 15 {
-        n.pop();
-    }
-    n
 }
 
 impl Backend for KvmBackend {

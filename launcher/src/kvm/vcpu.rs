@@ -15,10 +15,13 @@ use crate::backend::{EventSink, InstanceEvent};
 use super::devices::{Console, Devices};
 use super::instance::{Control, End};
 use super::memory::GuestMemory;
+use super::warm::Job;
 
 /// Everything the vCPU thread owns. Field order is drop order: the vCPU and the VM go before
 /// the memory they map.
 pub(super) struct VcpuRunner {
+    /// Instance name, for the thread name.
+    pub name: String,
     pub vcpu: VcpuFd,
     /// Never used after start, but must outlive `vcpu` and be closed before `mem` is unmapped.
     #[allow(dead_code)]
@@ -33,10 +36,6 @@ pub(super) struct VcpuRunner {
     pub epoll: Option<OwnedFd>,
     pub net_ready_sent: bool,
 }
-
-// SAFETY: `immediate_exit` points into the vCPU's own kvm_run mapping, owned by `vcpu`, which
-// moves to the vCPU thread together with it.
-unsafe impl Send for VcpuRunner {}
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
 enum Exit {
@@ -67,19 +66,57 @@ enum Exit {
 }
 
 impl VcpuRunner {
+    /// The parked thread's entry once it has a guest: set the registers, then run.
+    pub fn start(vcpu: VcpuFd, job: Job) {
+        let set = vcpu.set_regs(&job.regs);
+        let runner = VcpuRunner {
+            name: job.name,
+            vcpu,
+            vm: job.vm,
+            mem: job.mem,
+            devices: job.devices,
+            console: Console::default(),
+            events: job.events,
+            immediate_exit: job.control.immediate_exit_ptr(),
+            control: job.control,
+            epoll: None,
+            net_ready_sent: false,
+        };
+        match set {
+            Ok(()) => runner.run(),
+            Err(e) => {
+                (runner.events)(InstanceEvent::Faulted(format!(
+                    "KVM_SET_REGS failed before the guest ran: {e}"
+                )));
+                runner.control.finish();
+            }
+        }
+    }
+
     /// The thread body: run the guest to its end, report it, release everything.
     pub fn run(mut self) {
-        let end = self.run_loop();
-        self.console.flush(&self.events);
-        let event = match end {
-            End::Halt(status) => InstanceEvent::Exited(status),
-            End::Fault(reason) => InstanceEvent::Faulted(reason),
-            End::Stop => InstanceEvent::Stopped,
-        };
-        (self.events)(event);
+        set_thread_name(&self.name);
+        // A panic here would be a launcher bug (or a panicking event sink); it must still end
+        // with `finish`, or stop() would wait for a guest that is no longer run.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let end = self.run_loop();
+            self.console.flush(&self.events);
+            let event = match end {
+                End::Halt(status) => InstanceEvent::Exited(status),
+                End::Fault(reason) => InstanceEvent::Faulted(reason),
+                End::Stop => InstanceEvent::Stopped,
+            };
+            (self.events)(event);
+        }));
+        if outcome.is_err() {
+            tracing::error!(instance = %self.name, "vCPU thread panicked; guest ended");
+        }
         self.control.finish();
         // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
-        // thread rather than on anybody's start or stop path.
+        // thread rather than on anybody's start or stop path, and at a lower priority: nothing
+        // waits for it, while starts and running guests on the same cores do.
+        // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
     }
 
     fn clear_immediate_exit(&self) {
@@ -233,4 +270,14 @@ fn decode(e: VcpuExit<'_>) -> Exit {
         VcpuExit::Intr => Exit::Intr,
         other => Exit::Other(format!("unexpected KVM exit {other:?}")),
     }
+}
+
+/// Names the (pre-spawned) vCPU thread after its instance; Linux keeps 15 bytes.
+fn set_thread_name(name: &str) {
+    let mut n: Vec<u8> = format!("vcpu-{name}").into_bytes();
+    n.retain(|&b| b != 0);
+    n.truncate(15);
+    n.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `n` is.
+    unsafe { libc::prctl(libc::PR_SET_NAME, n.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }

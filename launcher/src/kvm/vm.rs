@@ -1,14 +1,13 @@
-//! Creating the VM and its single vCPU.
+//! Guest memory as a VM's memory slot (the VM and vCPU themselves are made in `warm.rs`).
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region, CpuId};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
 
 use super::error::KvmError;
 use super::memory::GuestMemory;
 
-/// A VM with `mem` as its only memory slot at GPA 0.
-pub fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, KvmError> {
-    let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+/// Makes `mem` the VM's only memory slot, at GPA 0.
+pub fn set_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), KvmError> {
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -19,25 +18,19 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, KvmError> {
     // SAFETY: the region is our own mapping of `mem.size()` bytes, which outlives the VM (the
     // vCPU runner drops the VM before the memory).
     unsafe { vm.set_user_memory_region(region) }
-        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-    Ok(vm)
+        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))
 }
 
-/// vCPU 0 with the given CPUID and initial registers.
-pub fn create_vcpu(
-    vm: &VmFd,
-    cpuid: &CpuId,
-    sregs: &kvm_sregs,
-    regs: &kvm_regs,
-) -> Result<VcpuFd, KvmError> {
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(cpuid)
-        .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
-    vcpu.set_sregs(sregs)
-        .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
-    vcpu.set_regs(regs)
-        .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
-    Ok(vcpu)
+/// Removes slot 0 (before its memory is unmapped or replaced).
+pub fn clear_memory(vm: &VmFd) -> Result<(), KvmError> {
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: 0,
+        userspace_addr: 0,
+    };
+    // SAFETY: deleting a slot makes KVM forget the mapping; no memory is referenced.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (delete)"))
 }

@@ -56,10 +56,10 @@ fn parse_args() -> Result<Options, ArgError> {
                 }
             }
             Arg::Word(w) => {
-                return Err(ArgError {
-                    option: w.into(),
-                    reason: "unexpected argument (options are --KEY=VALUE)",
-                })
+                return Err(ArgError::word(
+                    w,
+                    "unexpected argument (options are --KEY=VALUE)",
+                ))
             }
         }
     }
@@ -72,11 +72,13 @@ fn main() -> i32 {
         .unwrap_or_else(|e| rt::fail(format_args!("net device \"service\": {e}")));
     let mut server = server::Server::new(opts.name.clone(), opts.port, &mut stack.sockets);
     rt::println!(
-        "http: {} listening on {}/{}:{}",
+        "http: {} listening on {}/{}:{}, {} connections ({} us after entry)",
         opts.name,
         opts.net.address,
         opts.net.prefix,
-        opts.port
+        opts.port,
+        server.capacity(),
+        rt::time::monotonic_ns() / 1000
     );
     stack.run(|sockets| server.step(sockets))
 }

@@ -12,8 +12,11 @@ use rt::net::smoltcp::socket::tcp;
 use crate::request::{self, Parse};
 use crate::response::{page, Response};
 
-/// Concurrent connections (one smoltcp socket each).
-pub const MAX_CONNECTIONS: usize = 32;
+/// Most concurrent connections (one smoltcp socket each); fewer when memory is small.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Worst-case heap use of one connection: its socket buffers and a full request buffer (which
+/// the allocator rounds up to the next power of two).
+const CONNECTION_COST: u64 = (RX_BUFFER + TX_BUFFER + 2 * REQUEST_LIMIT) as u64;
 /// Largest request (head plus body) accepted; larger ones get 431 or 413.
 pub const REQUEST_LIMIT: usize = 8 * 1024;
 const RX_BUFFER: usize = 4 * 1024;
@@ -37,12 +40,18 @@ pub struct Server {
 
 impl Server {
     pub fn new(name: String, port: u16, sockets: &mut SocketSet<'static>) -> Self {
-        let conns = (0..MAX_CONNECTIONS)
+        // Half the heap at most, so a small guest (--mem=2) still serves a few connections
+        // instead of failing an allocation under load.
+        let fits = (rt::heap::unused() / 2 / CONNECTION_COST) as usize;
+        let conns = (0..fits.clamp(1, MAX_CONNECTIONS))
             .map(|_| {
-                let socket = tcp::Socket::new(
+                let mut socket = tcp::Socket::new(
                     tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
                     tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
                 );
+                // Listen before the stack first polls: a SYN already waiting in the tap (the
+                // client that summoned us) must find a listener, not earn a RST.
+                let _ = socket.listen(port);
                 Connection {
                     handle: sockets.add(socket),
                     buf: Vec::new(),
@@ -56,6 +65,11 @@ impl Server {
             served: 0,
             conns,
         }
+    }
+
+    /// How many connections can be open at once.
+    pub fn capacity(&self) -> usize {
+        self.conns.len()
     }
 
     /// Moves every connection forward; true if anything changed.

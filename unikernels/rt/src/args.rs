@@ -46,21 +46,35 @@ pub fn args() -> impl Iterator<Item = Arg<'static>> {
 /// A command-line error, printed as `error: ...` before HALT 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgError {
+    /// The option's key (without `--`), or the whole word for a plain word.
     pub option: alloc::string::String,
     pub reason: &'static str,
+    /// The error is about a plain word, not an option.
+    pub word: bool,
 }
 
 impl fmt::Display for ArgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--{}: {}", self.option, self.reason)
+        let dashes = if self.word { "" } else { "--" };
+        write!(f, "{dashes}{}: {}", self.option, self.reason)
     }
 }
 
 impl ArgError {
-    pub fn new(option: &str, reason: &'static str) -> Self {
+    /// An error about option `--key`.
+    pub fn new(key: &str, reason: &'static str) -> Self {
         ArgError {
-            option: option.into(),
+            option: key.into(),
             reason,
+            word: false,
+        }
+    }
+
+    /// An error about the plain word `word`.
+    pub fn word(word: &str, reason: &'static str) -> Self {
+        ArgError {
+            word: true,
+            ..ArgError::new(word, reason)
         }
     }
 }

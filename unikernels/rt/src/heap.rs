@@ -2,7 +2,8 @@
 //!
 //! Power-of-two size classes with a free list each, carved from a bump pointer. Small, O(1),
 //! no fragmentation bookkeeping; a network service allocates a few buffer sizes over and over,
-//! which this serves well. Memory is never returned to the bump area.
+//! which this serves well. Memory is never returned to the bump area, and the bump area is
+//! known to be zero (the tender zeroes guest memory), which `alloc_zeroed` relies on.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
@@ -69,6 +70,23 @@ unsafe impl GlobalAlloc for Allocator {
                 _ => null_mut(),
             }
         })
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let Some(class) = class_of(layout) else {
+            return null_mut();
+        };
+        let recycled = HEAP.with(|h| h.free[class as usize] != 0);
+        // SAFETY: the caller's contract for `alloc` is the same as ours.
+        let ptr = unsafe { self.alloc(layout) };
+        // Memory fresh from the bump area is still as the tender handed it over: zero. Not
+        // writing it keeps untouched pages (say of an idle connection's buffers) from ever
+        // costing the host a page.
+        if recycled && !ptr.is_null() {
+            // SAFETY: `ptr` is a block of at least `layout.size()` bytes we just allocated.
+            unsafe { core::ptr::write_bytes(ptr, 0, layout.size()) };
+        }
+        ptr
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -54,6 +54,8 @@ impl Stack {
     /// did anything (queued data, closed or reopened a socket), in which case the stack is
     /// polled again before the guest sleeps.
     pub fn run(&mut self, mut app: impl FnMut(&mut SocketSet<'static>) -> bool) -> ! {
+        // The application sets its sockets up (listens) before the first frame is read.
+        app(&mut self.sockets);
         loop {
             let now = now();
             let mut changed = self.iface.poll(now, &mut self.device, &mut self.sockets)
