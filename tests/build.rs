@@ -1,6 +1,8 @@
 //! Builds the unikernels workspace (`unikernels/`, target x86_64-unknown-none) as part of the
-//! normal build and copies the images to `unikernels/target/hvt/NAME.hvt`, the documented path
-//! the tests, benchmarks and the demo config use.
+//! normal build, twice: for rt's hvt platform (images copied to `unikernels/target/hvt/NAME.hvt`,
+//! the documented path the tests, benchmarks and the demo config use) and for its virtio
+//! platform (feature `virtio`, its own target dir, images at `unikernels/target/virtio/NAME.virtio`
+//! for QEMU `-kernel` and libvirt).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -29,17 +31,35 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", root.join("abi").display());
 
+    build(&unikernels, &target_dir, &[]);
+    let virtio_target = target_dir.join("virtio-build");
+    let features: Vec<String> = IMAGES.iter().map(|i| format!("{i}/virtio")).collect();
+    build(
+        &unikernels,
+        &virtio_target,
+        &["--features".to_string(), features.join(",")],
+    );
+
+    let hvt = install(&target_dir, &target_dir, "hvt");
+    println!("cargo:rustc-env=SUMMON_UNIKERNEL_DIR={}", hvt.display());
+    let virtio = install(&virtio_target, &target_dir, "virtio");
+    println!("cargo:rustc-env=SUMMON_VIRTIO_DIR={}", virtio.display());
+}
+
+/// Runs the unikernels' cargo build into `target_dir` with `extra` arguments.
+fn build(unikernels: &Path, target_dir: &Path, extra: &[String]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     // Run inside unikernels/ so its .cargo/config.toml (target, linker script) applies, and
     // keep the outer build's settings out: its flags, target dir and wrappers (clippy's too)
     // are for the host crates, not for the guests.
-    cmd.current_dir(&unikernels)
+    cmd.current_dir(unikernels)
         .args(["build", "--release", "--target", "x86_64-unknown-none"])
         .arg("--manifest-path")
         .arg(unikernels.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir)
+        .args(extra);
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS")
@@ -68,24 +88,27 @@ fn main() {
         status.success(),
         "building the unikernels failed ({status})"
     );
+}
 
-    let built = target_dir.join("x86_64-unknown-none").join("release");
-    let hvt = target_dir.join("hvt");
-    std::fs::create_dir_all(&hvt).expect("create unikernels/target/hvt");
+/// Copies the images built in `built_dir` to `target_dir/PLATFORM/NAME.PLATFORM`.
+fn install(built_dir: &Path, target_dir: &Path, platform: &str) -> PathBuf {
+    let built = built_dir.join("x86_64-unknown-none").join("release");
+    let dir = target_dir.join(platform);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     for name in IMAGES {
-        let (from, to) = (built.join(name), hvt.join(format!("{name}.hvt")));
+        let (from, to) = (built.join(name), dir.join(format!("{name}.{platform}")));
         copy(&from, &to);
         // Deleted or replaced images bring this script back. Both files keep the inner build's
         // mtime, so an unchanged image never looks newer than this run and causes no rerun.
         println!("cargo:rerun-if-changed={}", from.display());
         println!("cargo:rerun-if-changed={}", to.display());
     }
-    println!("cargo:rustc-env=SUMMON_UNIKERNEL_DIR={}", hvt.display());
+    dir
 }
 
 fn copy(from: &Path, to: &Path) {
     // Write to a temporary name and rename, so a test running meanwhile never sees half a file.
-    let tmp = to.with_extension("hvt.tmp");
+    let tmp = to.with_extension("tmp");
     std::fs::copy(from, &tmp)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), tmp.display()));
     let mtime = std::fs::metadata(from)

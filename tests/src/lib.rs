@@ -5,6 +5,7 @@
 pub mod guest;
 pub mod http_client;
 pub mod netns;
+pub mod qemu;
 pub mod require;
 pub mod tap;
 
@@ -19,4 +20,14 @@ pub fn image_dir() -> PathBuf {
 /// Path of the image `name` (`unikernels/target/hvt/NAME.hvt`).
 pub fn image(name: &str) -> PathBuf {
     image_dir().join(format!("{name}.hvt"))
+}
+
+/// Directory holding the virtio-platform images (`unikernels/target/virtio`).
+pub fn virtio_image_dir() -> PathBuf {
+    PathBuf::from(env!("SUMMON_VIRTIO_DIR"))
+}
+
+/// Path of the virtio-platform image `name` (`unikernels/target/virtio/NAME.virtio`).
+pub fn virtio_image(name: &str) -> PathBuf {
+    virtio_image_dir().join(format!("{name}.virtio"))
 }

@@ -1,10 +1,17 @@
-//! Puts the linker script where every binary that links `rt` finds it (`-Thvt.ld` in
-//! .cargo/config.toml searches the library path, which propagates to dependents).
+//! Puts the platform's linker script where every binary that links `rt` finds it as `rt.ld`
+//! (`-Trt.ld` in .cargo/config.toml searches the library path, which propagates to
+//! dependents): hvt.ld by default, virtio.ld with the `virtio` feature.
 use std::{env, fs, path::PathBuf};
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    fs::write(out.join("hvt.ld"), include_bytes!("hvt.ld")).expect("write hvt.ld to OUT_DIR");
+    let script: &[u8] = if env::var_os("CARGO_FEATURE_VIRTIO").is_some() {
+        include_bytes!("virtio.ld")
+    } else {
+        include_bytes!("hvt.ld")
+    };
+    fs::write(out.join("rt.ld"), script).expect("write rt.ld to OUT_DIR");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=hvt.ld");
+    println!("cargo:rerun-if-changed=virtio.ld");
 }

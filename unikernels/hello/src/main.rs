@@ -29,7 +29,7 @@ fn main() -> i32 {
             };
         }
     }
-    rt::println!("Hello from Summon's rt on hvt!");
+    rt::println!("Hello from Summon's rt on {}!", rt::platform::NAME);
     rt::println!("command line: \"{}\"", rt::cmdline());
     let wall = rt::time::wall_ns();
     rt::println!(

@@ -35,7 +35,7 @@ pub fn parse(cmdline: &str) -> impl Iterator<Item = Arg<'_>> {
 
 /// The guest's command line ("" if the tender passed none).
 pub fn cmdline() -> &'static str {
-    crate::platform::hvt::boot::cmdline().unwrap_or("")
+    crate::platform::cmdline().unwrap_or("")
 }
 
 /// The guest's arguments.

@@ -2,7 +2,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::platform::hvt::hypercall;
+use crate::platform;
 
 struct Buffered {
     buf: [u8; 256],
@@ -12,7 +12,7 @@ struct Buffered {
 impl Buffered {
     fn flush(&mut self) {
         if self.len > 0 {
-            hypercall::puts(&self.buf[..self.len]);
+            platform::console_write(&self.buf[..self.len]);
             self.len = 0;
         }
     }
@@ -43,7 +43,7 @@ pub fn _print(args: fmt::Arguments<'_>) {
 
 /// Writes raw bytes to the console.
 pub fn write(bytes: &[u8]) {
-    hypercall::puts(bytes);
+    platform::console_write(bytes);
 }
 
 #[macro_export]

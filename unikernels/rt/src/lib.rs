@@ -22,7 +22,7 @@ mod sync;
 pub mod time;
 
 pub use args::{args, cmdline, Arg, ArgError};
-pub use platform::hvt::hypercall::halt;
+pub use platform::halt;
 
 /// Ends the guest with `status` (0 success, 1 failure, 255 abort).
 pub fn exit(status: i32) -> ! {

@@ -1,10 +1,9 @@
 //! Clocks: monotonic from the TSC (rdtsc runs natively in ring 3; CR4.TSD is clear) scaled by the
-//! tender's `cpu_cycle_freq`, wall clock from the WALLTIME hypercall.
+//! tender's `cpu_cycle_freq` (hvt) or a calibrated frequency (virtio), wall clock from the
+//! platform (WALLTIME on hvt, the CMOS RTC on virtio).
 
 use core::arch::x86_64::_rdtsc;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-use crate::platform::hvt::hypercall;
 
 static TSC_START: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
@@ -30,5 +29,10 @@ pub fn monotonic_ns() -> u64 {
 
 /// Nanoseconds since the Unix epoch (the host's CLOCK_REALTIME).
 pub fn wall_ns() -> u64 {
-    hypercall::walltime()
+    crate::platform::walltime()
+}
+
+/// TSC ticks in `ns` nanoseconds.
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    (u128::from(ns) * u128::from(TSC_HZ.load(Ordering::Relaxed)) / 1_000_000_000) as u64
 }

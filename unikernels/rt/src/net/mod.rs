@@ -1,15 +1,22 @@
 //! Networking: a smoltcp [`phy::Device`](smoltcp::phy::Device) over the hvt net hypercalls
-//! ([`device`]) and an interface plus event loop that sleeps in POLL ([`stack`]), configured
-//! from the command line MirageOS style (`--ipv4=ADDR/PREFIX --ipv4-gateway=ADDR`).
+//! ([`device`]) or a legacy virtio-net device ([`virtio`], on the virtio platform), and an
+//! interface plus event loop that sleeps until a frame or a timer is due ([`stack`]),
+//! configured from the command line MirageOS style (`--ipv4=ADDR/PREFIX --ipv4-gateway=ADDR`).
 
+#[cfg(not(feature = "virtio"))]
 pub mod device;
 pub mod stack;
+#[cfg(feature = "virtio")]
+pub mod virtio;
 
 use core::net::Ipv4Addr;
 
-pub use device::HvtNet;
+#[cfg(not(feature = "virtio"))]
+pub use device::{DeviceError, HvtNet, HvtNet as NetDevice};
 pub use smoltcp;
 pub use stack::Stack;
+#[cfg(feature = "virtio")]
+pub use virtio::{DeviceError, VirtioNet, VirtioNet as NetDevice};
 
 use crate::args::{require, ArgError};
 

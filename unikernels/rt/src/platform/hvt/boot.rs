@@ -4,7 +4,8 @@ use summon_hvt_abi::{BootInfo, MftEntry, MftHeader, CMDLINE_SIZE, MFT_MAX_ENTRIE
 
 use crate::sync::Once;
 
-use super::{hypercall, trap};
+use super::hypercall;
+use crate::platform::trap;
 
 static BOOT: Once<BootInfo> = Once::new();
 

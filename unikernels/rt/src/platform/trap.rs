@@ -1,29 +1,52 @@
 //! CPU exceptions (a null-pointer access, a stack overflow into unmapped memory, `ud2`): the
-//! only thing that ever enters ring 0 after boot. Reported on the console, then HALT 255.
+//! only unplanned entry into ring 0 after boot. Reported on the console, then HALT 255.
 
 use core::arch::asm;
-use core::ptr::addr_of_mut;
-
-use super::hypercall;
 
 extern "C" {
-    static mut rt_idt: [u64; 64];
+    /// The IDT's first word (each platform's entry.rs defines the table: 32 gates on hvt, 256 on
+    /// virtio).
+    static mut rt_idt: u64;
     static rt_trap_stubs: u8;
+}
+
+/// Points IDT gate `vector` at `handler`: a 64-bit interrupt gate, present, code selector 0x08,
+/// no IST, callable from ring `dpl` with `int`.
+///
+/// # Safety
+/// `vector` must be inside the platform's IDT, and no interrupt or exception may be in flight.
+pub(crate) unsafe fn set_gate(vector: usize, handler: u64, dpl: u64) {
+    let idt = &raw mut rt_idt;
+    let low = (handler & 0xffff)
+        | (0x08 << 16)
+        | ((0x8e00 | (dpl & 3) << 13) << 32)
+        | ((handler >> 16) & 0xffff) << 48;
+    // SAFETY: the caller keeps `vector` inside the table; the IDT is plain memory that the CPU
+    // reads only when it delivers an interrupt or exception.
+    unsafe {
+        idt.add(2 * vector).write_volatile(low);
+        idt.add(2 * vector + 1).write_volatile(handler >> 32);
+    }
+}
+
+/// Clears every gate of an IDT of `vectors` entries, so that the next exception escalates to a
+/// triple fault (how the virtio platform powers off when nothing else works).
+///
+/// # Safety
+/// `vectors` must not exceed the platform's IDT.
+#[cfg_attr(not(feature = "virtio"), allow(dead_code))]
+pub(crate) unsafe fn clear(vectors: usize) {
+    // SAFETY: the caller bounds `vectors`.
+    unsafe { (&raw mut rt_idt).write_bytes(0, 2 * vectors) }
 }
 
 /// Points the 32 exception gates at their stubs. Runs in ring 3: the IDT is plain memory and
 /// the CPU reads it only when an exception arrives, so this costs no emulated instructions.
 pub(crate) fn install() {
     let base = &raw const rt_trap_stubs as u64;
-    // SAFETY: rt_idt is the 512-byte table from entry.rs that IDTR points at; nothing else
-    // writes it and no exception can be in flight while the gates are written.
-    let idt = unsafe { &mut *addr_of_mut!(rt_idt) };
-    for vector in 0..32u64 {
-        let handler = base + 16 * vector;
-        // 64-bit interrupt gate, present, DPL 0, code selector 0x08, no IST.
-        idt[2 * vector as usize] =
-            (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((handler >> 16) & 0xffff) << 48;
-        idt[2 * vector as usize + 1] = handler >> 32;
+    for vector in 0..32 {
+        // SAFETY: every platform's IDT has at least 32 gates; nothing is in flight at start-up.
+        unsafe { set_gate(vector, base + 16 * vector as u64, 0) };
     }
 }
 
@@ -93,7 +116,7 @@ extern "C" fn rt_trap(frame: &TrapFrame) -> ! {
         frame.ss,
         Cr2(frame.vector, cr2),
     );
-    hypercall::halt(summon_hvt_abi::exit::ABORT)
+    crate::halt(summon_hvt_abi::exit::ABORT)
 }
 
 struct Cr2(u64, u64);
