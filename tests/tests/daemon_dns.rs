@@ -23,7 +23,9 @@ fn soa_in_authority(m: &Message) -> bool {
 
 #[test]
 fn zone_answers_without_booting() {
-    if !prerequisites("daemon DNS test") {
+    if !prerequisites("daemon DNS test")
+        || !summon_tests::require::check("dig", summon_tests::require::tool("dig"))
+    {
         return;
     }
     let d = Daemon::start(

@@ -31,6 +31,7 @@ struct FakeBackend {
     starts: AtomicU32,
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
+    fail_resume: Arc<AtomicBool>,
 }
 
 struct FakeInstance {
@@ -38,6 +39,7 @@ struct FakeInstance {
     stopped: AtomicBool,
     stops: Arc<AtomicU32>,
     resumes: Arc<AtomicU64>,
+    fail_resume: Arc<AtomicBool>,
 }
 
 impl Instance for FakeInstance {
@@ -52,6 +54,9 @@ impl Instance for FakeInstance {
         Ok(())
     }
     fn resume(&self) -> Result<(), BackendError> {
+        if self.fail_resume.load(Ordering::SeqCst) {
+            return Err(BackendError::InvalidState("fake".into(), "resume"));
+        }
         self.paused.store(false, Ordering::SeqCst);
         self.resumes.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -96,6 +101,7 @@ impl Backend for FakeBackend {
             stopped: AtomicBool::new(false),
             stops: self.stops.clone(),
             resumes: RESUMES.get_or_init(Default::default).clone(),
+            fail_resume: self.fail_resume.clone(),
         }))
     }
 }
@@ -161,6 +167,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         starts: AtomicU32::new(0),
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
+        fail_resume: Arc::new(AtomicBool::new(false)),
     });
     let plumbing = Arc::new(FakePlumbing::default());
     let reg = Registry::new(
@@ -381,4 +388,40 @@ async fn reload_keeps_unchanged_and_replaces_changed() {
     );
     f.reg.stop_all().await;
     assert!(f.plumbing.live.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_during_a_boot_stops_the_instance_it_started() {
+    let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    let reg = f.reg.clone();
+    let s2 = slot.clone();
+    let summon = tokio::spawn(async move { reg.summon(&s2).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(slot.phase(), Phase::Starting);
+    let mut changed = svc("web", 10);
+    changed.memory_mib = 64;
+    f.reg.apply(&[changed], Limits::default(), 0).await;
+    let _ = summon.await.unwrap();
+    assert_eq!(slot.phase(), Phase::Stopped);
+    assert_eq!(slot.config().memory_mib, 64);
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_resume_destroys_and_the_next_query_boots() {
+    let f = fixture(vec![svc("keep", 13)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("keep").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+    f.backend.fail_resume.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        f.reg.summon(&slot).await,
+        Err(SummonError::BootFailed(_))
+    ));
+    wait_phase(&slot, Phase::Stopped).await;
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
 }
