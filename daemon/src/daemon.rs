@@ -40,8 +40,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
     // shutdown at exit removes the hold's iptables rules.
     let backends = Arc::new(
-        crate::libvirt::ServiceBackends::new(backend, &config.services, crate::libvirt::HOLD_QUEUE)
-            .context("connecting libvirt services")?,
+        crate::libvirt::ServiceBackends::new(
+            backend,
+            &config.services,
+            crate::libvirt::HOLD_QUEUE,
+            Some(metrics.held_packets.clone()),
+        )
+        .context("connecting libvirt services")?,
     );
     let registry = Registry::new(
         &config.services,

@@ -266,6 +266,7 @@ pub struct ServiceBackends {
     /// One connection per URI, shared by the services on it.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     hold: Mutex<Option<Arc<SynHold>>>,
+    held_counter: Option<prometheus::IntCounter>,
 }
 
 impl ServiceBackends {
@@ -275,10 +276,12 @@ impl ServiceBackends {
         default: Arc<dyn Backend>,
         services: &[crate::config::ServiceConfig],
         hold_queue: u16,
+        held_counter: Option<prometheus::IntCounter>,
     ) -> anyhow::Result<ServiceBackends> {
         let b = ServiceBackends {
             default,
             hold_queue,
+            held_counter,
             libvirt: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             hold: Mutex::new(None),
@@ -326,7 +329,7 @@ impl ServiceBackends {
     fn hold(&self) -> Option<Arc<SynHold>> {
         let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
         if hold.is_none() {
-            match SynHold::start(self.hold_queue) {
+            match SynHold::start_counted(self.hold_queue, self.held_counter.clone()) {
                 Ok(h) => *hold = Some(Arc::new(h)),
                 Err(e) => tracing::warn!(error = %e, "no SYN hold for libvirt services"),
             }
