@@ -412,11 +412,22 @@ pub fn remove_stale_rules() -> Result<usize, HoldError> {
 /// Whether `ip:port` accepts a TCP connection within `timeout`, tried every `interval`. The
 /// probe is marked with [`PROBE_MARK`], so it passes the hold it is there to end.
 pub fn wait_until_answers(ip: Ipv4Addr, port: u16, timeout: Duration, interval: Duration) -> bool {
+    wait_until_answers_while(ip, port, timeout, interval, || true)
+}
+
+/// As [`wait_until_answers`], giving up early once `go_on` returns false (instance stopped).
+pub fn wait_until_answers_while(
+    ip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+    interval: Duration,
+    go_on: impl Fn() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || !go_on() {
             return false;
         }
         if probe(&addr, left.min(Duration::from_millis(200))).is_ok() {
