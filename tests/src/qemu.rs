@@ -52,8 +52,18 @@ pub struct Options {
     pub append: String,
     /// Add `-device isa-debug-exit` (QEMU then exits with `status * 2 + 1`).
     pub debug_exit: bool,
-    /// `(tap, mac)`: a legacy-capable virtio-net-pci NIC on an existing tap.
-    pub nic: Option<(String, [u8; 6])>,
+    /// A legacy-capable virtio-net-pci NIC.
+    pub nic: Option<(Nic, [u8; 6])>,
+}
+
+/// Where the NIC's frames go.
+#[derive(Debug, Clone)]
+pub enum Nic {
+    /// An existing tap QEMU opens by name (QEMU must run in its namespace).
+    Tap(String),
+    /// An open tap file descriptor QEMU inherits (as libvirt and the daemon hand it over):
+    /// frames sent before QEMU runs wait in the tap's queue.
+    Fd(i32),
 }
 
 impl Options {
@@ -97,14 +107,17 @@ pub fn args(image: &Path, o: &Options) -> Vec<String> {
         a.push("-device".into());
         a.push("isa-debug-exit".into());
     }
-    if let Some((tap, mac)) = &o.nic {
+    if let Some((nic, mac)) = &o.nic {
         let mac = mac
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":");
         a.push("-netdev".into());
-        a.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+        a.push(match nic {
+            Nic::Tap(tap) => format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            Nic::Fd(fd) => format!("tap,id=n0,fd={fd}"),
+        });
         a.push("-device".into());
         a.push(format!(
             "virtio-net-pci,netdev=n0,disable-modern=on,mac={mac}"
@@ -134,6 +147,11 @@ impl Vm {
             Some(ns) => ns.command(QEMU),
             None => Command::new(QEMU),
         };
+        if let Some((Nic::Fd(fd), _)) = &o.nic {
+            // SAFETY: fcntl on a descriptor number; clearing FD_CLOEXEC only lets QEMU inherit it.
+            let rc = unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
+            assert_eq!(rc, 0, "clear FD_CLOEXEC on the tap fd");
+        }
         cmd.args(args(image, o))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use summon_tests::netns::NetNs;
-use summon_tests::qemu::{self, Machine, Options, Vm};
+use summon_tests::qemu::{self, Machine, Nic, Options, Vm};
 use summon_tests::{require, virtio_image};
 
 const END: Duration = Duration::from_secs(60);
@@ -193,7 +193,7 @@ fn start_http(tag: &str, machine: Machine, extra: &str) -> (NetNs, Vm) {
         machine,
         &format!("--ipv4=10.0.0.2/24 --ipv4-gateway=10.0.0.1 {extra}"),
     );
-    o.nic = Some(("tap0".into(), MAC));
+    o.nic = Some((Nic::Tap("tap0".into()), MAC));
     let vm = Vm::start(&virtio_image("http"), &o, Some(&ns));
     if vm.wait_line("listening on", END).is_none() {
         panic!("http.virtio never listened; console:\n{}", vm.console());

@@ -14,7 +14,7 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCod
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -68,6 +68,22 @@ fn rcode_label(r: ResponseCode) -> &'static str {
         ResponseCode::BADVERS => "BADVERS",
         _ => "other",
     }
+}
+
+/// Whether wire-format question bytes use name compression (a label byte 0b11xxxxxx).
+fn has_pointer(mut wire: &[u8]) -> bool {
+    while let Some(&len) = wire.first() {
+        if len & 0xc0 != 0 {
+            return true;
+        }
+        if len == 0 {
+            // End of name: skip QTYPE and QCLASS.
+            wire = wire.get(5..).unwrap_or(&[]);
+        } else {
+            wire = wire.get(1 + usize::from(len)..).unwrap_or(&[]);
+        }
+    }
+    false
 }
 
 /// What to send: rcode, flags and the records of each section.
@@ -216,7 +232,20 @@ impl RequestHandler for DnsFront {
         metadata.authoritative = reply.authoritative;
         metadata.recursion_available = reply.recursion_available;
         metadata.response_code = reply.rcode;
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        // The question section is echoed as the client sent it, except when that would be
+        // wrong: several questions (FORMERR: echo none) or names compressed with pointers
+        // whose targets are not in our response (re-encode).
+        let rebuilt;
+        let queries = if queries.len() != 1 {
+            rebuilt = Queries::new(Vec::new());
+            &rebuilt
+        } else if has_pointer(request.queries.as_bytes()) {
+            rebuilt = Queries::new(queries.to_vec());
+            &rebuilt
+        } else {
+            &request.queries
+        };
+        let mut builder = MessageResponseBuilder::new(queries, None);
         if let Some(e) = edns_ref {
             builder.edns(e);
         }

@@ -725,6 +725,7 @@ impl Registry {
                     tracing::info!(service = %slot.name, "service removed");
                 }
                 Some(new) if *slot.config() != *new => {
+                    self.settle(slot).await;
                     self.stop(slot, StopMode::Destroy, "config changed").await;
                     *slot.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new.clone());
                     let mut g = slot.lock();
@@ -743,6 +744,14 @@ impl Registry {
         }
     }
 
+    /// Waits (bounded) for a start under way to finish, so that it can be stopped.
+    async fn settle(&self, slot: &Arc<Slot>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while slot.phase() == Phase::Starting && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops every instance (daemon exit).
     pub async fn stop_all(&self) {
         let slots = self.slots();
@@ -750,13 +759,10 @@ impl Registry {
             .iter()
             .map(|s| self.stop(s, StopMode::Destroy, "shutdown"));
         futures::future::join_all(stops).await;
-        // Starts still under way finish and are undone by their own task; wait briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Starts still under way are let finish, then stopped.
         for s in &slots {
             s.lock().removed = true;
-            while s.phase() == Phase::Starting && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            self.settle(s).await;
             self.stop(s, StopMode::Destroy, "shutdown").await;
         }
     }

@@ -382,3 +382,22 @@ async fn reload_keeps_unchanged_and_replaces_changed() {
     f.reg.stop_all().await;
     assert!(f.plumbing.live.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_during_a_boot_stops_the_instance_it_started() {
+    let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    let reg = f.reg.clone();
+    let s2 = slot.clone();
+    let summon = tokio::spawn(async move { reg.summon(&s2).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(slot.phase(), Phase::Starting);
+    let mut changed = svc("web", 10);
+    changed.memory_mib = 64;
+    f.reg.apply(&[changed], Limits::default(), 0).await;
+    let _ = summon.await.unwrap();
+    assert_eq!(slot.phase(), Phase::Stopped);
+    assert_eq!(slot.config().memory_mib, 64);
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+}

@@ -38,6 +38,12 @@ fn main() -> i32 {
         wall % 1_000_000_000,
         rt::time::monotonic_ns() / 1000
     );
+    #[cfg(feature = "virtio")]
+    rt::println!(
+        "tsc: {} kHz ({:?})",
+        rt::time::ns_to_ticks(1_000_000),
+        rt::platform::virtio::tsc::source()
+    );
     match then {
         Then::Exit => 0,
         Then::Panic => panic!("asked to panic by --panic"),

@@ -257,7 +257,10 @@ impl VirtioNet {
         f.write32(0x04, (cmd & 0xffff) | 0x5);
         let io = (bar0 & 0xfffc) as u16;
 
-        outb(io + REG_STATUS, 0); // reset
+        // Reset, unless the device is fresh from power-on (status 0) and so already reset.
+        if inb(io + REG_STATUS) != 0 {
+            outb(io + REG_STATUS, 0);
+        }
         outb(io + REG_STATUS, STATUS_ACKNOWLEDGE);
         outb(io + REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         let features = inl(io + REG_DEVICE_FEATURES) & F_MAC;

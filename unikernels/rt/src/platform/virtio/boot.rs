@@ -179,7 +179,7 @@ fn read_start_info(addr: u64) -> Result<Boot, &'static str> {
 static mut CMDLINE: [u8; CMDLINE_MAX] = [0; CMDLINE_MAX];
 
 fn read_cmdline(addr: u64) -> Option<&'static str> {
-    if addr < LOW_END || addr >= MAPPED_END {
+    if !(LOW_END..MAPPED_END).contains(&addr) {
         return None;
     }
     let len = (CMDLINE_MAX as u64).min(MAPPED_END - addr) as usize;
@@ -189,7 +189,7 @@ fn read_cmdline(addr: u64) -> Option<&'static str> {
     // SAFETY: start-up, one CPU: nothing else refers to CMDLINE yet, and it is never written
     // again after this copy, so the shared slice handed out stays valid.
     let copy = unsafe {
-        let buf = &mut *(&raw mut CMDLINE);
+        let buf = core::slice::from_raw_parts_mut((&raw mut CMDLINE).cast::<u8>(), CMDLINE_MAX);
         buf[..end].copy_from_slice(&bytes[..end]);
         &buf[..end]
     };
