@@ -99,11 +99,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::reloading();
-                match reload::reload(&config_path, &config, &zone, &registry).await {
+                let prepare = |new: &Config| {
+                    backends
+                        .apply(&new.services)
+                        .map_err(|e| format!("libvirt services: {e:#}"))
+                };
+                match reload::reload(&config_path, &config, &zone, &registry, prepare).await {
                     Ok(new) => {
-                        if let Err(e) = backends.apply(&new.services) {
-                            tracing::error!("libvirt services after reload: {e:#}");
-                        }
                         tracing::info!(services = new.services.len(), "configuration reloaded");
                         config = new;
                     }
