@@ -40,8 +40,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
     // shutdown at exit removes the hold's iptables rules.
     let backends = Arc::new(
-        crate::libvirt::ServiceBackends::new(backend, &config.services, crate::libvirt::HOLD_QUEUE)
-            .context("connecting libvirt services")?,
+        crate::libvirt::ServiceBackends::new(
+            backend,
+            &config.services,
+            crate::libvirt::HOLD_QUEUE,
+            Some(metrics.held_packets.clone()),
+        )
+        .context("connecting libvirt services")?,
     );
     let registry = Registry::new(
         &config.services,
@@ -94,11 +99,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::reloading();
-                match reload::reload(&config_path, &config, &zone, &registry).await {
+                let prepare = |new: &Config| {
+                    backends
+                        .apply(&new.services)
+                        .map_err(|e| format!("libvirt services: {e:#}"))
+                };
+                match reload::reload(&config_path, &config, &zone, &registry, prepare).await {
                     Ok(new) => {
-                        if let Err(e) = backends.apply(&new.services) {
-                            tracing::error!("libvirt services after reload: {e:#}");
-                        }
                         tracing::info!(services = new.services.len(), "configuration reloaded");
                         config = new;
                     }

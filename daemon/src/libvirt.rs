@@ -18,7 +18,7 @@ use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
 };
 
-use crate::net::hold::{wait_until_answers, SynHold};
+use crate::net::hold::{wait_until_answers_while, SynHold};
 use crate::net::NetPlumber;
 use crate::registry::Plumbing;
 
@@ -159,6 +159,8 @@ struct Release {
     hold: Option<Arc<SynHold>>,
     ip: Ipv4Addr,
     pending: AtomicBool,
+    /// The instance was stopped: its readiness probe gives up.
+    stopped: AtomicBool,
 }
 
 impl Release {
@@ -194,6 +196,7 @@ impl Backend for HeldBackend {
             hold: self.hold.clone(),
             ip: self.ip,
             pending: AtomicBool::new(held),
+            stopped: AtomicBool::new(false),
         });
         let inner = match self.inner.start(spec, events.clone()) {
             Ok(i) => i,
@@ -207,10 +210,12 @@ impl Backend for HeldBackend {
         let spawned = std::thread::Builder::new()
             .name(format!("ready-{ip}"))
             .spawn(move || {
-                if wait_until_answers(ip, port, timeout, Duration::from_millis(2)) {
-                    r.now();
+                let alive = || !r.stopped.load(Ordering::SeqCst);
+                if wait_until_answers_while(ip, port, timeout, Duration::from_millis(2), alive) {
+                    // Ready first: releasing also deletes the iptables rules, which takes ms.
                     events(InstanceEvent::NetReady);
-                } else {
+                    r.now();
+                } else if alive() {
                     tracing::warn!(%ip, port, "guest did not answer in time; releasing held SYNs");
                     r.now();
                 }
@@ -229,6 +234,7 @@ struct HeldInstance {
 
 impl Instance for HeldInstance {
     fn stop(&self) -> Result<(), BackendError> {
+        self.release.stopped.store(true, Ordering::SeqCst);
         let r = self.inner.stop();
         self.release.now();
         r
@@ -266,6 +272,7 @@ pub struct ServiceBackends {
     /// One connection per URI, shared by the services on it.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     hold: Mutex<Option<Arc<SynHold>>>,
+    held_counter: Option<prometheus::IntCounter>,
 }
 
 impl ServiceBackends {
@@ -275,10 +282,12 @@ impl ServiceBackends {
         default: Arc<dyn Backend>,
         services: &[crate::config::ServiceConfig],
         hold_queue: u16,
+        held_counter: Option<prometheus::IntCounter>,
     ) -> anyhow::Result<ServiceBackends> {
         let b = ServiceBackends {
             default,
             hold_queue,
+            held_counter,
             libvirt: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             hold: Mutex::new(None),
@@ -326,7 +335,7 @@ impl ServiceBackends {
     fn hold(&self) -> Option<Arc<SynHold>> {
         let mut hold = self.hold.lock().unwrap_or_else(|p| p.into_inner());
         if hold.is_none() {
-            match SynHold::start(self.hold_queue) {
+            match SynHold::start_counted(self.hold_queue, self.held_counter.clone()) {
                 Ok(h) => *hold = Some(Arc::new(h)),
                 Err(e) => tracing::warn!(error = %e, "no SYN hold for libvirt services"),
             }

@@ -16,7 +16,7 @@ mod libvirt_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use daemon_support::{a_records, query_udp, wait_until};
+use daemon_support::{a_records, http_get, query_udp, wait_until};
 use hickory_proto::rr::RecordType;
 use libvirt_support::*;
 
@@ -33,7 +33,19 @@ fn dns_summons_transient_http_virtio_domain_held_syn_and_idle_reap() {
         summon_tests::virtio_image("http").display(),
         console.display()
     );
-    let mut d = RootDaemon::start(&service);
+    let ready_ip = std::net::Ipv4Addr::new(10, 213, 210, 22);
+    let service = format!(
+        "{service}\n[[service]]\nname = \"lvready\"\nbackend = \"libvirt\"\nimage = \"{}\"\nip = \"{ready_ip}\"\nmemory_mib = 32\nargs = [\"--port=80\"]\nreply = \"ready\"\nready_timeout = \"20s\"\nidle_timeout = \"60s\"\nlibvirt = {{ uri = \"{URI}\", console_dir = \"{}\" }}\n",
+        summon_tests::virtio_image("http").display(),
+        console.display()
+    );
+    let admin_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut d = RootDaemon::start_with(&format!("[admin]\nlisten = \"{admin}\""), &service);
     let addr = SocketAddr::from((GUEST, 80));
     for round in 0..2 {
         assert!(
@@ -61,7 +73,26 @@ fn dns_summons_transient_http_virtio_domain_held_syn_and_idle_reap() {
         );
         assert_eq!(hold_rules(), 0, "hold rules left after release");
     }
-    // SIGTERM with an instance running: everything goes.
+    // reply = "ready": the answer leaves only once the guest answered the daemon's probe.
+    let a = a_records(&query_udp(d.dns, "lvready.svc.test.", RecordType::A).expect("DNS"));
+    assert_eq!(a.first().map(|r| r.0), Some(ready_ip), "{}", d.log());
+    let instances = http_get(admin, "/v1/instances").expect("admin");
+    let entry = &instances[instances
+        .find("\"service\": \"lvready\"")
+        .expect("lvready listed")..];
+    let entry = &entry[..entry.find('}').unwrap_or(entry.len())];
+    assert!(
+        entry.contains("\"net_ready\": true"),
+        "answered before the guest was ready: {entry}"
+    );
+    let (text, _, _, retrans) = get_now(SocketAddr::from((ready_ip, 80)));
+    assert!(text.starts_with("HTTP/1.1 200") && retrans == 0, "{text}");
+    let metrics = http_get(admin, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("summon_held_packets_total"),
+        "held-packets metric missing"
+    );
+    // SIGTERM with instances running: everything goes.
     query_udp(d.dns, "lvweb.svc.test.", RecordType::A).expect("DNS");
     assert!(wait_until(Duration::from_secs(15), || domain_exists(
         "summon-lvweb"
@@ -69,6 +100,10 @@ fn dns_summons_transient_http_virtio_domain_held_syn_and_idle_reap() {
     let status = d.terminate();
     assert!(status.success(), "summond exit {status}:\n{}", d.log());
     assert!(!domain_exists("summon-lvweb"), "domain left after SIGTERM");
+    assert!(
+        !domain_exists("summon-lvready"),
+        "domain left after SIGTERM"
+    );
     assert!(links().is_empty(), "taps left: {:?}", links());
     assert_eq!(hold_rules(), 0, "iptables rules left after SIGTERM");
     let _ = std::fs::remove_dir_all(&console);

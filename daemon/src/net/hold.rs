@@ -78,6 +78,14 @@ pub struct SynHold {
 impl SynHold {
     /// Deletes stale `summon-hold` rules, binds NFQUEUE `queue` and starts the reader thread.
     pub fn start(queue: u16) -> Result<SynHold, HoldError> {
+        Self::start_counted(queue, None)
+    }
+
+    /// As [`SynHold::start`], also counting held SYNs in `counter` (`summon_held_packets_total`).
+    pub fn start_counted(
+        queue: u16,
+        counter: Option<prometheus::IntCounter>,
+    ) -> Result<SynHold, HoldError> {
         remove_stale_rules()?;
         let qerr = |what| {
             move |source| HoldError::Queue {
@@ -104,6 +112,7 @@ impl SynHold {
             held: HashMap::new(),
             stats: stats.clone(),
             total_held: total_held.clone(),
+            counter,
         };
         let thread = std::thread::Builder::new()
             .name("syn-hold".into())
@@ -220,6 +229,7 @@ struct Reader {
     held: HashMap<Ipv4Addr, Held>,
     stats: Arc<Mutex<HashMap<Ipv4Addr, HoldStats>>>,
     total_held: Arc<AtomicU64>,
+    counter: Option<prometheus::IntCounter>,
 }
 
 impl Reader {
@@ -295,6 +305,9 @@ impl Reader {
                     if msgs.len() < MAX_HELD_PER_IP {
                         s.held += 1;
                         self.total_held.fetch_add(1, Ordering::Relaxed);
+                        if let Some(c) = &self.counter {
+                            c.inc();
+                        }
                         msgs.push(msg);
                     } else {
                         s.dropped += 1;
@@ -399,11 +412,22 @@ pub fn remove_stale_rules() -> Result<usize, HoldError> {
 /// Whether `ip:port` accepts a TCP connection within `timeout`, tried every `interval`. The
 /// probe is marked with [`PROBE_MARK`], so it passes the hold it is there to end.
 pub fn wait_until_answers(ip: Ipv4Addr, port: u16, timeout: Duration, interval: Duration) -> bool {
+    wait_until_answers_while(ip, port, timeout, interval, || true)
+}
+
+/// As [`wait_until_answers`], giving up early once `go_on` returns false (instance stopped).
+pub fn wait_until_answers_while(
+    ip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+    interval: Duration,
+    go_on: impl Fn() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || !go_on() {
             return false;
         }
         if probe(&addr, left.min(Duration::from_millis(200))).is_ok() {

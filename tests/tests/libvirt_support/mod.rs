@@ -80,6 +80,11 @@ impl RootDaemon {
 
     /// `extra`: more top-level sections (e.g. `[admin]`).
     pub fn start_with(extra: &str, service: &str) -> RootDaemon {
+        Self::start_at("10.213.210.0/24", "10.213.210.1", extra, service)
+    }
+
+    /// With another `[network]` subnet and gateway.
+    pub fn start_at(subnet: &str, gateway: &str, extra: &str, service: &str) -> RootDaemon {
         let port = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -90,7 +95,7 @@ impl RootDaemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
-            "[dns]\nlisten = [\"{dns}\"]\nzone = \"svc.test.\"\nttl = 1\n\n[network]\nsubnet = \"10.213.210.0/24\"\ngateway = \"10.213.210.1\"\n\n{extra}\n\n{service}"
+            "[dns]\nlisten = [\"{dns}\"]\nzone = \"svc.test.\"\nttl = 1\n\n[network]\nsubnet = \"{subnet}\"\ngateway = \"{gateway}\"\n\n{extra}\n\n{service}"
         );
         let path = dir.join("summond.toml");
         std::fs::write(&path, config).unwrap();
