@@ -120,6 +120,8 @@ fn wait(device: &mut NetDevice, timeout_ns: u64) {
         }
         if now < spin_end {
             core::hint::spin_loop();
+        } else if device.interrupts() {
+            idle::sleep_until_then(deadline, || device.ack_interrupt());
         } else {
             idle::sleep_until(deadline.min(now.saturating_add(slice)));
         }
