@@ -7,9 +7,10 @@
 //! and the page tables map them for ring 3), every vector from 32 up points at a bare `iretq`,
 //! and ring 3 writes the EOI after the gate returns. The legacy PICs are masked.
 //!
-//! The vCPU thus wakes only at the deadline: the caller bounds it (the net event loop sleeps
-//! at most a millisecond at a time, then checks the virtio used ring). Without a TSC-deadline
-//! timer (CPUID.1:ECX[24]) `sleep_until` spins with `pause` instead.
+//! The vCPU wakes at the deadline or when a device interrupt routed with `route_level_irq`
+//! (virtio-net's receive interrupt, through the IOAPIC) arrives; without such a route the net
+//! event loop bounds each sleep to a millisecond and looks at the used ring after it. Without a
+//! TSC-deadline timer (CPUID.1:ECX[24]) the sleeps spin with `pause` instead.
 
 use core::arch::x86_64::__cpuid;
 use core::sync::atomic::{AtomicBool, Ordering};
