@@ -10,6 +10,8 @@ use crate::config::BackendKind;
 pub fn for_kind(kind: BackendKind) -> anyhow::Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Kvm => kvm(),
+        // Per-service backends: see crate::libvirt::ServiceBackends.
+        BackendKind::Libvirt => anyhow::bail!("libvirt backends are made per service"),
     }
 }
 

@@ -37,12 +37,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let backend = backend::for_kind(BackendKind::Kvm).context("starting the KVM backend")?;
+    // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
+    // shutdown at exit removes the hold's iptables rules.
+    let backends = Arc::new(
+        crate::libvirt::ServiceBackends::new(
+            backend,
+            &config.services,
+            crate::libvirt::HOLD_QUEUE,
+            Some(metrics.held_packets.clone()),
+        )
+        .context("connecting libvirt services")?,
+    );
     let registry = Registry::new(
         &config.services,
         config.limits,
         config.dns.ttl,
-        backend,
-        Arc::new(plumber),
+        backends.clone(),
+        Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
         metrics.clone(),
     );
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
@@ -88,7 +99,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::reloading();
-                match reload::reload(&config_path, &config, &zone, &registry).await {
+                let prepare = |new: &Config| {
+                    backends
+                        .apply(&new.services)
+                        .map_err(|e| format!("libvirt services: {e:#}"))
+                };
+                match reload::reload(&config_path, &config, &zone, &registry, prepare).await {
                     Ok(new) => {
                         tracing::info!(services = new.services.len(), "configuration reloaded");
                         config = new;
@@ -107,6 +123,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     reaper.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     registry.stop_all().await;
+    backends.shutdown();
     match remove_leftovers(&nl).await {
         Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
         Ok(_) => {}

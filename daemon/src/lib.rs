@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod libvirt;
 pub mod metrics;
 pub mod net;
 pub mod reaper;

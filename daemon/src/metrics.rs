@@ -1,7 +1,8 @@
 //! Prometheus metrics, exported as text on the admin listener's /metrics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -13,6 +14,8 @@ pub struct Metrics {
     pub reaped: IntCounterVec,
     pub boot_failures: IntCounterVec,
     pub boots: IntCounterVec,
+    /// SYNs held by the NFQUEUE hold while libvirt domains booted.
+    pub held_packets: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +71,14 @@ impl Metrics {
             &["service"],
         )
         .expect("valid metric");
+        let held_packets = IntCounter::new(
+            "summon_held_packets_total",
+            "TCP SYNs held (NFQUEUE) while a libvirt domain booted",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(held_packets.clone()))
+            .expect("unique metric");
         for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
             registry
                 .register(Box::new(c.clone()))
@@ -88,6 +99,7 @@ impl Metrics {
             reaped,
             boot_failures,
             boots,
+            held_packets,
         }
     }
 

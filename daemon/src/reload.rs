@@ -15,6 +15,9 @@ pub enum ReloadError {
     NetworkChanged(String),
     #[error(transparent)]
     Zone(#[from] crate::dns::zone::ZoneError),
+    /// The backends could not take the new services (e.g. a libvirt URI is unreachable).
+    #[error("{0}")]
+    Backends(String),
 }
 
 /// Zone serials: seconds since the epoch, but always growing, even for reloads within a second.
@@ -27,11 +30,14 @@ pub fn next_serial(prev: u32) -> u32 {
 }
 
 /// Loads `path` and applies it over `current`; on success returns the new config.
+/// `prepare_backends` runs before the registry sees the new services, so that a new service's
+/// backend exists before its first query (libvirt services have one each).
 pub async fn reload(
     path: &Path,
     current: &Config,
     zone: &SharedZone,
     registry: &Registry,
+    prepare_backends: impl FnOnce(&Config) -> Result<(), String>,
 ) -> Result<Config, ReloadError> {
     let new = Config::load(path)?;
     if new.network != current.network {
@@ -51,6 +57,7 @@ pub async fn reload(
         }
     };
     let new_zone = Zone::from_config(&new, next_serial(prev_serial))?;
+    prepare_backends(&new).map_err(ReloadError::Backends)?;
     // Registry first: a name that appears in the zone must already have its slot; a removed
     // one answers NXDOMAIN from the zone check meanwhile either way.
     registry.apply(&new.services, new.limits, new.dns.ttl).await;

@@ -101,6 +101,8 @@ pub trait Instance: Send + Sync {
 pub enum BackendError {
     #[error(transparent)]
     Kvm(#[from] crate::kvm::KvmError),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("instance {0} is not in a state that allows {1}")]
     InvalidState(String, &'static str),
 }

@@ -81,6 +81,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     Kvm,
+    /// A libvirt domain; its settings are in [`ServiceConfig::libvirt`].
+    Libvirt,
 }
 
 /// One `[[service]]`.
@@ -99,6 +101,8 @@ pub struct ServiceConfig {
     pub stop: StopMode,
     pub reply: ReplyMode,
     pub ready_timeout: Duration,
+    /// `backend = "libvirt"`: connection URI, existing or generated domain, probe port.
+    pub libvirt: Option<crate::libvirt::LibvirtService>,
 }
 
 impl Config {

@@ -138,7 +138,28 @@ fn checks_names_ips_images_backends() {
         "{p}"
     );
     let lv = base(&service("backend = \"libvirt\""));
-    assert!(one_error(&lv).message.contains("not supported yet"));
+    assert!(one_error(&lv).message.contains("needs a `libvirt` table"));
+    let lv_bad = base(&service(
+        "backend = \"libvirt\"\nlibvirt = { uri = \"qemu:///system\", guest = \"lxc\" }",
+    ));
+    assert!(one_error(&lv_bad).message.contains("libvirt.guest"));
+    let lv_ok = Config::parse(
+        &base(&service(
+            "backend = \"libvirt\"\nlibvirt = { uri = \"qemu:///system\", domain = \"legacy-vm\" }",
+        )),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(lv_ok.services[0].backend, BackendKind::Libvirt);
+    assert_eq!(
+        lv_ok.services[0]
+            .libvirt
+            .as_ref()
+            .unwrap()
+            .domain
+            .as_deref(),
+        Some("legacy-vm")
+    );
     let stop = base(&service("stop = \"explode\""));
     assert!(
         one_error(&stop).message.contains("destroy"),

@@ -366,29 +366,41 @@ fn check_service(
     }
     let backend = match r.backend.as_ref().map(|b| b.get_ref().as_str()) {
         None | Some("kvm") => BackendKind::Kvm,
-        Some("libvirt") => {
-            let b = r.backend.as_ref().expect("matched Some");
-            c.err(
-                b,
-                "service.backend: \"libvirt\" is not supported yet (issue 6); use \"kvm\"",
-            );
-            BackendKind::Kvm
-        }
+        Some("libvirt") => BackendKind::Libvirt,
         Some(other) => {
             let b = r.backend.as_ref().expect("matched Some");
             c.err(
                 b,
-                format!("service.backend: expected \"kvm\", found {other:?}"),
+                format!("service.backend: expected \"kvm\" or \"libvirt\", found {other:?}"),
             );
             BackendKind::Kvm
         }
     };
-    if r.libvirt.is_some() && backend == BackendKind::Kvm && r.backend.is_none() {
+    if r.libvirt.is_some() && backend == BackendKind::Kvm {
         c.err(
             &r.name,
             "service.libvirt: only valid with backend = \"libvirt\"",
         );
     }
+    let libvirt = match (backend, &r.libvirt) {
+        (BackendKind::Libvirt, None) => {
+            c.err(
+                &r.name,
+                format!("service {name:?}: backend = \"libvirt\" needs a `libvirt` table (uri, and domain for an existing domain)"),
+            );
+            None
+        }
+        (BackendKind::Libvirt, Some(t)) => match crate::libvirt::LibvirtService::from_table(t) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                c.err(&r.name, format!("service {name:?}: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    // An existing libvirt domain brings its own kernel.
+    let needs_image = libvirt.as_ref().is_none_or(|l| l.domain.is_none());
     let image = match &r.image {
         Some(img) => {
             let p = Path::new(img.get_ref());
@@ -402,10 +414,11 @@ fn check_service(
             }
             p
         }
-        None => {
+        None if needs_image => {
             c.err(&r.name, format!("service {name:?}: missing key `image`"));
             Default::default()
         }
+        None => Default::default(),
     };
     let ip = c.ipv4(&r.ip, "service.ip");
     if let Some(ip) = ip {
@@ -493,5 +506,6 @@ fn check_service(
         stop: r.stop.unwrap_or(StopMode::Destroy),
         reply: r.reply.unwrap_or(ReplyMode::Immediate),
         ready_timeout,
+        libvirt,
     })
 }

@@ -1,6 +1,7 @@
 //! Network plumbing: one routed point-to-point tap per instance (no shared L2 between guests).
 
 mod cleanup;
+pub mod hold;
 mod netlink;
 mod tap;
 

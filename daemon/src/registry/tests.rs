@@ -151,6 +151,7 @@ fn svc(name: &str, last_octet: u8) -> ServiceConfig {
         stop: StopMode::Destroy,
         reply: ReplyMode::Immediate,
         ready_timeout: Duration::from_secs(2),
+        libvirt: None,
     }
 }
 

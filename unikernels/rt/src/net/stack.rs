@@ -1,8 +1,9 @@
 //! An interface on one net device and the event loop: poll smoltcp, let the application act on
 //! its sockets, then sleep for as long as smoltcp allows. On hvt the sleep is POLL (no busy
 //! polling: with nothing to do the guest sits in the tender until a frame arrives or a TCP
-//! timer is due). On virtio the device raises no interrupts, so the guest halts in slices of
-//! at most `VIRTIO_SLICE_NS` and looks at the receive ring after each (see `wait`).
+//! timer is due). On virtio the guest halts until smoltcp's timer or the NIC's receive
+//! interrupt; where that interrupt cannot be routed, in slices of at most `VIRTIO_SLICE_NS`,
+//! looking at the receive ring after each (see `wait`).
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
@@ -101,7 +102,8 @@ const VIRTIO_SLICE_NS: u64 = 1_000_000;
 #[cfg(feature = "virtio")]
 const VIRTIO_SPIN_NS: u64 = 50_000;
 
-/// Waits until a frame is ready or `timeout_ns` passed: spins briefly, then halts in slices.
+/// Waits until a frame is ready or `timeout_ns` passed: spins briefly, then halts (until the
+/// interrupt or the deadline, or in slices without an interrupt).
 #[cfg(feature = "virtio")]
 fn wait(device: &mut NetDevice, timeout_ns: u64) {
     use crate::platform::virtio::idle;
@@ -120,6 +122,8 @@ fn wait(device: &mut NetDevice, timeout_ns: u64) {
         }
         if now < spin_end {
             core::hint::spin_loop();
+        } else if device.interrupts() {
+            idle::sleep_until_then(deadline, || device.ack_interrupt());
         } else {
             idle::sleep_until(deadline.min(now.saturating_add(slice)));
         }

@@ -6,8 +6,10 @@
 //! firmware left it at 0); only VIRTIO_NET_F_MAC is negotiated, so every buffer starts with the
 //! 10-byte `virtio_net_hdr` and nothing is offloaded. Two virtqueues in guest memory (legacy
 //! layout: descriptors, available ring, used ring on the next page), one descriptor per buffer,
-//! buffers of 2 KiB. Interrupts are suppressed (`VRING_AVAIL_F_NO_INTERRUPT`): the event loop
-//! looks at the used rings, and sleeps in bounded slices in between (stack.rs).
+//! buffers of 2 KiB. The event loop looks at the used rings; transmit interrupts are suppressed
+//! (`VRING_AVAIL_F_NO_INTERRUPT`). Receive interrupts are on when the PCI interrupt line the
+//! firmware assigned could be routed through the IOAPIC: then a halted guest wakes on a frame
+//! (idle.rs); otherwise it sleeps in bounded slices and looks (stack.rs).
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use core::ptr::addr_of_mut;
@@ -30,6 +32,7 @@ const REG_QUEUE_SIZE: u16 = 0x0c;
 const REG_QUEUE_SELECT: u16 = 0x0e;
 const REG_QUEUE_NOTIFY: u16 = 0x10;
 const REG_STATUS: u16 = 0x12;
+const REG_ISR: u16 = 0x13;
 const REG_MAC: u16 = 0x14;
 
 const STATUS_ACKNOWLEDGE: u8 = 1;
@@ -225,6 +228,29 @@ impl Queue {
     }
 }
 
+/// Routes the function's INTx to the CPU: the line the firmware assigned (PCI config 0x3c),
+/// made sure of in the PIIX3's PIRQ routing registers (0x60-0x63 of 00:01.0; reset value
+/// 0x80 = disabled, which some firmware leaves), then through the IOAPIC. False if any step
+/// is not possible (no PIIX3, no line, no halting).
+fn route_pci_interrupt(f: pci::Function) -> bool {
+    let reg = f.read32(0x3c);
+    let (line, pin) = (reg as u8, (reg >> 8) as u8);
+    if !(1..=4).contains(&pin) || !(1..=15).contains(&line) {
+        return false;
+    }
+    let Some(isa) = pci::find(0x8086, 0x7000, 0) else {
+        return false;
+    };
+    // QEMU's PIIX: PIRQ = (slot - 1 + pin - 1) mod 4.
+    let pirq = (u32::from(f.device) + u32::from(pin) + 2) % 4;
+    let word = isa.read32(0x60);
+    let shift = 8 * pirq;
+    if (word >> shift) & 0xff != u32::from(line) {
+        isa.write32(0x60, (word & !(0xff << shift)) | (u32::from(line) << shift));
+    }
+    crate::platform::virtio::idle::route_level_irq(line)
+}
+
 /// The virtio-net device.
 pub struct VirtioNet {
     io: u16,
@@ -233,6 +259,8 @@ pub struct VirtioNet {
     tx: Queue,
     /// Transmit buffers in flight (posted, not yet returned).
     tx_in_flight: u16,
+    /// Received frames raise the (routed) interrupt line: sleeps need no slices.
+    irq: bool,
     /// Frames dropped: oversized, or a used element naming no buffer of ours (should stay 0).
     pub errors: u64,
 }
@@ -256,6 +284,9 @@ impl VirtioNet {
         let cmd = f.read32(0x04);
         f.write32(0x04, (cmd & 0xffff) | 0x5);
         let io = (bar0 & 0xfffc) as u16;
+        // The interrupt line the firmware assigned (qboot and SeaBIOS do): if it can be routed,
+        // a halted guest wakes on a received frame instead of at the next slice.
+        let irq = route_pci_interrupt(f);
 
         // Reset, unless the device is fresh from power-on (status 0) and so already reset.
         if inb(io + REG_STATUS) != 0 {
@@ -283,6 +314,11 @@ impl VirtioNet {
                 return Err(e);
             }
         };
+        if irq {
+            // Interrupt on received frames only; transmit completions are polled.
+            // SAFETY: avail[0] is the avail ring's flags word.
+            unsafe { rx.avail.write_volatile(0) };
+        }
         for i in 0..rx.count {
             rx.push(i);
         }
@@ -297,6 +333,7 @@ impl VirtioNet {
             rx,
             tx,
             tx_in_flight: 0,
+            irq,
             errors: 0,
         })
     }
@@ -308,6 +345,18 @@ impl VirtioNet {
     /// The legacy I/O base (for diagnostics).
     pub fn io_base(&self) -> u16 {
         self.io
+    }
+
+    /// Whether a received frame ends a sleep by itself (its interrupt is routed).
+    pub fn interrupts(&self) -> bool {
+        self.irq
+    }
+
+    /// Reads (and so clears) the interrupt status, which lowers the level-triggered line.
+    pub fn ack_interrupt(&self) {
+        if self.irq {
+            inb(self.io + REG_ISR);
+        }
     }
 
     /// Whether a received frame is waiting.

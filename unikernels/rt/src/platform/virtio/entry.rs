@@ -14,9 +14,9 @@
 //!
 //! After boot ring 0 is entered only by exceptions: the shared `rt_trap` report, and two #GP
 //! raised on purpose as a gate (`rt_gp_gate`): ring 3's `hlt` at `rt_sleep_hlt` sleeps until a
-//! TSC deadline (11 ring-0 instructions plus the timer interrupt's bare `iretq`; ring 3 writes
-//! the LAPIC EOI), and, once at boot and only if the loader put its structures in page 0, its
-//! `mov %cr3` at `rt_flush_mov` flushes the TLB (9). Why not `int N` or `syscall`: on PVM,
+//! TSC deadline or a device interrupt (10 ring-0 instructions plus the interrupt's bare
+//! `iretq`; ring 3 writes the LAPIC EOI), and, once at boot and only if the loader put its
+//! structures in page 0, its `mov %cr3` at `rt_flush_mov` flushes the TLB (9). Why not `int N` or `syscall`: on PVM,
 //! `int N` from ring 3 raises #UD and `syscall` does not leave ring 3 (PVM wants its own
 //! paravirtual MSRs for that); exceptions are delivered through the IDT as on hardware.
 
