@@ -290,3 +290,51 @@ fn idle_http_virtio_uses_little_host_cpu() {
     // fallback without a routable interrupt) used 0.13 s; spinning would use ~2 s.
     assert!(used < 0.1, "QEMU used {used:.3} s of CPU in 2 s while idle");
 }
+
+/// Boots http.virtio without a network namespace; returns (console, QEMU's exit code).
+fn run_http_expecting_exit(append: &str, extra_device: Option<&str>) -> (String, i32) {
+    let mut o = Options::new(Machine::PcQboot, append);
+    o.extra = extra_device
+        .map(|d| {
+            vec![
+                "-netdev".into(),
+                "user,id=n0".into(),
+                "-device".into(),
+                d.into(),
+            ]
+        })
+        .unwrap_or_default();
+    let mut vm = Vm::start(&virtio_image("http"), &o, None);
+    let status = vm
+        .wait_exit(END)
+        .unwrap_or_else(|| panic!("http did not stop; console:\n{}", vm.console()));
+    (vm.console(), status.code().expect("qemu exit code"))
+}
+
+#[test]
+fn http_virtio_refuses_bad_arguments_a_missing_nic_and_a_modern_only_nic() {
+    if !qemu_ok() {
+        return;
+    }
+    let (console, code) = run_http_expecting_exit("--ipv4=10.0.0.300/24", None);
+    assert!(
+        console.contains("error: --ipv4: not an IPv4 address (a.b.c.d)"),
+        "{console}"
+    );
+    assert_eq!(code, 3, "status 1; console:\n{console}");
+    let (console, code) = run_http_expecting_exit("--ipv4=10.0.0.2/24", None);
+    assert!(
+        console.contains("no virtio-net PCI device (1af4:1000) found"),
+        "{console}"
+    );
+    assert_eq!(code, 3, "{console}");
+    let (console, code) = run_http_expecting_exit(
+        "--ipv4=10.0.0.2/24",
+        Some("virtio-net-pci,netdev=n0,disable-legacy=on,disable-modern=off"),
+    );
+    assert!(
+        console.contains("no virtio-net PCI device") || console.contains("no legacy I/O BAR"),
+        "a modern-only device (1af4:1041) is not ours: {console}"
+    );
+    assert_eq!(code, 3, "{console}");
+}
