@@ -19,6 +19,7 @@ pub mod virtio;
 #[cfg(feature = "virtio")]
 pub use virtio as current;
 
+mod shared;
 pub(crate) mod trap;
 
 /// The platform's name, as the images' file extension: "hvt" or "virtio".

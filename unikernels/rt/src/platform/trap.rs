@@ -4,7 +4,7 @@
 use core::arch::asm;
 
 extern "C" {
-    /// The IDT's first word (each platform's entry.rs defines the table: 32 gates on hvt, 256 on
+    /// The IDT's first word (shared.rs defines the table: 32 gates on hvt, 256 on
     /// virtio).
     static mut rt_idt: u64;
     static rt_trap_stubs: u8;

@@ -59,7 +59,7 @@ extern "C" {
 }
 
 extern "C" {
-    /// The page table of the first 2 MiB (entry.rs); entry 0 maps the null page.
+    /// The page table of the first 2 MiB (shared.rs); entry 0 maps the null page.
     static mut rt_pt: u64;
 }
 

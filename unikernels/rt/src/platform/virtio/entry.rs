@@ -8,9 +8,9 @@
 //! instructions. The TSS lives in .bss (it and its I/O bitmap cost the file nothing), so the
 //! entry stores its two non-zero fields (RSP0, I/O map base) itself.
 //!
-//! Page tables as on hvt (4 GiB identity map, user bit everywhere, accessed/dirty preset), except
-//! that only page 0 is the null guard: the firmware puts the start info and the command line
-//! below 1 MiB, mapped user read-only here.
+//! Page tables, IDT (256 gates here) and exception stubs are shared with hvt
+//! (`platform::shared`), except that only page 0 is the null guard: the firmware puts the
+//! start info and the command line below 1 MiB, mapped user read-only.
 //!
 //! After boot ring 0 is entered only by exceptions: the shared `rt_trap` report, and two #GP
 //! raised on purpose as a gate (`rt_gp_gate`): ring 3's `hlt` at `rt_sleep_hlt` sleeps until a
@@ -68,26 +68,6 @@ rt_entry_end:
 
     .section .text.rt_traps, "ax", @progbits
     .balign 16
-    .global rt_trap_stubs
-rt_trap_stubs:
-    .set rt_v, 0
-    .rept 32
-    .balign 16
-    .if (rt_v == 8) || ((rt_v >= 10) && (rt_v <= 14)) || (rt_v == 17) || (rt_v == 21) || (rt_v == 29) || (rt_v == 30)
-    .else
-    pushq $0
-    .endif
-    pushq $rt_v
-    jmp rt_trap_common
-    .set rt_v, rt_v + 1
-    .endr
-rt_trap_common:
-    mov %rsp, %rdi
-    and $-16, %rsp
-    call rt_trap
-    ud2
-
-    .balign 16
     .global rt_irq_return
 rt_irq_return:
     iretq
@@ -135,44 +115,6 @@ rt_flush_mov:
     mov %cr3, %rax
     ret
 
-    .section .data.rt_pagetables, "aw", @progbits
-    .balign 4096
-rt_pml4:
-    .quad rt_pdpt + 0x27
-    .fill 511, 8, 0
-rt_pdpt:
-    .quad rt_pd + 0x0000 + 0x27
-    .quad rt_pd + 0x1000 + 0x27
-    .quad rt_pd + 0x2000 + 0x27
-    .quad rt_pd + 0x3000 + 0x27
-    .fill 508, 8, 0
-rt_pd:
-    .quad rt_pt + 0x27
-    .set rt_i, 1
-    .rept 2047
-    .quad (rt_i << 21) | 0xe7
-    .set rt_i, rt_i + 1
-    .endr
-    .global rt_pt
-rt_pt:
-    .quad 0
-    .set rt_i, 1
-    .rept 255
-    .quad (rt_i << 12) | 0x25
-    .set rt_i, rt_i + 1
-    .endr
-    .rept 256
-    .quad (rt_i << 12) | 0x67
-    .set rt_i, rt_i + 1
-    .endr
-
-    .section .data.rt_idt_ptr, "aw", @progbits
-    .balign 8
-    .short 0, 0, 0
-rt_idt_ptr:
-    .short 256 * 16 - 1
-    .quad rt_idt
-
     .section .bss.rt_tss, "aw", @nobits
     .balign 16
     .global rt_tss
@@ -180,18 +122,6 @@ rt_tss:
     .skip 104 + 8192 + 1
     .global rt_tss_end
 rt_tss_end:
-
-    .section .bss.rt_idt, "aw", @nobits
-    .balign 16
-    .global rt_idt
-rt_idt:
-    .skip 256 * 16
-
-    .section .bss.rt_trap_stack, "aw", @nobits
-    .balign 16
-    .skip 16384
-    .global rt_trap_stack_top
-rt_trap_stack_top:
 
     .section .bss.rt_boot_stack, "aw", @nobits
     .balign 16
