@@ -69,34 +69,34 @@ impl BlockDevice {
     /// Writes `len` bytes from `buf` at `offset`; returns the byte count the host managed.
     pub fn write_at(&self, buf: *const u8, len: usize, offset: u64) -> io::Result<usize> {
         // SAFETY: the caller passes a host pointer to `len` readable bytes of guest memory.
-        let n = unsafe {
+        byte_count(unsafe {
             libc::pwrite(
                 self.file.as_raw_fd(),
                 buf.cast(),
                 len,
                 offset as libc::off_t,
             )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        })
     }
 
     /// Reads `len` bytes at `offset` into `buf`; returns the byte count the host managed.
     pub fn read_at(&self, buf: *mut u8, len: usize, offset: u64) -> io::Result<usize> {
         // SAFETY: the caller passes a host pointer to `len` host-writable bytes of guest memory.
-        let n = unsafe {
+        byte_count(unsafe {
             libc::pread(
                 self.file.as_raw_fd(),
                 buf.cast(),
                 len,
                 offset as libc::off_t,
             )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        })
     }
+}
+
+/// A pread/pwrite result as a byte count, or the errno it left when negative.
+fn byte_count(n: libc::ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
