@@ -1,12 +1,13 @@
 //! Shared helpers of the end-to-end tests and benchmarks: where the unikernel images are,
 //! prerequisites (KVM, root, tools), network namespaces with taps, guests started through the
-//! launcher's `Backend` trait, and a small HTTP client.
+//! launcher's `Backend` trait, a small HTTP client and a reproducible random generator.
 
 pub mod guest;
 pub mod http_client;
 pub mod netns;
 pub mod qemu;
 pub mod require;
+pub mod rng;
 pub mod tap;
 
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 mod request;
 
 use request::{parse, Parse, Refusal, Request};
+use summon_tests::rng::Rng;
 
 const LIMIT: usize = 8 * 1024;
 
@@ -111,18 +112,6 @@ fn size_limits() {
         parse(&req, LIMIT),
         Parse::Complete { len: LIMIT, .. }
     ));
-}
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 #[test]
