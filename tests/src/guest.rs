@@ -4,6 +4,8 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::netns::NetNs;
+use crate::tap;
 use summon_launcher::kvm::KvmBackend;
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
@@ -103,6 +105,21 @@ impl Guest {
         let instance = backend().start(spec, events.sink())?;
         Ok(Guest { instance, events })
     }
+}
+
+/// Starts the image `image_name` with `args` inside `ns` on its tap `dev`, which is opened
+/// there: a tap is found by name only in its own namespace.
+pub fn start_on_tap(ns: &NetNs, dev: &str, name: &str, image_name: &str, args: &[&str]) -> Guest {
+    ns.run(|| {
+        let fd = tap::open(dev).unwrap_or_else(|e| panic!("open {dev}: {e:?}"));
+        Guest::start(spec(
+            name,
+            &crate::image(image_name),
+            args,
+            Some(TapSource::Fd(fd)),
+        ))
+        .unwrap_or_else(|e| panic!("start {image_name}: {e:?}"))
+    })
 }
 
 impl Drop for Guest {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use summon_launcher::{InstanceEvent, TapSource};
-use summon_tests::guest::{self, Guest};
+use summon_launcher::InstanceEvent;
+use summon_tests::guest;
 use summon_tests::netns::NetNs;
-use summon_tests::{image, require, tap};
+use summon_tests::require;
 
 fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct we pass.
@@ -24,17 +24,7 @@ fn idle_http_instance_uses_no_cpu() {
     }
     let ns = NetNs::new("uni-idle");
     ns.add_tap("tap0", "10.0.0.1/24");
-    let guest = ns.run(|| {
-        let fd = tap::open("tap0").expect("open tap0");
-        let args = ["--ipv4=10.0.0.2/24"];
-        Guest::start(guest::spec(
-            "idle",
-            &image("http"),
-            &args,
-            Some(TapSource::Fd(fd)),
-        ))
-        .expect("start http")
-    });
+    let guest = guest::start_on_tap(&ns, "tap0", "idle", "http", &["--ipv4=10.0.0.2/24"]);
     guest
         .events
         .wait_for(Duration::from_secs(20), |e| *e == InstanceEvent::NetReady)

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use summon_launcher::{InstanceEvent, TapSource};
+use summon_launcher::InstanceEvent;
 use summon_tests::guest::{self, Guest, GUEST_MAC};
 use summon_tests::http_client::Client;
 use summon_tests::netns::NetNs;
-use summon_tests::{image, require, tap};
+use summon_tests::{image, require};
 
 const END: Duration = Duration::from_secs(20);
 const GUEST: &str = "10.0.0.2";
@@ -31,16 +31,7 @@ impl HttpGuest {
         ns.add_neighbour("tap0", GUEST, GUEST_MAC);
         let mut args = vec!["--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"];
         args.extend_from_slice(extra);
-        let guest = ns.run(|| {
-            let fd = tap::open("tap0").expect("open tap0");
-            Guest::start(guest::spec(
-                tag,
-                &image("http"),
-                &args,
-                Some(TapSource::Fd(fd)),
-            ))
-            .expect("start http")
-        });
+        let guest = guest::start_on_tap(&ns, "tap0", tag, "http", &args);
         guest
             .events
             .wait_for(END, |e| *e == InstanceEvent::NetReady)
@@ -218,16 +209,7 @@ fn http_refuses_bad_network_arguments_with_halt_1() {
         // A tap per guest: a halted guest's fd is released by its own thread, asynchronously.
         let dev = format!("tap{i}");
         ns.add_tap(&dev, &format!("10.0.{i}.1/24"));
-        let guest = ns.run(|| {
-            let fd = tap::open(&dev).expect("open tap");
-            Guest::start(guest::spec(
-                "http",
-                &image("http"),
-                &[arg],
-                Some(TapSource::Fd(fd)),
-            ))
-            .expect("start http")
-        });
+        let guest = guest::start_on_tap(&ns, &dev, "http", "http", &[arg]);
         assert_eq!(guest.events.wait_end(END), Ok(1), "{arg}");
         let out = guest.events.console();
         assert!(out.contains(message), "{arg}: console: {out}");
