@@ -12,6 +12,9 @@
 //! Run: `cargo bench -p summon-launcher --bench libvirt_boot` (needs libvirtd: scripts/setup-host).
 //! Runs per variant: SUMMON_BENCH_RUNS (default 30; SeaBIOS gets a fifth of them, at least 3).
 
+#[path = "../tests/support/pvh_ticker.rs"]
+mod pvh_ticker;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -234,29 +237,10 @@ fn embedded(n: usize) -> Vec<f64> {
 }
 
 fn build_pvh(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt_guest");
-    let obj = dir.join("ticker.o");
-    let elf = dir.join("ticker.elf");
-    run(&[
-        "gcc",
-        "-m32",
-        "-c",
-        src.join("pvh-ticker.S").to_str().unwrap(),
-        "-o",
-        obj.to_str().unwrap(),
-    ]);
-    run(&[
-        "ld",
-        "-m",
-        "elf_i386",
-        "-T",
-        src.join("pvh.ld").to_str().unwrap(),
-        "-o",
-        elf.to_str().unwrap(),
-        obj.to_str().unwrap(),
-    ]);
-    chmod(&elf, 0o644);
-    elf
+    pvh_ticker::build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt_guest"),
+        dir,
+    )
 }
 
 fn run(args: &[&str]) {

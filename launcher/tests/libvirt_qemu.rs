@@ -4,6 +4,9 @@
 //!
 //! Fails under CI=true when libvirtd is not reachable; skips with a reason otherwise.
 
+#[path = "support/pvh_ticker.rs"]
+mod pvh_ticker;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc::{channel, Receiver};
@@ -67,30 +70,10 @@ fn chmod(p: &Path, mode: u32) {
 
 /// Assembles tests/libvirt_guest/pvh-ticker.S into a PVH ELF in `dir`.
 fn build_guest(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt_guest");
-    let obj = dir.join("ticker.o");
-    let elf = dir.join("ticker.elf");
-    let ok = Command::new("gcc")
-        .args(["-m32", "-c"])
-        .arg(src.join("pvh-ticker.S"))
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "gcc failed on pvh-ticker.S");
-    let ok = Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("pvh.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ld failed on pvh-ticker.o");
-    chmod(&elf, 0o644);
-    elf
+    pvh_ticker::build(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt_guest"),
+        dir,
+    )
 }
 
 fn channel_sink() -> (EventSink, Receiver<InstanceEvent>) {

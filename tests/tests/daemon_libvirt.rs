@@ -5,6 +5,8 @@
 //! HTTP end to end waits for http.virtio). Fails under CI=true when libvirtd is unreachable.
 
 mod daemon_support;
+#[path = "../../launcher/tests/support/pvh_ticker.rs"]
+mod pvh_ticker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,27 +56,7 @@ fn build_guest(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../launcher/tests/libvirt_guest");
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let obj = dir.join("ticker.o");
-    let elf = dir.join("ticker.elf");
-    assert!(Command::new("gcc")
-        .args(["-m32", "-c"])
-        .arg(src.join("pvh-ticker.S"))
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("pvh.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .unwrap()
-        .success());
-    std::fs::set_permissions(&elf, std::fs::Permissions::from_mode(0o644)).unwrap();
-    elf
+    pvh_ticker::build(&src, dir)
 }
 
 /// A persistent domain, undefined (and destroyed) on drop.
