@@ -14,12 +14,15 @@
 
 #[path = "../tests/support/pvh_ticker.rs"]
 mod pvh_ticker;
+#[path = "support/stats.rs"]
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stats::{ms, pct};
 use summon_launcher::kvm::KvmBackend;
 use summon_launcher::libvirt::{
     Conn, DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig, NicXml, StopMode,
@@ -255,16 +258,4 @@ fn run(args: &[&str]) {
 fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn pct(v: &mut [f64], p: usize) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() * p).div_ceil(100))
-        .saturating_sub(1)
-        .min(v.len() - 1);
-    v[i]
 }

@@ -11,6 +11,8 @@
 mod daemon_support;
 #[path = "../tests/libvirt_support/mod.rs"]
 mod libvirt_support;
+#[path = "../../launcher/benches/support/stats.rs"]
+mod stats;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use daemon_support::{a_records, admin_post, query_udp, wait_until};
 use hickory_proto::rr::RecordType;
 use libvirt_support::*;
+use stats::{ms, pct};
 
 fn main() {
     let runs: usize = std::env::var("LIBVIRT_BENCH_RUNS")
@@ -91,16 +94,4 @@ fn main() {
         let _ = admin_post(admin, &format!("/v1/instances/{name}/stop"));
     }
     drop(d);
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn pct(v: &mut [f64], p: usize) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() * p).div_ceil(100))
-        .saturating_sub(1)
-        .min(v.len() - 1);
-    v[i]
 }
