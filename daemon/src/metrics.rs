@@ -56,7 +56,8 @@ impl Metrics {
                 "Stages of a cold summon: dns (request handling outside the registry), spawn \
                  (query to start task), plumbing (tap, address, route, neighbour), launch_queue \
                  (to the launcher's thread), launch (launcher start: VM, memory, image, vCPU \
-                 hand-over), boot (launcher start returned to guest network-ready)",
+                 hand-over), wake (instance running to the waiting query resumed, reply=immediate), boot \
+                 (launcher start returned to guest network-ready)",
             )
             .buckets(vec![
                 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,

@@ -268,6 +268,13 @@ impl Registry {
                 match g.phase {
                     Phase::Running => {
                         if cfg.reply == ReplyMode::Immediate || g.net_ready {
+                            if waited_gen.is_some() && cfg.reply == ReplyMode::Immediate {
+                                if let Some(t) = g.launched_at {
+                                    let wake = t.elapsed();
+                                    self.shared.metrics.cold_stage("wake", wake);
+                                    tracing::debug!(service = %slot.name, wake_us = wake.as_micros() as u64, "cold waiter woken");
+                                }
+                            }
                             break Ok((
                                 cfg.ip,
                                 if waited_gen.is_some() {
@@ -430,12 +437,19 @@ impl Registry {
         let sink = self.sink(&slot.name, gen);
         let backend = self.shared.backend.clone();
         let t_call = Instant::now();
-        let started = tokio::task::spawn_blocking(move || {
+        let launch = move || {
             let t = Instant::now();
             (t, backend.start(spec, sink), t.elapsed())
-        })
-        .await
-        .map(|(t, r, launch)| {
+        };
+        // The KVM launcher's start is short and never waits for the guest (docs/launcher.md):
+        // called in place it saves two thread hand-offs on the cold path. Other backends
+        // (libvirt) may block for long, so they get a blocking thread.
+        let started = if cfg.backend == crate::config::BackendKind::Kvm {
+            Ok(launch())
+        } else {
+            tokio::task::spawn_blocking(launch).await
+        };
+        let started = started.map(|(t, r, launch)| {
             let m = &self.shared.metrics;
             if let Some(q) = queued_at {
                 m.cold_stage("spawn", t0.saturating_duration_since(q));
