@@ -366,8 +366,7 @@ fn svg(series: &[Series]) -> String {
     let (w, h) = (640.0, 360.0);
     let (left, right, top, bottom) = (60.0, 20.0, 20.0, 50.0);
     let (lo, hi) = (0.05f64.log10(), 100f64.log10()); // ms
-    let x =
-        |ms: f64| left + (ms.max(0.05).min(100.0).log10() - lo) / (hi - lo) * (w - left - right);
+    let x = |ms: f64| left + (ms.clamp(0.05, 100.0).log10() - lo) / (hi - lo) * (w - left - right);
     let y = |q: f64| top + (1.0 - q) * (h - top - bottom);
     let mut s = String::new();
     let _ = writeln!(
