@@ -56,7 +56,7 @@ impl Metrics {
                 "Stages of a cold summon: dns (request handling outside the registry), spawn \
                  (query to start task), plumbing (tap, address, route, neighbour), launch_queue \
                  (to the launcher's thread), launch (launcher start: VM, memory, image, vCPU \
-                 hand-over), wake (instance running to the waiting query resumed, reply=immediate), boot \
+                 hand-over), publish (launcher start returned to the instance marked running), wake (instance running to the waiting query resumed, reply=immediate), boot \
                  (launcher start returned to guest network-ready)",
             )
             .buckets(vec![

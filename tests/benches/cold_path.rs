@@ -309,6 +309,12 @@ fn main() {
             "launch_us",
         ),
         (
+            "publish: launch returned -> instance running",
+            "cold instance published",
+            web,
+            "publish_us",
+        ),
+        (
             "wake: running -> waiting query resumed",
             "cold waiter woken",
             web,
@@ -409,7 +415,14 @@ fn svg(series: &[Series]) -> String {
         let n = ser.first_byte.len().max(1) as f64;
         let mut pts = String::new();
         let mut prev_y = y(0.0);
-        for (k, d) in ser.first_byte.iter().enumerate() {
+        // At most ~250 steps per line keeps the file small; the tail keeps every point.
+        let step = (ser.first_byte.len() / 200).max(1);
+        for (k, d) in ser
+            .first_byte
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % step == step - 1 || *k + 50 >= ser.first_byte.len())
+        {
             let xx = x(d.as_secs_f64() * 1e3);
             let yy = y((k + 1) as f64 / n);
             let _ = write!(pts, "{xx:.1},{prev_y:.1} {xx:.1},{yy:.1} ");

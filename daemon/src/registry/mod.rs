@@ -449,6 +449,7 @@ impl Registry {
         } else {
             tokio::task::spawn_blocking(launch).await
         };
+        let launch_end = Instant::now();
         let started = started.map(|(t, r, launch)| {
             let m = &self.shared.metrics;
             if let Some(q) = queued_at {
@@ -493,7 +494,11 @@ impl Registry {
             } else {
                 g.instance = Some(inst);
                 g.net = Some(lease);
-                g.launched_at = Some(Instant::now());
+                let now = Instant::now();
+                g.launched_at = Some(now);
+                let publish = now.saturating_duration_since(launch_end);
+                self.shared.metrics.cold_stage("publish", publish);
+                tracing::debug!(service = %slot.name, publish_us = publish.as_micros() as u64, "cold instance published");
                 g.last_traffic = Instant::now();
                 g.last_packets = None;
                 let early = g.early_exit.take();
