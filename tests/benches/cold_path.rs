@@ -286,7 +286,7 @@ fn main() {
         (
             "dns: request handling outside the registry",
             "cold answer",
-            None,
+            web,
             "dns_us",
         ),
         ("spawn: query -> start task", "cold stages", web, "spawn_us"),
@@ -323,7 +323,7 @@ fn main() {
         (
             "query -> answer sent (daemon)",
             "cold answer",
-            None,
+            web,
             "answer_us",
         ),
         (

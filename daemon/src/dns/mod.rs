@@ -214,7 +214,7 @@ impl RequestHandler for DnsFront {
                                 Ok((_, served)) => {
                                     cold = served != crate::registry::Served::Warm;
                                     if served == crate::registry::Served::Cold {
-                                        summon_time = Some(t_summon.elapsed());
+                                        summon_time = Some((t_summon.elapsed(), slot.name.clone()));
                                     }
                                     let mut r = Reply::rcode(ResponseCode::NoError, true);
                                     r.answers.push(record);
@@ -277,10 +277,11 @@ impl RequestHandler for DnsFront {
                 .summon_seconds
                 .with_label_values(&["answer"])
                 .observe(total.as_secs_f64());
-            if let Some(s) = summon_time {
+            if let Some((s, service)) = summon_time {
                 let dns = total.saturating_sub(s);
                 self.metrics.cold_stage("dns", dns);
                 tracing::debug!(
+                    service = %service,
                     dns_us = dns.as_micros() as u64,
                     answer_us = total.as_micros() as u64,
                     "cold answer"
