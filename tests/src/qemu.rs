@@ -54,6 +54,8 @@ pub struct Options {
     pub debug_exit: bool,
     /// A legacy-capable virtio-net-pci NIC.
     pub nic: Option<(Nic, [u8; 6])>,
+    /// More QEMU arguments, appended as they are.
+    pub extra: Vec<String>,
 }
 
 /// Where the NIC's frames go.
@@ -74,6 +76,7 @@ impl Options {
             append: append.into(),
             debug_exit: true,
             nic: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -123,6 +126,7 @@ pub fn args(image: &Path, o: &Options) -> Vec<String> {
             "virtio-net-pci,netdev=n0,disable-modern=on,mac={mac}"
         ));
     }
+    a.extend(o.extra.iter().cloned());
     a
 }
 

@@ -65,6 +65,11 @@ fn resolve_boots_and_serves_the_page_and_warm_queries_do_not_reboot() {
     );
     let addr = d.ip(&["-4", "addr", "show", "dev", "sm-web"]);
     assert!(addr.contains("10.77.0.1/32"), "{addr}");
+    // No IPv6 on the tap: no host chatter (router solicitations, MLD) reaches the guest.
+    assert!(d
+        .ip(&["-6", "addr", "show", "dev", "sm-web"])
+        .trim()
+        .is_empty());
     let link = d.ip(&["link", "show", "sm-web"]);
     assert!(link.contains("qlen 1000"), "{link}");
 

@@ -55,46 +55,65 @@ fn virtio_images_are_built_small_and_carry_the_pvh_note() {
     }
 }
 
-#[test]
-fn virtio_ring0_entry_is_straight_line_and_small() {
-    if !require::check("objdump", require::tool("objdump")) {
-        return;
-    }
+/// Address of `symbol` in `image` (from `nm`).
+fn symbol(image: &std::path::Path, symbol: &str) -> u64 {
+    let out = Command::new("nm").arg(image).output().expect("run nm");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+            (name == symbol).then(|| u64::from_str_radix(addr, 16).ok())?
+        })
+        .unwrap_or_else(|| panic!("{symbol} not in {}", image.display()))
+}
+
+/// The instructions of `image` in [start, stop), decoded as `machine` code.
+fn disassemble(image: &std::path::Path, machine: &str, start: u64, stop: u64) -> Vec<String> {
     let out = Command::new("objdump")
-        .args(["-d", "--no-show-raw-insn", "-j", ".text"])
-        .arg(virtio_image("http"))
+        .args(["-d", "--no-show-raw-insn", "-m", machine])
+        .arg(format!("--start-address={start:#x}"))
+        .arg(format!("--stop-address={stop:#x}"))
+        .arg(image)
         .output()
         .expect("run objdump");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text
-        .find("<rt_pvh_start>:")
-        .expect("rt_pvh_start in the disassembly");
-    let body = &text[start..];
-    let end = body.find("<rt_entry_end>:").expect("rt_entry_end label");
-    let insns: Vec<&str> = body[..end]
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("  ") && l.contains(":\t"))
-        .collect();
-    // objdump decodes the 32-bit half as 64-bit code, which can split or merge a few
-    // instructions; the count is exact in entry.rs (25) and checked loosely here.
-    assert!(
-        (20..=32).contains(&insns.len()),
-        "ring-0 entry has {} instructions:\n{}",
-        insns.len(),
-        insns.join("\n")
+        .map(|l| l.split('\t').nth(1).unwrap_or("").trim().to_string())
+        .collect()
+}
+
+#[test]
+fn virtio_ring0_entry_is_25_straight_line_instructions() {
+    if !require::check(
+        "objdump and nm",
+        require::tool("objdump").and(require::tool("nm")),
+    ) {
+        return;
+    }
+    let image = virtio_image("http");
+    let (start, mid, end) = (
+        symbol(&image, "rt_pvh_start"),
+        symbol(&image, "rt_entry64"),
+        symbol(&image, "rt_entry_end"),
     );
+    // The PVH entry runs as 32-bit code up to the far jump, then as 64-bit code.
+    let low = disassemble(&image, "i386", start, mid);
+    let high = disassemble(&image, "i386:x86-64", mid, end);
+    let all: Vec<&String> = low.iter().chain(&high).collect();
+    assert_eq!(all.len(), 25, "ring-0 entry: {all:#?}");
     assert!(
-        insns.last().is_some_and(|l| l.contains("iretq")),
-        "{insns:?}"
+        low.last().is_some_and(|i| i.starts_with("ljmp")),
+        "{low:#?}"
     );
-    let jumps = insns
+    assert!(high.last().is_some_and(|i| i == "iretq"), "{high:#?}");
+    let branches = all
         .iter()
-        .filter(|l| {
-            let op = l.split('\t').nth(1).unwrap_or("");
-            op.starts_with('j') || op.starts_with("ljmp") || op.starts_with("call")
-        })
+        .filter(|i| i.starts_with('j') || i.starts_with("ljmp") || i.starts_with("call"))
         .count();
-    assert!(jumps <= 1, "only the far jump to 64-bit code: {insns:?}");
+    assert_eq!(branches, 1, "only the far jump to 64-bit code: {all:#?}");
+    assert!(all.iter().all(|i| !i.contains("(bad)")), "{all:#?}");
 }
 
 #[test]
@@ -289,4 +308,52 @@ fn idle_http_virtio_uses_little_host_cpu() {
     // Halting until the virtio interrupt or smoltcp's timer: ~0 s. Halting in 1 ms slices (the
     // fallback without a routable interrupt) used 0.13 s; spinning would use ~2 s.
     assert!(used < 0.1, "QEMU used {used:.3} s of CPU in 2 s while idle");
+}
+
+/// Boots http.virtio without a network namespace; returns (console, QEMU's exit code).
+fn run_http_expecting_exit(append: &str, extra_device: Option<&str>) -> (String, i32) {
+    let mut o = Options::new(Machine::PcQboot, append);
+    o.extra = extra_device
+        .map(|d| {
+            vec![
+                "-netdev".into(),
+                "user,id=n0".into(),
+                "-device".into(),
+                d.into(),
+            ]
+        })
+        .unwrap_or_default();
+    let mut vm = Vm::start(&virtio_image("http"), &o, None);
+    let status = vm
+        .wait_exit(END)
+        .unwrap_or_else(|| panic!("http did not stop; console:\n{}", vm.console()));
+    (vm.console(), status.code().expect("qemu exit code"))
+}
+
+#[test]
+fn http_virtio_refuses_bad_arguments_a_missing_nic_and_a_modern_only_nic() {
+    if !qemu_ok() {
+        return;
+    }
+    let (console, code) = run_http_expecting_exit("--ipv4=10.0.0.300/24", None);
+    assert!(
+        console.contains("error: --ipv4: not an IPv4 address (a.b.c.d)"),
+        "{console}"
+    );
+    assert_eq!(code, 3, "status 1; console:\n{console}");
+    let (console, code) = run_http_expecting_exit("--ipv4=10.0.0.2/24", None);
+    assert!(
+        console.contains("no virtio-net PCI device (1af4:1000) found"),
+        "{console}"
+    );
+    assert_eq!(code, 3, "{console}");
+    let (console, code) = run_http_expecting_exit(
+        "--ipv4=10.0.0.2/24",
+        Some("virtio-net-pci,netdev=n0,disable-legacy=on,disable-modern=off"),
+    );
+    assert!(
+        console.contains("no virtio-net PCI device") || console.contains("no legacy I/O BAR"),
+        "a modern-only device (1af4:1041) is not ours: {console}"
+    );
+    assert_eq!(code, 3, "{console}");
 }

@@ -85,11 +85,17 @@ impl NetPlumber {
 }
 
 /// Strict reverse-path filtering on the tap: a guest cannot send with another guest's (or any
-/// other) source address. Best effort: a read-only /proc (tests, containers) only loses this.
+/// other) source address. IPv6 off on the tap (guests are IPv4-only): otherwise the host's own
+/// router solicitations and MLD reports go to the guest, wake it, and count as traffic that
+/// keeps an idle instance from being reaped. Best effort: a read-only /proc loses only this.
 fn restrict_tap_sysctls(name: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{name}/rp_filter");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::debug!(%path, error = %e, "could not set rp_filter");
+    for (path, value) in [
+        (format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1"),
+        (format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "1"),
+    ] {
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::debug!(%path, error = %e, "could not set tap sysctl");
+        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! rt: Summon's library OS for unikernels on the Solo5 hvt ABI (docs/unikernels.md).
+//! rt: Summon's library OS for unikernels on the Solo5 hvt ABI, or (feature `virtio`) booted by
+//! QEMU/libvirt/Xen through PVH with a 16550 console and virtio-net (docs/unikernels.md).
 //!
 //! The tender enters the image in ring 0; a dozen straight-line instructions (platform/hvt/
-//! entry.rs) switch to ring 3 with IOPL=3, where everything else runs: on nested hosts ring 0 is
-//! emulated and slow, ring 3 is native. An application is a `no_std` binary that calls
+//! entry.rs; 25 from PVH's 32-bit entry in platform/virtio/entry.rs) switch to ring 3, where
+//! everything else runs: on nested hosts ring 0 is emulated and slow, ring 3 is native. An application is a `no_std` binary that calls
 //! [`main!`] and [`manifest!`], prints with [`println!`], reads [`args`], allocates (`alloc`),
 //! reads the clocks in [`time`] and, with the `net` feature, serves TCP through [`net`].
 #![no_std]

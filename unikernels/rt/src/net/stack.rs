@@ -44,6 +44,8 @@ impl Stack {
             // Only fails when the route table is full; it is empty here.
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
+        #[cfg(feature = "virtio")]
+        announce(&mut device, config.address);
         Ok(Stack {
             iface,
             device,
@@ -82,6 +84,30 @@ impl Stack {
             wait(&mut self.device, timeout.min(IDLE_POLL_NS));
         }
     }
+}
+
+/// Sends a gratuitous ARP (a request for our own address) as soon as the NIC is up: the host
+/// learns our MAC, and whoever holds early packets for this guest (the daemon's SYN hold for
+/// libvirt domains) sees that its network is up — which matters on virtio, where QEMU loses the
+/// first frame it took from the tap before the driver was ready (docs/unikernels.md).
+#[cfg(feature = "virtio")]
+fn announce(device: &mut NetDevice, address: core::net::Ipv4Addr) {
+    use smoltcp::phy::{Device, TxToken};
+    let mac = device.mac();
+    let ip = address.octets();
+    let Some(tx) = device.transmit(now()) else {
+        return;
+    };
+    tx.consume(42, |f| {
+        f[0..6].fill(0xff);
+        f[6..12].copy_from_slice(&mac);
+        f[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
+        f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]); // Ethernet/IPv4, request
+        f[22..28].copy_from_slice(&mac);
+        f[28..32].copy_from_slice(&ip);
+        f[32..38].fill(0);
+        f[38..42].copy_from_slice(&ip);
+    });
 }
 
 /// Sleeps in POLL until a frame is ready or `timeout_ns` passed.
