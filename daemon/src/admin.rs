@@ -52,15 +52,19 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     if method == "POST" {
-        // POST /v1/instances/NAME/stop: destroy the instance now (operators, benchmarks).
-        let name = path
-            .strip_prefix("/v1/instances/")
-            .and_then(|r| r.strip_suffix("/stop"));
+        // POST /v1/instances/NAME/stop: destroy the instance now; .../suspend: pause it
+        // (operators, benchmarks).
+        let rest = path.strip_prefix("/v1/instances/");
+        let (name, mode) = match rest {
+            Some(r) if r.ends_with("/stop") => {
+                (r.strip_suffix("/stop"), crate::config::StopMode::Destroy)
+            }
+            Some(r) => (r.strip_suffix("/suspend"), crate::config::StopMode::Suspend),
+            None => (None, crate::config::StopMode::Destroy),
+        };
         return match name.and_then(|n| registry.get(&n.to_ascii_lowercase())) {
             Some(slot) => {
-                let stopped = registry
-                    .stop(&slot, crate::config::StopMode::Destroy, "admin request")
-                    .await;
+                let stopped = registry.stop(&slot, mode, "admin request").await;
                 let body = if stopped {
                     "stopped\n"
                 } else {
@@ -72,7 +76,13 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         };
     }
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "GET, or POST .../stop\n").await;
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            "GET, or POST .../stop or .../suspend\n",
+        )
+        .await;
     }
     match path {
         "/metrics" => {

@@ -36,7 +36,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         config.network.txqueuelen,
     );
 
-    let backend = backend::for_kind(BackendKind::Kvm).context("starting the KVM backend")?;
+    let backend =
+        backend::for_kind(BackendKind::Kvm, config.kvm).context("starting the KVM backend")?;
     // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
     // shutdown at exit removes the hold's iptables rules.
     let backends = Arc::new(

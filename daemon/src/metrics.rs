@@ -10,6 +10,8 @@ pub struct Metrics {
     pub dns_queries: IntCounterVec,
     pub summons: IntCounterVec,
     pub summon_seconds: HistogramVec,
+    /// Where a cold summon's time goes, stage by stage (see docs/benchmarks.md).
+    pub cold_stage_seconds: HistogramVec,
     pub instances: IntGaugeVec,
     pub reaped: IntCounterVec,
     pub boot_failures: IntCounterVec,
@@ -44,6 +46,22 @@ impl Metrics {
             )
             .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        let cold_stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "summon_cold_stage_seconds",
+                "Stages of a cold summon: dns (request handling outside the registry), spawn \
+                 (query to start task), plumbing (tap, address, route, neighbour), launch_queue \
+                 (to the launcher's thread), launch (launcher start: VM, memory, image, vCPU \
+                 hand-over), publish (launcher start returned to the instance marked running), wake (instance running to the waiting query resumed, reply=immediate), boot \
+                 (launcher start returned to guest network-ready)",
+            )
+            .buckets(vec![
+                0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
+                0.05, 0.1, 0.2, 0.5, 1.0,
             ]),
             &["stage"],
         )
@@ -84,9 +102,11 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
         }
-        registry
-            .register(Box::new(summon_seconds.clone()))
-            .expect("unique metric");
+        for h in [&summon_seconds, &cold_stage_seconds] {
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+        }
         registry
             .register(Box::new(instances.clone()))
             .expect("unique metric");
@@ -95,12 +115,20 @@ impl Metrics {
             dns_queries,
             summons,
             summon_seconds,
+            cold_stage_seconds,
             instances,
             reaped,
             boot_failures,
             boots,
             held_packets,
         }
+    }
+
+    /// Records one stage of a cold summon.
+    pub fn cold_stage(&self, stage: &str, d: std::time::Duration) {
+        self.cold_stage_seconds
+            .with_label_values(&[stage])
+            .observe(d.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

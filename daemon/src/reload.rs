@@ -49,6 +49,9 @@ pub async fn reload(
     if new.dns.listen != current.dns.listen || new.admin != current.admin {
         tracing::warn!("dns.listen and admin.listen changes take effect after a restart");
     }
+    if new.kvm != current.kvm {
+        tracing::warn!("kvm.prewarm changes take effect after a restart");
+    }
     let prev_serial = {
         let z = zone.read().unwrap_or_else(|p| p.into_inner());
         match &z.soa.data {

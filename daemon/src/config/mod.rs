@@ -20,7 +20,27 @@ pub struct Config {
     pub network: NetworkConfig,
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
+    pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// The embedded KVM launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmConfig {
+    /// Prepared VMs kept ready so `KVM_CREATE_VM`, vCPU creation and the memory slot leave the
+    /// cold path (0 disables the pool).
+    pub prewarm: usize,
+}
+
+/// Upper bound of `kvm.prewarm`: each prepared VM holds a parked thread and an idle VM.
+pub const MAX_PREWARM: u32 = 64;
+
+impl Default for KvmConfig {
+    fn default() -> Self {
+        KvmConfig {
+            prewarm: summon_launcher::kvm::DEFAULT_PREWARM,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

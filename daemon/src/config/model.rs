@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub kvm: Option<RawKvm>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
@@ -60,6 +62,14 @@ pub struct RawLimits {
     pub backoff_initial: Option<Spanned<String>>,
     #[serde(default)]
     pub backoff_max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKvm {
+    /// Prepared VMs (VM + vCPU + memory + parked thread) kept ready for the next cold start.
+    #[serde(default)]
+    pub prewarm: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -229,3 +229,16 @@ fn shipped_example_is_valid_but_for_its_image_paths() {
         "{err}"
     );
 }
+
+#[test]
+fn kvm_prewarm_defaults_parses_and_is_bounded() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.kvm.prewarm, summon_launcher::kvm::DEFAULT_PREWARM);
+    let src = base(&format!("\n[kvm]\nprewarm = 0\n{}", service("")));
+    assert_eq!(Config::parse(&src, Path::new("/")).unwrap().kvm.prewarm, 0);
+    let src = base(&format!("\n[kvm]\nprewarm = 1000\n{}", service("")));
+    let e = one_error(&src);
+    assert!(e.to_string().contains("kvm.prewarm"), "{e}");
+    let src = base(&format!("\n[kvm]\npool = 2\n{}", service("")));
+    assert!(!errors(&src).is_empty());
+}

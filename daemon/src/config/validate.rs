@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::model::{RawConfig, RawService, ReplyMode, StopMode};
 use super::{
-    mac_from_ip, BackendKind, Config, DnsConfig, Limits, NetworkConfig, Problem, ServiceConfig,
+    mac_from_ip, BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem,
+    ServiceConfig, MAX_PREWARM,
 };
 
 struct Checker<'a> {
@@ -256,6 +257,19 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         .as_ref()
         .and_then(|a| c.socket(&a.listen, "admin.listen", 9100));
 
+    // [kvm]
+    let mut kvm = KvmConfig::default();
+    if let Some(p) = raw.kvm.as_ref().and_then(|k| k.prewarm.as_ref()) {
+        if *p.get_ref() > MAX_PREWARM {
+            c.err(
+                p,
+                format!("kvm.prewarm: expected 0 to {MAX_PREWARM} prepared VMs"),
+            );
+        } else {
+            kvm.prewarm = *p.get_ref() as usize;
+        }
+    }
+
     // [limits]
     let mut limits = Limits::default();
     if let Some(l) = &raw.limits {
@@ -338,6 +352,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             network,
             admin,
             limits,
+            kvm,
             services,
         })
     } else {

@@ -138,6 +138,7 @@ impl RequestHandler for DnsFront {
         let queries = request.queries.queries();
         let qtype = queries.first().map(|q| q.query_type());
         let mut cold = false;
+        let mut summon_time = None;
 
         let forwarded;
         let reply = if resp_edns.as_ref().is_some_and(|(_, v)| *v > 0) {
@@ -207,10 +208,14 @@ impl RequestHandler for DnsFront {
                     if !zone::summons(qt) {
                         Reply::negative(ResponseCode::NoError, &zone)
                     } else {
+                        let t_summon = Instant::now();
                         match (self.registry.get(name), zone.service_record(name)) {
                             (Some(slot), Some(record)) => match self.registry.summon(&slot).await {
                                 Ok((_, served)) => {
                                     cold = served != crate::registry::Served::Warm;
+                                    if served == crate::registry::Served::Cold {
+                                        summon_time = Some((t_summon.elapsed(), slot.name.clone()));
+                                    }
                                     let mut r = Reply::rcode(ResponseCode::NoError, true);
                                     r.answers.push(record);
                                     r
@@ -267,10 +272,21 @@ impl RequestHandler for DnsFront {
             }
         };
         if cold {
+            let total = t0.elapsed();
             self.metrics
                 .summon_seconds
                 .with_label_values(&["answer"])
-                .observe(t0.elapsed().as_secs_f64());
+                .observe(total.as_secs_f64());
+            if let Some((s, service)) = summon_time {
+                let dns = total.saturating_sub(s);
+                self.metrics.cold_stage("dns", dns);
+                tracing::debug!(
+                    service = %service,
+                    dns_us = dns.as_micros() as u64,
+                    answer_us = total.as_micros() as u64,
+                    "cold answer"
+                );
+            }
         }
         self.metrics
             .dns_queries

@@ -64,6 +64,8 @@ pub struct Inner {
     pub last_error: Option<String>,
     pub since: Instant,
     pub started_at: Option<Instant>,
+    /// When the launcher's start returned (the `boot` stage runs from here to NetReady).
+    pub launched_at: Option<Instant>,
     pub last_traffic: Instant,
     pub last_packets: Option<u64>,
     pub boots: u64,
@@ -85,6 +87,7 @@ impl Inner {
             last_error: None,
             since: now,
             started_at: None,
+            launched_at: None,
             last_traffic: now,
             last_packets: None,
             boots: 0,

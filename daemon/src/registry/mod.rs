@@ -268,6 +268,13 @@ impl Registry {
                 match g.phase {
                     Phase::Running => {
                         if cfg.reply == ReplyMode::Immediate || g.net_ready {
+                            if waited_gen.is_some() && cfg.reply == ReplyMode::Immediate {
+                                if let Some(t) = g.launched_at {
+                                    let wake = t.elapsed();
+                                    self.shared.metrics.cold_stage("wake", wake);
+                                    tracing::debug!(service = %slot.name, wake_us = wake.as_micros() as u64, "cold waiter woken");
+                                }
+                            }
                             break Ok((
                                 cfg.ip,
                                 if waited_gen.is_some() {
@@ -333,6 +340,7 @@ impl Registry {
                         g.net_ready = false;
                         g.early_exit = None;
                         g.started_at = Some(t0);
+                        g.launched_at = None;
                         g.boots += 1;
                         let prev = g.phase;
                         g.phase = Phase::Starting;
@@ -397,6 +405,7 @@ impl Registry {
         admitted: limits::Admitted,
     ) {
         let t0 = Instant::now();
+        let queued_at = slot.lock().started_at;
         let (lease, fd) = match self.shared.plumbing.setup(&cfg).await {
             Ok(x) => x,
             Err(e) => {
@@ -427,7 +436,38 @@ impl Registry {
         };
         let sink = self.sink(&slot.name, gen);
         let backend = self.shared.backend.clone();
-        let started = tokio::task::spawn_blocking(move || backend.start(spec, sink)).await;
+        let t_call = Instant::now();
+        let launch = move || {
+            let t = Instant::now();
+            (t, backend.start(spec, sink), t.elapsed())
+        };
+        // The KVM launcher's start is short and never waits for the guest (docs/launcher.md):
+        // called in place it saves two thread hand-offs on the cold path. Other backends
+        // (libvirt) may block for long, so they get a blocking thread.
+        let started = if cfg.backend == crate::config::BackendKind::Kvm {
+            Ok(launch())
+        } else {
+            tokio::task::spawn_blocking(launch).await
+        };
+        let launch_end = Instant::now();
+        let started = started.map(|(t, r, launch)| {
+            let m = &self.shared.metrics;
+            if let Some(q) = queued_at {
+                m.cold_stage("spawn", t0.saturating_duration_since(q));
+            }
+            m.cold_stage("plumbing", t_net);
+            m.cold_stage("launch_queue", t.saturating_duration_since(t_call));
+            m.cold_stage("launch", launch);
+            tracing::debug!(
+                service = %slot.name,
+                spawn_us = queued_at.map(|q| t0.saturating_duration_since(q).as_micros() as u64),
+                plumbing_us = t_net.as_micros() as u64,
+                launch_queue_us = t.saturating_duration_since(t_call).as_micros() as u64,
+                launch_us = launch.as_micros() as u64,
+                "cold stages"
+            );
+            r
+        });
         drop(admitted.boot);
         let started = match started {
             Ok(Ok(inst)) => inst,
@@ -454,6 +494,11 @@ impl Registry {
             } else {
                 g.instance = Some(inst);
                 g.net = Some(lease);
+                let now = Instant::now();
+                g.launched_at = Some(now);
+                let publish = now.saturating_duration_since(launch_end);
+                self.shared.metrics.cold_stage("publish", publish);
+                tracing::debug!(service = %slot.name, publish_us = publish.as_micros() as u64, "cold instance published");
                 g.last_traffic = Instant::now();
                 g.last_packets = None;
                 let early = g.early_exit.take();
@@ -528,6 +573,11 @@ impl Registry {
                                 .summon_seconds
                                 .with_label_values(&["ready"])
                                 .observe(t.elapsed().as_secs_f64());
+                        }
+                        if let Some(t) = g.launched_at.take() {
+                            let boot = t.elapsed();
+                            self.shared.metrics.cold_stage("boot", boot);
+                            tracing::debug!(service = %service, boot_us = boot.as_micros() as u64, "guest network ready");
                         }
                         slot.changed.send_replace(());
                     }

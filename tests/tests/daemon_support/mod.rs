@@ -3,6 +3,8 @@
 //! requests from inside that namespace, metrics from its admin listener.
 #![allow(dead_code)]
 
+pub mod cold;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
