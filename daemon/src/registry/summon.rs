@@ -1,0 +1,307 @@
+//! Summoning a service: sharing one start among concurrent queries, resuming a suspended
+//! instance, booting a new one (network first, then the launcher), and recording a failed boot.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use summon_launcher::{InstanceSpec, NetSpec, TapSource};
+
+use super::instance::Inner;
+use super::{backoff, limits, Phase, Registry, Served, Slot, SummonError, NET_DEVICE};
+use crate::config::{ReplyMode, ServiceConfig, StopMode};
+
+impl Registry {
+    /// Makes sure the service's instance runs (booting or resuming it) and returns its address.
+    /// Concurrent callers share one start.
+    pub async fn summon(&self, slot: &Arc<Slot>) -> Result<(Ipv4Addr, Served), SummonError> {
+        let t0 = Instant::now();
+        slot.last_query_ms.store(self.now_ms(), Ordering::Relaxed);
+        let cfg = slot.config();
+        // Bounds the wait for a start under way (or for readiness); never unbounded.
+        let deadline = t0 + cfg.ready_timeout;
+        let mut waited_gen = None;
+        let result = loop {
+            let mut rx = {
+                let mut g = slot.lock();
+                if g.removed {
+                    break Err(SummonError::Gone);
+                }
+                match g.phase {
+                    Phase::Running => {
+                        if cfg.reply == ReplyMode::Immediate || g.net_ready {
+                            if waited_gen.is_some() && cfg.reply == ReplyMode::Immediate {
+                                if let Some(t) = g.launched_at {
+                                    let wake = t.elapsed();
+                                    self.shared.metrics.cold_stage("wake", wake);
+                                    tracing::debug!(service = %slot.name, wake_us = wake.as_micros() as u64, "cold waiter woken");
+                                }
+                            }
+                            break Ok((
+                                cfg.ip,
+                                if waited_gen.is_some() {
+                                    Served::Cold
+                                } else {
+                                    Served::Warm
+                                },
+                            ));
+                        }
+                    }
+                    Phase::Suspended => {
+                        let inst = g.instance.clone();
+                        match inst.map(|i| i.resume()) {
+                            Some(Ok(())) => {
+                                g.last_traffic = Instant::now();
+                                self.transition(slot, &mut g, Phase::Running);
+                                break Ok((cfg.ip, Served::Resumed));
+                            }
+                            Some(Err(e)) => {
+                                // Destroy it, so that the next query boots a fresh instance.
+                                tracing::warn!(service = %slot.name, error = %e, "resume failed; destroying");
+                                self.transition(slot, &mut g, Phase::Stopping);
+                                let (gen, inst, lease) = (g.gen, g.instance.take(), g.net.take());
+                                let reg = self.clone();
+                                let s = slot.clone();
+                                tokio::spawn(async move {
+                                    reg.finish_stop(&s, gen, inst, lease, Some("resume failed"))
+                                        .await
+                                });
+                                break Err(SummonError::BootFailed(format!("resume: {e}")));
+                            }
+                            None => {
+                                break Err(SummonError::BootFailed("no instance to resume".into()))
+                            }
+                        }
+                    }
+                    Phase::Starting | Phase::Stopping => {}
+                    Phase::Failed | Phase::Stopped => {
+                        if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
+                            break Err(SummonError::BootFailed(
+                                g.last_error.clone().unwrap_or_default(),
+                            ));
+                        }
+                        if waited_gen == Some(g.gen) && g.phase == Phase::Stopped {
+                            // The instance we waited for came and went (reply=ready timeout
+                            // or an exit); do not start another one for this query.
+                            break Err(SummonError::BootFailed(
+                                g.last_error
+                                    .clone()
+                                    .unwrap_or_else(|| "instance stopped".into()),
+                            ));
+                        }
+                        if g.backoff_until.is_some_and(|u| Instant::now() < u) {
+                            break Err(SummonError::BackingOff);
+                        }
+                        let admitted = match self.shared.admission.try_admit() {
+                            Ok(a) => a,
+                            Err(l) => break Err(SummonError::Limit(l)),
+                        };
+                        // `transition` releases on the way out of a live phase; the admission
+                        // above is that live phase's share.
+                        g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
+                        g.net_ready = false;
+                        g.early_exit = None;
+                        g.started_at = Some(t0);
+                        g.launched_at = None;
+                        g.boots += 1;
+                        let prev = g.phase;
+                        g.phase = Phase::Starting;
+                        g.since = Instant::now();
+                        self.set_phase_metric(&slot.name, Some(prev), Phase::Starting);
+                        slot.changed.send_replace(());
+                        self.shared
+                            .metrics
+                            .boots
+                            .with_label_values(&[slot.name.as_str()])
+                            .inc();
+                        tokio::spawn(self.clone().start(
+                            slot.clone(),
+                            g.gen,
+                            cfg.clone(),
+                            admitted,
+                        ));
+                    }
+                }
+                waited_gen = Some(g.gen);
+                slot.changed.subscribe()
+            };
+            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+                Ok(_) => continue,
+                Err(_) => {
+                    if cfg.reply == ReplyMode::Ready {
+                        // Issue 5: an instance that misses its readiness deadline is cleaned up.
+                        let gen = waited_gen;
+                        let reg = self.clone();
+                        let slot = slot.clone();
+                        tokio::spawn(async move {
+                            let still_unready = {
+                                let g = slot.lock();
+                                Some(g.gen) == gen && g.phase == Phase::Running && !g.net_ready
+                            };
+                            if still_unready {
+                                reg.stop(&slot, StopMode::Destroy, "ready timeout").await;
+                            }
+                        });
+                    }
+                    break Err(SummonError::Timeout);
+                }
+            }
+        };
+        let label = match &result {
+            Ok((_, served)) => served.as_str(),
+            Err(e) => e.result_label(),
+        };
+        self.shared
+            .metrics
+            .summons
+            .with_label_values(&[slot.name.as_str(), label])
+            .inc();
+        result
+    }
+
+    async fn start(
+        self,
+        slot: Arc<Slot>,
+        gen: u64,
+        cfg: Arc<ServiceConfig>,
+        admitted: limits::Admitted,
+    ) {
+        let t0 = Instant::now();
+        let queued_at = slot.lock().started_at;
+        let (lease, fd) = match self.shared.plumbing.setup(&cfg).await {
+            Ok(x) => x,
+            Err(e) => {
+                drop(admitted);
+                self.boot_failed(&slot, gen, "network", e);
+                return;
+            }
+        };
+        let t_net = t0.elapsed();
+        let spec = InstanceSpec {
+            name: cfg.name.clone(),
+            image: cfg.image.clone(),
+            memory_mib: cfg.memory_mib,
+            nets: match fd {
+                Some(fd) => vec![NetSpec {
+                    name: NET_DEVICE.to_string(),
+                    tap: TapSource::Fd(fd),
+                    mac: Some(cfg.mac),
+                }],
+                None => vec![NetSpec {
+                    name: NET_DEVICE.to_string(),
+                    tap: TapSource::Name(lease.tap.clone()),
+                    mac: Some(cfg.mac),
+                }],
+            },
+            blocks: Vec::new(),
+            args: cfg.args.clone(),
+        };
+        let sink = self.sink(&slot.name, gen);
+        let backend = self.shared.backend.clone();
+        let t_call = Instant::now();
+        let launch = move || {
+            let t = Instant::now();
+            (t, backend.start(spec, sink), t.elapsed())
+        };
+        // The KVM launcher's start is short and never waits for the guest (docs/launcher.md):
+        // called in place it saves two thread hand-offs on the cold path. Other backends
+        // (libvirt) may block for long, so they get a blocking thread.
+        let started = if cfg.backend == crate::config::BackendKind::Kvm {
+            Ok(launch())
+        } else {
+            tokio::task::spawn_blocking(launch).await
+        };
+        let launch_end = Instant::now();
+        let started = started.map(|(t, r, launch)| {
+            let m = &self.shared.metrics;
+            if let Some(q) = queued_at {
+                m.cold_stage("spawn", t0.saturating_duration_since(q));
+            }
+            m.cold_stage("plumbing", t_net);
+            m.cold_stage("launch_queue", t.saturating_duration_since(t_call));
+            m.cold_stage("launch", launch);
+            tracing::debug!(
+                service = %slot.name,
+                spawn_us = queued_at.map(|q| t0.saturating_duration_since(q).as_micros() as u64),
+                plumbing_us = t_net.as_micros() as u64,
+                launch_queue_us = t.saturating_duration_since(t_call).as_micros() as u64,
+                launch_us = launch.as_micros() as u64,
+                "cold stages"
+            );
+            r
+        });
+        drop(admitted.boot);
+        let started = match started {
+            Ok(Ok(inst)) => inst,
+            Ok(Err(e)) => {
+                self.shared.plumbing.teardown(lease).await;
+                self.boot_failed(&slot, gen, "launch", e.to_string());
+                return;
+            }
+            Err(e) => {
+                self.shared.plumbing.teardown(lease).await;
+                self.boot_failed(&slot, gen, "launch", format!("launcher task: {e}"));
+                return;
+            }
+        };
+        tracing::info!(
+            service = %slot.name, tap = %lease.tap, net_us = t_net.as_micros() as u64,
+            total_us = t0.elapsed().as_micros() as u64, "instance started"
+        );
+        let inst: Arc<dyn summon_launcher::Instance> = Arc::from(started);
+        let superseded = {
+            let mut g = slot.lock();
+            if g.gen != gen || g.phase != Phase::Starting {
+                Some(Ok((inst, lease)))
+            } else {
+                g.instance = Some(inst);
+                g.net = Some(lease);
+                let now = Instant::now();
+                g.launched_at = Some(now);
+                let publish = now.saturating_duration_since(launch_end);
+                self.shared.metrics.cold_stage("publish", publish);
+                tracing::debug!(service = %slot.name, publish_us = publish.as_micros() as u64, "cold instance published");
+                g.last_traffic = Instant::now();
+                g.last_packets = None;
+                let early = g.early_exit.take();
+                self.transition(&slot, &mut g, Phase::Running);
+                early.map(Err)
+            }
+        };
+        match superseded {
+            None => {}
+            Some(Err(reason)) => Box::pin(self.instance_ended(&slot, gen, reason)).await,
+            Some(Ok((inst, lease))) => {
+                // Superseded (service removed or changed meanwhile): undo.
+                let i = inst.clone();
+                let _ = tokio::task::spawn_blocking(move || i.stop()).await;
+                drop(inst);
+                self.shared.plumbing.teardown(lease).await;
+            }
+        }
+    }
+
+    fn boot_failed(&self, slot: &Slot, gen: u64, reason: &str, detail: String) {
+        tracing::warn!(service = %slot.name, reason, error = %detail, "boot failed");
+        self.shared
+            .metrics
+            .boot_failures
+            .with_label_values(&[slot.name.as_str(), reason])
+            .inc();
+        let mut g = slot.lock();
+        if g.gen != gen {
+            return;
+        }
+        self.note_failure(&mut g, &detail);
+        self.transition(slot, &mut g, Phase::Failed);
+    }
+
+    pub(super) fn note_failure(&self, g: &mut Inner, detail: &str) {
+        let limits = *self.shared.limits.read().unwrap_or_else(|p| p.into_inner());
+        g.failures = g.failures.saturating_add(1);
+        let d = backoff::delay(g.failures, limits.backoff_initial, limits.backoff_max);
+        g.backoff_until = Some(Instant::now() + d);
+        g.last_error = Some(detail.to_string());
+    }
+}
