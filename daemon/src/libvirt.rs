@@ -19,7 +19,7 @@ use summon_launcher::{
 };
 
 use crate::net::hold::{wait_until_answers_while, SynHold};
-use crate::net::NetPlumber;
+use crate::net::{NetError, NetPlumber, PlumbError, PlumbStep};
 use crate::registry::Plumbing;
 
 /// `libvirt = { uri = "qemu:///system", domain = "legacy-vm" }` and friends.
@@ -409,7 +409,7 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
     async fn setup(
         &self,
         svc: &crate::config::ServiceConfig,
-    ) -> Result<(crate::registry::NetLease, Option<std::os::fd::OwnedFd>), String> {
+    ) -> Result<(crate::registry::NetLease, Option<std::os::fd::OwnedFd>), PlumbError> {
         let Some(l) = &svc.libvirt else {
             return <NetPlumber as Plumbing>::setup(&self.inner, svc).await;
         };
@@ -423,9 +423,7 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
                 None,
             ));
         }
-        let net = NetPlumber::setup(&self.inner, &svc.name, svc.ip, svc.mac)
-            .await
-            .map_err(|e| e.to_string())?;
+        let net = NetPlumber::setup(&self.inner, &svc.name, svc.ip, svc.mac).await?;
         use std::os::fd::AsRawFd;
         // SAFETY: TUNSETPERSIST takes an int argument by value on a tap fd we own.
         let rc = unsafe { libc::ioctl(net.tap.fd.as_raw_fd(), TUNSETPERSIST as _, 1) };
@@ -435,9 +433,17 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
             inner: None,
         };
         if rc < 0 {
-            let e = std::io::Error::last_os_error();
+            let source = std::io::Error::last_os_error();
+            let tap = lease.tap.clone();
             <NetPlumber as Plumbing>::teardown(&self.inner, lease).await;
-            return Err(format!("making tap persistent: {e}"));
+            return Err(PlumbError::new(
+                PlumbStep::Persist,
+                tap,
+                NetError::Io {
+                    what: "TUNSETPERSIST".into(),
+                    source,
+                },
+            ));
         }
         drop(net);
         Ok((lease, None))

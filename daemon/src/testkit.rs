@@ -27,7 +27,10 @@ pub struct NoPlumbing;
 
 #[async_trait::async_trait]
 impl Plumbing for NoPlumbing {
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), String> {
+    async fn setup(
+        &self,
+        svc: &ServiceConfig,
+    ) -> Result<(NetLease, Option<OwnedFd>), crate::net::PlumbError> {
         Ok((
             NetLease {
                 tap: crate::net::tap_name(&svc.name),

@@ -3,6 +3,7 @@
 mod cleanup;
 pub mod hold;
 mod netlink;
+mod plumb_error;
 mod tap;
 
 use std::net::Ipv4Addr;
@@ -10,6 +11,7 @@ use std::os::fd::OwnedFd;
 
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
+pub use plumb_error::{PlumbError, PlumbStep};
 pub use tap::{tap_name, Tap, TAP_PREFIX};
 
 /// An instance's host-side network: the open tap with its route and neighbour entry.
@@ -21,10 +23,16 @@ pub struct InstanceNet {
 }
 
 impl InstanceNet {
-    pub fn launcher_fd(&self) -> Result<OwnedFd, NetError> {
-        self.tap.dup_fd().map_err(|source| NetError::Io {
-            what: format!("duplicating the fd of tap {}", self.tap.name),
-            source,
+    pub fn launcher_fd(&self) -> Result<OwnedFd, PlumbError> {
+        self.tap.dup_fd().map_err(|source| {
+            PlumbError::new(
+                PlumbStep::LauncherFd,
+                &self.tap.name,
+                NetError::Io {
+                    what: format!("duplicating the fd of tap {}", self.tap.name),
+                    source,
+                },
+            )
         })
     }
 }
@@ -57,21 +65,27 @@ impl NetPlumber {
         service: &str,
         guest: Ipv4Addr,
         mac: [u8; 6],
-    ) -> Result<InstanceNet, NetError> {
+    ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
-        let tap = Tap::open(&name).map_err(|source| NetError::Io {
-            what: format!("creating tap {name}"),
-            source,
+        let tap = Tap::open(&name).map_err(|source| {
+            PlumbError::new(
+                PlumbStep::TapOpen,
+                &name,
+                NetError::Io {
+                    what: format!("creating tap {name}"),
+                    source,
+                },
+            )
         })?;
         restrict_tap_sysctls(&name);
         let index = tap.index;
-        if let Err(e) = self
+        if let Err((step, e)) = self
             .nl
             .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen)
             .await
         {
             let _ = self.nl.delete_link(index).await;
-            return Err(e);
+            return Err(PlumbError::new(step, name, e));
         }
         Ok(InstanceNet { tap, guest })
     }
@@ -104,11 +118,9 @@ impl crate::registry::Plumbing for NetPlumber {
     async fn setup(
         &self,
         svc: &crate::config::ServiceConfig,
-    ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), String> {
-        let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac)
-            .await
-            .map_err(|e| e.to_string())?;
-        let fd = net.launcher_fd().map_err(|e| e.to_string())?;
+    ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), PlumbError> {
+        let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac).await?;
+        let fd = net.launcher_fd()?;
         Ok((
             crate::registry::NetLease {
                 tap: net.tap.name.clone(),

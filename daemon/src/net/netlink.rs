@@ -8,6 +8,8 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use super::PlumbStep;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("netlink: {what}: {source}")]
@@ -69,7 +71,7 @@ impl Netlink {
         guest: Ipv4Addr,
         mac: [u8; 6],
         txqueuelen: u32,
-    ) -> Result<(), NetError> {
+    ) -> Result<(), (PlumbStep, NetError)> {
         self.handle
             .link()
             .set(
@@ -80,7 +82,8 @@ impl Netlink {
             )
             .execute()
             .await
-            .map_err(nl(format!("setting link {index} up")))?;
+            .map_err(nl(format!("setting link {index} up")))
+            .map_err(|e| (PlumbStep::Link, e))?;
         if let Err(e) = self
             .handle
             .address()
@@ -89,7 +92,10 @@ impl Netlink {
             .await
         {
             if !is_errno(&e, libc::EEXIST) {
-                return Err(nl(format!("adding {gateway}/32 to link {index}"))(e));
+                return Err((
+                    PlumbStep::Address,
+                    nl(format!("adding {gateway}/32 to link {index}"))(e),
+                ));
             }
         }
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -104,7 +110,8 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding route {guest}/32 via link {index}")))?;
+            .map_err(nl(format!("adding route {guest}/32 via link {index}")))
+            .map_err(|e| (PlumbStep::Route, e))?;
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(guest))
@@ -113,7 +120,8 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding neighbour {guest} on link {index}")))?;
+            .map_err(nl(format!("adding neighbour {guest} on link {index}")))
+            .map_err(|e| (PlumbStep::Neighbour, e))?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Limits, ServiceConfig};
 use crate::metrics::Metrics;
+use crate::net::PlumbError;
 use instance::Inner;
 pub use instance::Phase;
 pub use limits::{Admission, Limit};
@@ -38,7 +39,7 @@ pub const NET_DEVICE: &str = "service";
 pub trait Plumbing: Send + Sync + 'static {
     /// Creates the instance's tap, route and neighbour entry; returns the lease and the fd for
     /// the launcher (`None` for backends that do not take one).
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), String>;
+    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError>;
     async fn teardown(&self, lease: NetLease);
     /// rx + tx packets through the tap so far, `None` when unknown.
     async fn packets(&self, tap: &str, index: u32) -> Option<u64>;

@@ -173,7 +173,7 @@ impl Registry {
             Ok(x) => x,
             Err(e) => {
                 drop(admitted);
-                self.boot_failed(&slot, gen, "network", e);
+                self.boot_failed(&slot, gen, "network", e.to_string());
                 return;
             }
         };

@@ -13,6 +13,7 @@ use summon_launcher::{
 
 use super::*;
 use crate::config::{BackendKind, Limits, ReplyMode, ServiceConfig, StopMode};
+use crate::net::{NetError, PlumbStep};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Script {
@@ -114,11 +115,18 @@ struct FakePlumbing {
 
 #[async_trait::async_trait]
 impl Plumbing for FakePlumbing {
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), String> {
+    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError> {
         let tap = crate::net::tap_name(&svc.name);
         let mut live = self.live.lock().unwrap();
         if live.contains(&tap) {
-            return Err(format!("{tap} exists twice"));
+            return Err(PlumbError::new(
+                PlumbStep::TapOpen,
+                &tap,
+                NetError::Io {
+                    what: "exists twice".into(),
+                    source: std::io::ErrorKind::AlreadyExists.into(),
+                },
+            ));
         }
         live.push(tap.clone());
         Ok((
