@@ -1,10 +1,13 @@
 //! DNS benchmark: warm answers per second (dnsperf) of summond for a running service, beside
 //! plain hickory-server serving the same names from its in-memory zone and NSD (rate limiting
 //! off) serving an equivalent zone, all in one run in one network namespace; then query →
-//! answer latency of cold summons (reply = "immediate").
+//! answer latency of cold summons (reply = "immediate"). Warm latency: per round and server,
+//! DNS_BENCH_LATENCY sequential queries (one outstanding) from a plain UDP client, each timed
+//! send → answer; p50/p99 over all rounds.
 //!
 //! `cargo bench -p summon-tests --bench dns_qps` (root, /dev/kvm, dnsperf, nsd).
-//! Knobs: DNS_BENCH_SECONDS (per dnsperf run, 5), DNS_BENCH_ROUNDS (3), DNS_BENCH_COLD (200).
+//! Knobs: DNS_BENCH_SECONDS (per dnsperf run, 5), DNS_BENCH_ROUNDS (3), DNS_BENCH_COLD (200),
+//! DNS_BENCH_LATENCY (1000).
 
 #[path = "../tests/daemon_support/mod.rs"]
 mod daemon_support;
@@ -158,6 +161,32 @@ fn dnsperf(ns: &NetNs, port: u16, queries: &std::path::Path, seconds: u64) -> f6
     qps
 }
 
+/// `n` sequential A queries over one connected UDP socket, each timed from send to its answer
+/// (milliseconds). Every answer must be NOERROR with one record and the query's id.
+fn sequential_latency(ns: &NetNs, port: u16, n: u64) -> Vec<f64> {
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1500];
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let id = i as u16;
+            let q = build_query("web.svc.test.", RecordType::A, id);
+            let t0 = Instant::now();
+            s.send(&q).unwrap();
+            let len = s.recv(&mut buf).expect("answer within 2 s");
+            let t = t0.elapsed();
+            let m = hickory_proto::op::Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(m.metadata.id, id, "port {port}: answer to another query");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(m.answers.len(), 1);
+            out.push(t.as_secs_f64() * 1000.0);
+        }
+        out
+    })
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -183,6 +212,7 @@ fn main() {
     let seconds = env_or("DNS_BENCH_SECONDS", 5);
     let rounds = env_or("DNS_BENCH_ROUNDS", 3);
     let cold_runs = env_or("DNS_BENCH_COLD", 200);
+    let latency_n = env_or("DNS_BENCH_LATENCY", 1000);
 
     let ns = NetNs::new("dnsbench");
     let cfg = config(
@@ -212,6 +242,7 @@ fn main() {
         ("nsd 4.6 (rrl off)", NSD_PORT),
     ];
     let mut qps: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let mut warm_lat: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
     println!(
         "# warm A answers per second: dnsperf -c 8 -T 1 -l {seconds}, {rounds} interleaved rounds"
     );
@@ -220,6 +251,9 @@ fn main() {
             let q = dnsperf(ns, *port, &qfile, seconds);
             println!("round {r} {name:<32} {q:>10.0} q/s");
             qps[i].push(q);
+        }
+        for (i, (_, port)) in servers.iter().enumerate() {
+            warm_lat[i].extend(sequential_latency(ns, *port, latency_n));
         }
     }
     let mut medians = Vec::new();
@@ -231,6 +265,19 @@ fn main() {
         println!(
             "{name:<32} median {med:>10.0} q/s (min {:.0}, max {:.0})",
             v[0],
+            v[v.len() - 1]
+        );
+    }
+    println!(
+        "# warm A latency, send -> answer, {latency_n} sequential queries x {rounds} rounds per server"
+    );
+    for (i, (name, _)) in servers.iter().enumerate() {
+        let v = &mut warm_lat[i];
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{name:<32} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
             v[v.len() - 1]
         );
     }
