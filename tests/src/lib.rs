@@ -9,6 +9,7 @@ pub mod qemu;
 pub mod require;
 pub mod rng;
 pub mod tap;
+pub mod tcp;
 
 use std::path::PathBuf;
 

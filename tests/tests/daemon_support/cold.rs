@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -85,35 +84,14 @@ pub fn cold_request(dns: SocketAddr, name: &str) -> Result<ColdSample, ColdError
             String::from_utf8_lossy(&resp[..resp.len().min(80)])
         ));
     }
-    let retransmits = total_retransmits(&s).map_err(|e| format!("TCP_INFO: {e}"))?;
+    let retransmits =
+        summon_tests::tcp::total_retransmits(&s).map_err(|e| format!("TCP_INFO: {e}"))?;
     Ok(ColdSample {
         answer,
         connected,
         first_byte,
         retransmits,
     })
-}
-
-/// `tcpi_total_retrans` of a connected socket.
-pub fn total_retransmits(s: &TcpStream) -> std::io::Result<u32> {
-    // SAFETY: tcp_info is plain data; all-zero is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own, on a socket fd
-    // that stays open for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(info.tcpi_total_retrans)
 }
 
 /// Sorted copy, then the value at quantile `p` (0..=1).

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -179,19 +178,7 @@ pub fn get_now(addr: SocketAddr) -> (String, Duration, Duration, u32) {
     let first_byte = t0.elapsed();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: TCP_INFO fills at most `len` bytes of `info`, a plain C struct.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO");
+    let retransmits = summon_tests::tcp::total_retransmits(&s).expect("TCP_INFO");
     let text = String::from_utf8_lossy(&[&first[..], &rest[..]].concat()).into_owned();
-    (text, connected, first_byte, info.tcpi_total_retrans)
+    (text, connected, first_byte, retransmits)
 }
