@@ -123,7 +123,12 @@ impl Registry {
                         ));
                     }
                 }
-                waited_gen = Some(g.gen);
+                // An instance on its way out is not the one this query waits for: wait for
+                // the stop to finish, then boot a fresh one (a query racing the reaper must
+                // not get SERVFAIL).
+                if g.phase != Phase::Stopping {
+                    waited_gen = Some(g.gen);
+                }
                 slot.changed.subscribe()
             };
             match tokio::time::timeout_at(deadline.into(), rx.changed()).await {

@@ -111,6 +111,8 @@ impl Backend for FakeBackend {
 struct FakePlumbing {
     live: Mutex<Vec<String>>,
     packets: AtomicU64,
+    /// Makes teardown slow, so that a test can act while an instance is Stopping.
+    teardown_delay_ms: AtomicU64,
 }
 
 #[async_trait::async_trait]
@@ -139,6 +141,8 @@ impl Plumbing for FakePlumbing {
         ))
     }
     async fn teardown(&self, lease: NetLease) {
+        let delay = self.teardown_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         self.live.lock().unwrap().retain(|t| *t != lease.tap);
     }
     async fn packets(&self, _tap: &str, _index: u32) -> Option<u64> {
@@ -432,4 +436,25 @@ async fn failed_resume_destroys_and_the_next_query_boots() {
     assert!(f.plumbing.live.lock().unwrap().is_empty());
     assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_during_a_stop_boots_a_fresh_instance_after_it() {
+    let f = fixture(vec![svc("race", 17)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("race").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    f.plumbing.teardown_delay_ms.store(200, Ordering::SeqCst);
+    let (reg, s) = (f.reg.clone(), slot.clone());
+    let stop = tokio::spawn(async move { reg.stop(&s, StopMode::Destroy, "idle").await });
+    wait_phase(&slot, Phase::Stopping).await;
+    let (_, served) = f
+        .reg
+        .summon(&slot)
+        .await
+        .expect("a query racing the stop boots again");
+    assert_eq!(served, Served::Cold);
+    assert!(stop.await.unwrap());
+    assert_eq!(slot.phase(), Phase::Running);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(f.plumbing.live.lock().unwrap().len(), 1);
 }
