@@ -353,6 +353,7 @@ fn held_backend_releases_when_the_guest_answers() {
             nets: Vec::new(),
             blocks: Vec::new(),
             args: Vec::new(),
+            limits: Default::default(),
         };
         let inst = backend
             .start(

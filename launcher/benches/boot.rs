@@ -129,6 +129,7 @@ fn spec(image: &std::path::Path) -> InstanceSpec {
         nets: vec![],
         blocks: vec![],
         args: vec![],
+        limits: Default::default(),
     }
 }
 

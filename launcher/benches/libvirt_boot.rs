@@ -180,6 +180,7 @@ fn spec(name: &str, kernel: &Path) -> InstanceSpec {
         nets: Vec::new(),
         blocks: Vec::new(),
         args: Vec::new(),
+        limits: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Where an instance's tap comes from.
@@ -46,6 +47,45 @@ pub struct InstanceSpec {
     pub blocks: Vec<BlockSpec>,
     /// Guest command line, joined with spaces.
     pub args: Vec<String>,
+    /// What the guest may consume; `GuestLimits::default()` limits nothing.
+    pub limits: GuestLimits,
+}
+
+/// Per-guest limits a backend enforces (the embedded launcher enforces all of them; others
+/// ignore what they cannot). `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Console output in bytes per second (token bucket, one second of burst); the excess is
+    /// dropped and counted in [`InstanceCounters::console_dropped_bytes`].
+    pub console_bytes_per_sec: Option<u64>,
+    /// Frames the guest may send per second; the excess is dropped and counted.
+    pub tx_frames_per_sec: Option<u64>,
+    /// Bytes the guest may send per second; the excess is dropped and counted.
+    pub tx_bytes_per_sec: Option<u64>,
+    /// VM exits (hypercalls) per second the guest may cause before its vCPU thread is made to
+    /// wait; the waits are counted in [`InstanceCounters::exits_throttled`].
+    pub exits_per_sec: Option<u64>,
+    /// CPU bandwidth of the guest's vCPU thread in percent of one core (kernel CFS quota).
+    pub cpu_quota_percent: Option<u32>,
+}
+
+/// Counters one instance keeps while it runs, readable without a syscall (atomics, updated by
+/// the instance's own thread). The reaper judges idleness by `rx_frames`: only traffic towards
+/// the guest keeps it alive, never what the guest sends on its own.
+#[derive(Debug, Default)]
+pub struct InstanceCounters {
+    /// Frames delivered to the guest (host → guest).
+    pub rx_frames: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Frames the guest sent that reached the tap (guest → host).
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames the guest sent that the rate limit dropped.
+    pub tx_dropped_frames: AtomicU64,
+    /// Console bytes the rate limit dropped.
+    pub console_dropped_bytes: AtomicU64,
+    /// Times the vCPU thread was made to wait because the guest exited too often.
+    pub exits_throttled: AtomicU64,
 }
 
 /// What an instance reports while it runs.
@@ -94,6 +134,11 @@ pub trait Instance: Send + Sync {
     /// Resumes a paused instance without re-booting it.
     fn resume(&self) -> Result<(), BackendError>;
     fn state(&self) -> InstanceState;
+    /// The instance's live counters, when its backend keeps them (the embedded launcher does;
+    /// for libvirt domains the daemon reads the host side of the NIC instead).
+    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        None
+    }
 }
 
 /// Errors of any backend.

@@ -18,6 +18,7 @@ fn spec(name: &str, guest: &str) -> InstanceSpec {
         nets: vec![],
         blocks: vec![],
         args: vec![],
+        limits: Default::default(),
     }
 }
 

@@ -250,6 +250,7 @@ fn handed_over_tap_fd_echoes_and_reports_net_ready() {
         }],
         blocks: vec![],
         args: vec![],
+        limits: Default::default(),
     };
     let inst = backend.start_kvm(spec, sink).unwrap();
     assert_eq!(

@@ -135,6 +135,7 @@ fn spec(name: &str, image: &Path) -> InstanceSpec {
         nets: Vec::new(),
         blocks: Vec::new(),
         args: vec!["--from=summon-test".into()],
+        limits: Default::default(),
     }
 }
 

@@ -75,6 +75,7 @@ fn spec(name: &str) -> InstanceSpec {
         nets: Vec::new(),
         blocks: Vec::new(),
         args: vec!["--ipv4=10.0.0.2/24".into()],
+        limits: Default::default(),
     }
 }
 

@@ -144,5 +144,6 @@ pub fn spec(name: &str, image: &Path, args: &[&str], tap: Option<TapSource>) -> 
             .collect(),
         blocks: Vec::new(),
         args: args.iter().map(|s| s.to_string()).collect(),
+        limits: Default::default(),
     }
 }

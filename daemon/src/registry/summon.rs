@@ -201,6 +201,7 @@ impl Registry {
             },
             blocks: Vec::new(),
             args: cfg.args.clone(),
+            limits: Default::default(),
         };
         let sink = self.sink(&slot.name, gen);
         let backend = self.shared.backend.clone();

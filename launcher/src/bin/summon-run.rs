@@ -148,6 +148,7 @@ fn spec(o: Options) -> InstanceSpec {
             })
             .collect(),
         args: o.args,
+        limits: Default::default(),
     }
 }
 
