@@ -3,7 +3,7 @@
 //!
 //! Where things live: [`config`] (TOML → checked config), [`dns`] (the hickory-server front),
 //! [`registry`] (services, instance state machine, backoff, limits), [`net`] (taps, routes,
-//! neighbours over netlink), [`reaper`], [`metrics`], [`admin`], [`systemd`], [`reload`].
+//! neighbours over netlink), [`reaper`], [`fds`] (the descriptor budget), [`metrics`], [`admin`], [`systemd`], [`reload`].
 
 pub mod admin;
 pub mod backend;
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod fds;
 pub mod libvirt;
 pub mod metrics;
 pub mod net;
