@@ -111,6 +111,97 @@ fn two_hundred_cold_summons_each_answer_at_once_without_a_lost_syn() {
     );
 }
 
+fn sysctl(d: &Daemon, path: &str) -> String {
+    let out = d.ns.command("cat").arg(path).output().expect("run cat");
+    assert!(out.status.success(), "cat {path}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn pooled(d: &Daemon) -> Vec<(u32, String)> {
+    d.links()
+        .into_iter()
+        .filter(|(_, n)| n.starts_with(POOLED_TAP_PREFIX))
+        .collect()
+}
+
+/// Cold summons take a pre-created tap (same interface index, renamed for the service) instead
+/// of creating one; every instance gets a tap no earlier instance used, with the restricted
+/// sysctls and only its own address, route and neighbour; the pool refills, and stopping the
+/// daemon removes the pooled taps too.
+#[test]
+fn cold_summons_take_fresh_pooled_taps_and_stop_removes_the_pool() {
+    if !prerequisites("tap pool test") {
+        return;
+    }
+    let mut d = Daemon::start(
+        "tappool",
+        &config(
+            5,
+            &[],
+            "",
+            &http_service("web", "10.77.0.10", "idle_timeout = \"10m\""),
+        ),
+    );
+    let dns: SocketAddr = DNS.parse().unwrap();
+    let mut used = Vec::new();
+    for round in 0..3 {
+        assert!(
+            wait_until(Duration::from_secs(5), || pooled(&d).len() == 2),
+            "round {round}: pool not refilled to 2: {:?}",
+            d.links()
+        );
+        let ready: Vec<u32> = pooled(&d).iter().map(|(i, _)| *i).collect();
+        let r =
+            d.ns.run(move || cold_request(dns, "web.svc.test."))
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", d.log()));
+        assert!(r.retransmits == 0 && r.first_byte < LOST_PACKET, "{r:?}");
+        let index = d
+            .links()
+            .into_iter()
+            .find(|(_, n)| n == "sm-web")
+            .map(|(i, _)| i)
+            .expect("sm-web exists");
+        assert!(
+            ready.contains(&index),
+            "sm-web ({index}) was not one of the pooled taps {ready:?}"
+        );
+        assert!(
+            !used.contains(&index),
+            "a tap was handed out twice: {index} in {used:?}"
+        );
+        used.push(index);
+        assert_eq!(sysctl(&d, "/proc/sys/net/ipv4/conf/sm-web/rp_filter"), "1");
+        assert_eq!(
+            sysctl(&d, "/proc/sys/net/ipv6/conf/sm-web/disable_ipv6"),
+            "1"
+        );
+        let addrs = d.ip(&["-o", "addr", "show", "dev", "sm-web"]);
+        assert_eq!(addrs.lines().count(), 1, "{addrs}");
+        assert!(addrs.contains("inet 10.77.0.1/32"), "{addrs}");
+        let routes = d.ip(&["-4", "route", "show", "dev", "sm-web"]);
+        assert_eq!(routes.trim().lines().count(), 1, "{routes}");
+        assert!(routes.contains("10.77.0.10"), "{routes}");
+        let neigh = d.ip(&["neigh", "show", "dev", "sm-web"]);
+        assert!(
+            neigh.contains("10.77.0.10 lladdr 02:53:0a:4d:00:0a PERMANENT"),
+            "{neigh}"
+        );
+        stop(&d, "web");
+        assert!(
+            wait_until(Duration::from_secs(5), || d.taps().is_empty()),
+            "tap left after stop: {:?}",
+            d.taps()
+        );
+    }
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(
+        d.links().is_empty(),
+        "links left after stop: {:?}",
+        d.links()
+    );
+}
+
 #[test]
 fn twenty_services_summoned_at_once_all_answer_without_a_lost_syn() {
     if !prerequisites("cold path burst test") {
