@@ -25,103 +25,8 @@ impl Registry {
         let result = loop {
             let mut rx = {
                 let mut g = slot.lock();
-                if g.removed {
-                    break Err(SummonError::Gone);
-                }
-                match g.phase {
-                    Phase::Running => {
-                        if cfg.reply == ReplyMode::Immediate || g.net_ready {
-                            if waited_gen.is_some() && cfg.reply == ReplyMode::Immediate {
-                                if let Some(t) = g.launched_at {
-                                    let wake = t.elapsed();
-                                    self.shared.metrics.cold_stage("wake", wake);
-                                    tracing::debug!(service = %slot.name, wake_us = wake.as_micros() as u64, "cold waiter woken");
-                                }
-                            }
-                            break Ok((
-                                cfg.ip,
-                                if waited_gen.is_some() {
-                                    Served::Cold
-                                } else {
-                                    Served::Warm
-                                },
-                            ));
-                        }
-                    }
-                    Phase::Suspended => {
-                        let inst = g.instance.clone();
-                        match inst.map(|i| i.resume()) {
-                            Some(Ok(())) => {
-                                g.last_traffic = Instant::now();
-                                self.transition(slot, &mut g, Phase::Running);
-                                break Ok((cfg.ip, Served::Resumed));
-                            }
-                            Some(Err(e)) => {
-                                // Destroy it, so that the next query boots a fresh instance.
-                                tracing::warn!(service = %slot.name, error = %e, "resume failed; destroying");
-                                self.transition(slot, &mut g, Phase::Stopping);
-                                let (gen, inst, lease) = (g.gen, g.instance.take(), g.net.take());
-                                let reg = self.clone();
-                                let s = slot.clone();
-                                tokio::spawn(async move {
-                                    reg.finish_stop(&s, gen, inst, lease, Some("resume failed"))
-                                        .await
-                                });
-                                break Err(SummonError::BootFailed(format!("resume: {e}")));
-                            }
-                            None => {
-                                break Err(SummonError::BootFailed("no instance to resume".into()))
-                            }
-                        }
-                    }
-                    Phase::Starting | Phase::Stopping => {}
-                    Phase::Failed | Phase::Stopped => {
-                        if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
-                            break Err(SummonError::BootFailed(
-                                g.last_error.clone().unwrap_or_default(),
-                            ));
-                        }
-                        if waited_gen == Some(g.gen) && g.phase == Phase::Stopped {
-                            // The instance we waited for came and went (reply=ready timeout
-                            // or an exit); do not start another one for this query.
-                            break Err(SummonError::BootFailed(
-                                g.last_error
-                                    .clone()
-                                    .unwrap_or_else(|| "instance stopped".into()),
-                            ));
-                        }
-                        if g.backoff_until.is_some_and(|u| Instant::now() < u) {
-                            break Err(SummonError::BackingOff);
-                        }
-                        let admitted = match self.shared.admission.try_admit() {
-                            Ok(a) => a,
-                            Err(l) => break Err(SummonError::Limit(l)),
-                        };
-                        // `transition` releases on the way out of a live phase; the admission
-                        // above is that live phase's share.
-                        g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
-                        g.net_ready = false;
-                        g.early_exit = None;
-                        g.started_at = Some(t0);
-                        g.launched_at = None;
-                        g.boots += 1;
-                        let prev = g.phase;
-                        g.phase = Phase::Starting;
-                        g.since = Instant::now();
-                        self.set_phase_metric(&slot.name, Some(prev), Phase::Starting);
-                        slot.changed.send_replace(());
-                        self.shared
-                            .metrics
-                            .boots
-                            .with_label_values(&[slot.name.as_str()])
-                            .inc();
-                        tokio::spawn(self.clone().start(
-                            slot.clone(),
-                            g.gen,
-                            cfg.clone(),
-                            admitted,
-                        ));
-                    }
+                if let Some(done) = self.step(slot, &mut g, &cfg, t0, waited_gen) {
+                    break done;
                 }
                 // An instance on its way out is not the one this query waits for: wait for
                 // the stop to finish, then boot a fresh one (a query racing the reaper must
@@ -129,28 +34,17 @@ impl Registry {
                 if g.phase != Phase::Stopping {
                     waited_gen = Some(g.gen);
                 }
+                // Subscribed under the lock, so no change after this look is missed.
                 slot.changed.subscribe()
             };
-            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
-                Ok(_) => continue,
-                Err(_) => {
-                    if cfg.reply == ReplyMode::Ready {
-                        // Issue 5: an instance that misses its readiness deadline is cleaned up.
-                        let gen = waited_gen;
-                        let reg = self.clone();
-                        let slot = slot.clone();
-                        tokio::spawn(async move {
-                            let still_unready = {
-                                let g = slot.lock();
-                                Some(g.gen) == gen && g.phase == Phase::Running && !g.net_ready
-                            };
-                            if still_unready {
-                                reg.stop(&slot, StopMode::Destroy, "ready timeout").await;
-                            }
-                        });
-                    }
-                    break Err(SummonError::Timeout);
+            if tokio::time::timeout_at(deadline.into(), rx.changed())
+                .await
+                .is_err()
+            {
+                if cfg.reply == ReplyMode::Ready {
+                    self.clean_up_unready(slot, waited_gen);
                 }
+                break Err(SummonError::Timeout);
             }
         };
         let label = match &result {
@@ -163,6 +57,151 @@ impl Registry {
             .with_label_values(&[slot.name.as_str(), label])
             .inc();
         result
+    }
+
+    /// One look at the slot under its lock: the answer, or `None` to wait for its next change.
+    fn step(
+        &self,
+        slot: &Arc<Slot>,
+        g: &mut Inner,
+        cfg: &Arc<ServiceConfig>,
+        t0: Instant,
+        waited_gen: Option<u64>,
+    ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
+        if g.removed {
+            return Some(Err(SummonError::Gone));
+        }
+        match g.phase {
+            Phase::Running => self.running(slot, g, cfg, waited_gen).map(Ok),
+            Phase::Suspended => Some(self.resume(slot, g, cfg)),
+            Phase::Starting | Phase::Stopping => None,
+            Phase::Failed | Phase::Stopped => self.admit_and_start(slot, g, cfg, t0, waited_gen),
+        }
+    }
+
+    /// A running instance answers at once with `reply = "immediate"`, and once its guest's
+    /// network is up with `reply = "ready"`.
+    fn running(
+        &self,
+        slot: &Slot,
+        g: &Inner,
+        cfg: &ServiceConfig,
+        waited_gen: Option<u64>,
+    ) -> Option<(Ipv4Addr, Served)> {
+        if cfg.reply != ReplyMode::Immediate && !g.net_ready {
+            return None;
+        }
+        if waited_gen.is_none() {
+            return Some((cfg.ip, Served::Warm));
+        }
+        if cfg.reply == ReplyMode::Immediate {
+            if let Some(t) = g.launched_at {
+                let wake = t.elapsed();
+                self.shared.metrics.cold_stage("wake", wake);
+                tracing::debug!(service = %slot.name, wake_us = wake.as_micros() as u64, "cold waiter woken");
+            }
+        }
+        Some((cfg.ip, Served::Cold))
+    }
+
+    /// Resumes a suspended instance; one that fails to resume is destroyed, so that the next
+    /// query boots a fresh one.
+    fn resume(
+        &self,
+        slot: &Arc<Slot>,
+        g: &mut Inner,
+        cfg: &ServiceConfig,
+    ) -> Result<(Ipv4Addr, Served), SummonError> {
+        let Some(inst) = g.instance.clone() else {
+            return Err(SummonError::BootFailed("no instance to resume".into()));
+        };
+        match inst.resume() {
+            Ok(()) => {
+                g.last_traffic = Instant::now();
+                self.transition(slot, g, Phase::Running);
+                Ok((cfg.ip, Served::Resumed))
+            }
+            Err(e) => {
+                tracing::warn!(service = %slot.name, error = %e, "resume failed; destroying");
+                self.transition(slot, g, Phase::Stopping);
+                let (gen, inst, lease) = (g.gen, g.instance.take(), g.net.take());
+                let reg = self.clone();
+                let s = slot.clone();
+                tokio::spawn(async move {
+                    reg.finish_stop(&s, gen, inst, lease, Some("resume failed"))
+                        .await
+                });
+                Err(SummonError::BootFailed(format!("resume: {e}")))
+            }
+        }
+    }
+
+    /// No instance: fail if the one this query waited for came and went, back off after failed
+    /// boots, admit within the limits, then start one in the background (`None`: wait for it).
+    fn admit_and_start(
+        &self,
+        slot: &Arc<Slot>,
+        g: &mut Inner,
+        cfg: &Arc<ServiceConfig>,
+        t0: Instant,
+        waited_gen: Option<u64>,
+    ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
+        if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
+            return Some(Err(SummonError::BootFailed(
+                g.last_error.clone().unwrap_or_default(),
+            )));
+        }
+        if waited_gen == Some(g.gen) && g.phase == Phase::Stopped {
+            // The instance we waited for came and went (reply=ready timeout or an exit); do
+            // not start another one for this query.
+            return Some(Err(SummonError::BootFailed(
+                g.last_error
+                    .clone()
+                    .unwrap_or_else(|| "instance stopped".into()),
+            )));
+        }
+        if g.backoff_until.is_some_and(|u| Instant::now() < u) {
+            return Some(Err(SummonError::BackingOff));
+        }
+        let admitted = match self.shared.admission.try_admit() {
+            Ok(a) => a,
+            Err(l) => return Some(Err(SummonError::Limit(l))),
+        };
+        // `transition` releases on the way out of a live phase; the admission above is that
+        // live phase's share.
+        g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
+        g.net_ready = false;
+        g.early_exit = None;
+        g.started_at = Some(t0);
+        g.launched_at = None;
+        g.boots += 1;
+        self.transition(slot, g, Phase::Starting);
+        self.shared
+            .metrics
+            .boots
+            .with_label_values(&[slot.name.as_str()])
+            .inc();
+        tokio::spawn(
+            self.clone()
+                .start(slot.clone(), g.gen, cfg.clone(), admitted),
+        );
+        None
+    }
+
+    /// An instance that misses its readiness deadline is cleaned up (unless a newer start or
+    /// its network-ready event got there first).
+    fn clean_up_unready(&self, slot: &Arc<Slot>, gen: Option<u64>) {
+        let reg = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let still_unready = {
+                let g = slot.lock();
+                Some(g.gen) == gen && g.phase == Phase::Running && !g.net_ready
+            };
+            if still_unready {
+                reg.stop(&slot, StopMode::Destroy, "ready timeout").await;
+            }
+        });
     }
 
     async fn start(
