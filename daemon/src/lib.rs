@@ -3,7 +3,7 @@
 //!
 //! Where things live: [`config`] (TOML → checked config), [`dns`] (the hickory-server front),
 //! [`registry`] (services, instance state machine, backoff, limits), [`net`] (taps, routes,
-//! neighbours over netlink), [`reaper`], [`metrics`], [`admin`], [`systemd`], [`reload`].
+//! neighbours over netlink), [`reaper`], [`metrics`], [`logging`], [`admin`], [`systemd`], [`reload`].
 
 pub mod admin;
 pub mod backend;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod libvirt;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod reaper;
