@@ -146,6 +146,7 @@ pub trait Instance: Send + Sync {
 pub enum BackendError {
     #[error(transparent)]
     Kvm(#[from] crate::kvm::KvmError),
+    #[cfg(feature = "libvirt")]
     #[error(transparent)]
     Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("instance {0} is not in a state that allows {1}")]

@@ -7,7 +7,7 @@
 
 mod daemon_support;
 
-#[path = "../../launcher/tests/common/elfgen.rs"]
+#[path = "../../image/tests/common/elfgen.rs"]
 mod elfgen;
 
 use std::net::{SocketAddr, UdpSocket};

@@ -14,7 +14,7 @@ use summon_hvt_abi::{
 use crate::backend::{BlockSpec, NetSpec};
 
 use super::error::KvmError;
-use super::manifest::{DeviceKind, Manifest};
+use summon_image::{DeviceKind, Manifest};
 
 pub use block::BlockDevice;
 pub use console::Console;

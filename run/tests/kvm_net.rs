@@ -2,8 +2,12 @@
 //! returns a raw Ethernet frame the test sends from the host side of the tap.
 //!
 //! One test runs `summon-run --net:service0=TAP` under `ip netns exec` (a tap opened by name);
-//! the other hands an already-open tap fd to `KvmBackend` in-process (the daemon's way).
+//! the other hands an already-open tap fd to `KvmBackend` in-process (the daemon's way). Both
+//! live in summon-run's crate, the only one whose tests can run the summon-run binary, so that
+//! they share the namespace and packet-socket helpers.
 
+// The launcher tests' helpers (KVM check, hand-written guests) until they are a library.
+#[path = "../../launcher/tests/support/mod.rs"]
 mod support;
 
 use std::ffi::CString;
