@@ -2,9 +2,7 @@
 //! summond and connects at once, over many summons of each wake path — cold boot with
 //! `reply = "immediate"`, cold boot with `reply = "ready"`, resume from suspend, already running
 //! (warm) — interleaved round by round so load drift hits all alike. Then the same cold
-//! immediate summons with the prepared-VM pool off (`[kvm] prewarm = 0`). A second daemon with
-//! the tap pool off (`[network] tap_pool = 0`) runs beside the first, its cold immediate summons
-//! interleaved into the same rounds, so the two plumbing paths are compared under the same load. The daemon's per-stage
+//! immediate summons with the prepared-VM pool off (`[kvm] prewarm = 0`). The daemon's per-stage
 //! timestamps (debug log, also `summon_cold_stage_seconds`) give where the cold time goes.
 //!
 //! `cargo bench -p summon-tests --bench cold_path` (root, /dev/kvm).
@@ -194,32 +192,18 @@ fn main() {
     let n = env_or("COLD_BENCH_N", 1000);
     let n_pool0 = env_or("COLD_BENCH_POOL0_N", 300);
     println!(
-        "cold path: {n} summons per wake path (and cold with tap_pool = 0), interleaved; then {n_pool0} cold with prewarm = 0"
+        "cold path: {n} summons per wake path, interleaved; then {n_pool0} cold with prewarm = 0"
     );
 
     let d = Daemon::start_in(NetNs::new("coldb"), &config(5, &[], "", &services()));
-    let cfg_taps0 = config(
-        5,
-        &[],
-        "",
-        &http_service("web", "10.77.0.10", "idle_timeout = \"1h\""),
-    )
-    .replace(
-        "gateway = \"10.77.0.1\"\n",
-        "gateway = \"10.77.0.1\"\ntap_pool = 0\n",
-    );
-    assert!(cfg_taps0.contains("tap_pool = 0"));
-    let dt = Daemon::start_in(NetNs::new("coldbt"), &cfg_taps0);
     let mut series: Vec<Series> = Wake::ALL
         .iter()
         .map(|w| Series::new(w.label(), w.colour()))
         .collect();
-    let mut taps0 = Series::new("cold, reply=immediate, tap_pool=0", "#8c564b");
     // Everything up once: the resume path needs a running instance to suspend.
     for w in Wake::ALL {
         sample(&d, w.service());
     }
-    sample(&dt, "web");
     for _ in 0..n {
         for (i, w) in Wake::ALL.iter().enumerate() {
             match w {
@@ -231,12 +215,8 @@ fn main() {
             }
             series[i].push(sample(&d, w.service()));
         }
-        admin(&dt, "/v1/instances/web/stop".into());
-        taps0.push(sample(&dt, "web"));
     }
     let log = plain(&d.log());
-    let logt = plain(&dt.log());
-    drop(dt);
     let boots = d.metric("summon_boots_total", &[("service", "web")]);
     let resumed = d.metric(
         "summon_summons_total",
@@ -266,7 +246,6 @@ fn main() {
     let log0 = plain(&d0.log());
     drop(d0);
 
-    series.push(taps0);
     series.push(pool0);
     for s in &mut series {
         s.sort();
@@ -300,8 +279,8 @@ fn main() {
     };
     println!();
     println!("Cold immediate, median per stage (ms), daemon timestamps:");
-    println!("| stage | defaults | tap_pool = 0 | prewarm = 0 |");
-    println!("|---|---|---|---|");
+    println!("| stage | prewarm = 1 | prewarm = 0 |");
+    println!("|---|---|---|");
     let web = Some("service=web ");
     for (name, marker, filter, key) in [
         (
@@ -355,9 +334,8 @@ fn main() {
         ),
     ] {
         println!(
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} |",
             stage(&log, marker, filter, key),
-            stage(&logt, marker, filter, key),
             stage(&log0, marker, filter, key)
         );
     }
