@@ -12,7 +12,7 @@ use crate::config::{BackendKind, Config};
 use crate::dns::{DnsFront, Zone};
 use crate::fds::{self, FdBudget};
 use crate::metrics::Metrics;
-use crate::net::{remove_leftovers, NetPlumber, Netlink, TapPool};
+use crate::net::{remove_leftovers, NetPlumber, Netlink};
 use crate::registry::Registry;
 use crate::{admin, backend, reaper, reload, systemd};
 
@@ -56,13 +56,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "looking for leftover interfaces"),
     }
-    let tap_pool = TapPool::new(config.network.tap_pool);
-    tap_pool.refill();
     let plumber = NetPlumber::new(
         nl.clone(),
         config.network.gateway,
         config.network.txqueuelen,
-        tap_pool.clone(),
     );
 
     let backend =
@@ -152,7 +149,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     systemd::stopping();
     reaper.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
-    tap_pool.close();
     registry.stop_all().await;
     backends.shutdown();
     match remove_leftovers(&nl).await {

@@ -23,8 +23,7 @@
 
 use std::io;
 
-/// Descriptors kept for the daemon's own, long-lived use (the tap pool's at most
-/// `config::MAX_TAP_POOL` included).
+/// Descriptors kept for the daemon's own, long-lived use.
 pub const DAEMON_FDS: u64 = 64;
 
 /// A running KVM instance holds its tap (the daemon's fd and the launcher's duplicate), the VM,

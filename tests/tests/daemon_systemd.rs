@@ -201,7 +201,7 @@ fn sigterm_stops_everything_and_leaves_nothing() {
         .contains("suspended")));
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "{}", d.log());
-    assert!(d.links().is_empty(), "links left: {:?}", d.links());
+    assert!(d.taps().is_empty(), "taps left: {:?}", d.taps());
     let routes = d.ip(&["-4", "route", "show"]);
     assert!(!routes.contains("10.77."), "routes left: {routes}");
     let neigh = d.ip(&["neigh", "show"]);

@@ -58,21 +58,12 @@ pub struct DnsConfig {
     pub nameserver_ip: Ipv4Addr,
 }
 
-/// Upper bound of `[network] tap_pool`: each pooled tap holds one of the daemon's fds.
-pub const MAX_TAP_POOL: usize = 8;
-
-/// Two: the cold-path benchmark boots two services a few ms apart, and a burst beyond the pool
-/// only costs the later summons the tap creation they paid before the pool existed.
-pub const DEFAULT_TAP_POOL: usize = 2;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkConfig {
     pub subnet: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub txqueuelen: u32,
-    /// Taps created ahead of time so a cold summon renames one instead of creating it.
-    pub tap_pool: usize,
 }
 
 impl NetworkConfig {

@@ -43,8 +43,6 @@ pub struct RawNetwork {
     pub gateway: Spanned<String>,
     #[serde(default)]
     pub txqueuelen: Option<Spanned<u32>>,
-    #[serde(default)]
-    pub tap_pool: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

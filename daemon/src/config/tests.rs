@@ -242,23 +242,3 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
     let src = base(&format!("\n[kvm]\npool = 2\n{}", service("")));
     assert!(!errors(&src).is_empty());
 }
-
-#[test]
-fn network_tap_pool_defaults_parses_and_is_bounded() {
-    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
-    assert_eq!(cfg.network.tap_pool, super::DEFAULT_TAP_POOL);
-    let src = base(&format!("tap_pool = 0\n{}", service("")));
-    assert_eq!(
-        Config::parse(&src, Path::new("/"))
-            .unwrap()
-            .network
-            .tap_pool,
-        0
-    );
-    let src = base(&format!("tap_pool = 9\n{}", service("")));
-    let e = one_error(&src);
-    assert!(e.to_string().contains("network.tap_pool"), "{e}");
-    assert_eq!((e.line, e.column), (Some(9), Some(12)), "{e}");
-    let src = base(&format!("tap_pool = -1\n{}", service("")));
-    assert!(!errors(&src).is_empty());
-}

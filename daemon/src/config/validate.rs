@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::model::{RawConfig, RawService, ReplyMode, StopMode};
 use super::{
     BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem, ServiceConfig,
-    DEFAULT_TAP_POOL, MAX_PREWARM, MAX_TAP_POOL,
+    MAX_PREWARM,
 };
 
 struct Checker<'a> {
@@ -125,7 +125,6 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         prefix: 32,
         gateway: Ipv4Addr::UNSPECIFIED,
         txqueuelen: 1000,
-        tap_pool: DEFAULT_TAP_POOL,
     };
     let mut network_ok = true;
     let subnet = &raw.network.subnet;
@@ -177,16 +176,6 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             c.err(q, "network.txqueuelen: expected a queue length above zero");
         } else {
             network.txqueuelen = *q.get_ref();
-        }
-    }
-    if let Some(p) = &raw.network.tap_pool {
-        if *p.get_ref() > MAX_TAP_POOL {
-            c.err(
-                p,
-                format!("network.tap_pool: expected 0 to {MAX_TAP_POOL} pre-created taps"),
-            );
-        } else {
-            network.tap_pool = *p.get_ref();
         }
     }
 

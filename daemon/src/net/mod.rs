@@ -4,7 +4,6 @@ mod cleanup;
 pub mod hold;
 mod netlink;
 mod plumb_error;
-mod pool;
 mod tap;
 
 use std::net::Ipv4Addr;
@@ -15,7 +14,6 @@ use summon_launcher::MacAddr;
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
-pub use pool::TapPool;
 pub use tap::{tap_name, Tap, TAP_PREFIX};
 
 /// An instance's host-side network: the open tap with its route and neighbour entry.
@@ -47,16 +45,14 @@ pub struct NetPlumber {
     nl: Netlink,
     gateway: Ipv4Addr,
     txqueuelen: u32,
-    pool: TapPool,
 }
 
 impl NetPlumber {
-    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32, pool: TapPool) -> NetPlumber {
+    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32) -> NetPlumber {
         NetPlumber {
             nl,
             gateway,
             txqueuelen,
-            pool,
         }
     }
 
@@ -65,9 +61,7 @@ impl NetPlumber {
     }
 
     /// Everything in place before the DNS answer leaves: tap open and up, gateway address,
-    /// /32 route and permanent neighbour entry. Takes a pooled tap (renamed in the same netlink
-    /// request that brings it up) when there is one; creates the tap otherwise, or when the
-    /// rename fails (a leftover interface holding the name, say).
+    /// /32 route and permanent neighbour entry.
     pub async fn setup(
         &self,
         service: &str,
@@ -75,37 +69,6 @@ impl NetPlumber {
         mac: MacAddr,
     ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
-        if let Some(pool::PooledTap(mut tap)) = self.pool.take() {
-            match self
-                .nl
-                .setup_p2p(
-                    tap.index,
-                    Some(&name),
-                    self.gateway,
-                    guest,
-                    mac,
-                    self.txqueuelen,
-                )
-                .await
-            {
-                Ok(()) => {
-                    tap.name = name;
-                    return Ok(InstanceNet { tap, guest });
-                }
-                Err((PlumbStep::Link, e)) => {
-                    tracing::debug!(pooled = %tap.name, tap = %name, error = %e, "pooled tap not renamed; creating one");
-                    let index = tap.index;
-                    drop(tap);
-                    let _ = self.nl.delete_link(index).await;
-                }
-                Err((step, e)) => {
-                    let index = tap.index;
-                    drop(tap);
-                    let _ = self.nl.delete_link(index).await;
-                    return Err(PlumbError::new(step, name, e));
-                }
-            }
-        }
         let tap = Tap::open(&name).map_err(|source| {
             PlumbError::new(
                 PlumbStep::TapOpen,
@@ -120,18 +83,13 @@ impl NetPlumber {
         let index = tap.index;
         if let Err((step, e)) = self
             .nl
-            .setup_p2p(index, None, self.gateway, guest, mac, self.txqueuelen)
+            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen)
             .await
         {
             let _ = self.nl.delete_link(index).await;
             return Err(PlumbError::new(step, name, e));
         }
         Ok(InstanceNet { tap, guest })
-    }
-
-    /// Empties the tap pool (its interfaces go with their fds); returns how many it held.
-    pub fn close_pool(&self) -> usize {
-        self.pool.close()
     }
 
     /// Removes the link (and with it its address, route and neighbour entry).
@@ -146,7 +104,7 @@ impl NetPlumber {
 /// other) source address. IPv6 off on the tap (guests are IPv4-only): otherwise the host's own
 /// router solicitations and MLD reports go to the guest, wake it, and count as traffic that
 /// keeps an idle instance from being reaped. Best effort: a read-only /proc loses only this.
-pub(super) fn restrict_tap_sysctls(name: &str) {
+fn restrict_tap_sysctls(name: &str) {
     for (path, value) in [
         (format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1"),
         (format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "1"),

@@ -65,35 +65,26 @@ impl Netlink {
 
     /// Link up with a queue long enough to hold a client's first burst while the guest boots;
     /// the gateway as /32 on the host side; a /32 route and a permanent neighbour entry for the
-    /// guest, so the first SYN is queued in the tap without an ARP round trip. `rename` names
-    /// a (down) pooled tap for its service in the same request: the kernel applies the name
-    /// before the flags.
+    /// guest, so the first SYN is queued in the tap without an ARP round trip.
     pub async fn setup_p2p(
         &self,
         index: u32,
-        rename: Option<&str>,
         gateway: Ipv4Addr,
         guest: Ipv4Addr,
         mac: MacAddr,
         txqueuelen: u32,
     ) -> Result<(), (PlumbStep, NetError)> {
-        let mut link = LinkUnspec::new_with_index(index);
-        if let Some(name) = rename {
-            link = link.name(name.to_string());
-        }
-        let link = link
-            .up()
-            .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
-            .build();
         self.handle
             .link()
-            .set(link)
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .up()
+                    .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(nl(match rename {
-                Some(name) => format!("renaming link {index} to {name} and setting it up"),
-                None => format!("setting link {index} up"),
-            }))
+            .map_err(nl(format!("setting link {index} up")))
             .map_err(|e| (PlumbStep::Link, e))?;
         if let Err(e) = self
             .handle

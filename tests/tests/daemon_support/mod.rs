@@ -22,8 +22,6 @@ use summon_tests::require;
 pub const DNS: &str = "127.0.0.1:5300";
 pub const ADMIN: &str = "127.0.0.1:9100";
 pub const ZONE: &str = "svc.test.";
-/// Taps summond keeps ready (`[network] tap_pool`) are named "sm-_pN" until a summon takes one.
-pub const POOLED_TAP_PREFIX: &str = "sm-_p";
 
 /// KVM, namespaces and the tools a daemon test needs; false = skip (never under CI=true).
 pub fn prerequisites(what: &str) -> bool {
@@ -264,26 +262,13 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Instances' taps: the namespace's interfaces named "sm-SERVICE..." (not the pool's).
+    /// Names of the namespace's interfaces starting with "sm-".
     pub fn taps(&self) -> Vec<String> {
-        self.links()
-            .into_iter()
-            .map(|(_, n)| n)
-            .filter(|n| !n.starts_with(POOLED_TAP_PREFIX))
-            .collect()
-    }
-
-    /// Every interface summond owns ("sm-*", pooled taps included), as (index, name).
-    pub fn links(&self) -> Vec<(u32, String)> {
         self.ip(&["-o", "link", "show"])
             .lines()
-            .filter_map(|l| {
-                let mut f = l.split(": ");
-                let index = f.next()?.trim().parse().ok()?;
-                let name = f.next()?;
-                Some((index, name.split('@').next().unwrap_or(name).to_string()))
-            })
-            .filter(|(_, n)| n.starts_with("sm-"))
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("sm-"))
             .collect()
     }
 }
