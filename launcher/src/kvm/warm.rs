@@ -86,11 +86,46 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
     }
 }
 
+/// The body of a vCPU thread.
+pub(super) type VcpuBody = Box<dyn FnOnce() + Send>;
+
+/// Spawns a vCPU thread from the calling thread (which passes on its nice value).
+pub(super) fn spawn_vcpu_thread(body: VcpuBody) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("vcpu".into())
+        .stack_size(VCPU_STACK)
+        .spawn(body)
+}
+
+/// A thread at the process's own priority that spawns vCPU threads for the refill thread.
+/// Linux threads inherit the nice value of the thread that creates them, and an unprivileged
+/// thread cannot lower its nice value again: a vCPU thread spawned by the refill thread (nice 10)
+/// would run its guest at nice 10 for life, which on busy cores made the boot to network-ready
+/// several times slower than with an unpooled start.
+fn start_spawner() -> std::io::Result<Sender<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>> {
+    let (tx, rx) = channel::<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>();
+    std::thread::Builder::new()
+        .name("kvm-spawner".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            // Ends when the refill thread (the only sender) ends.
+            while let Ok((body, reply)) = rx.recv() {
+                let _ = reply.send(spawn_vcpu_thread(body));
+            }
+        })?;
+    Ok(tx)
+}
+
 impl WarmVcpu {
     /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
-    /// prewarm pool, not on a start path).
-    pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
+    /// prewarm pool, not on a start path). `spawn` creates the vCPU thread.
+    pub fn prepare(
+        host: &HostInfo,
+        mem_size: u64,
+        pre_run_it: bool,
+        spawn: &dyn Fn(VcpuBody) -> std::io::Result<JoinHandle<()>>,
+    ) -> Result<WarmVcpu, KvmError> {
         let vm = host
             .kvm
             .create_vm()
@@ -120,24 +155,21 @@ impl WarmVcpu {
         }
         let (job, jobs) = channel::<Job>();
         let (ran_tx, ran) = channel::<Result<(), String>>();
-        let thread = std::thread::Builder::new()
-            .name("vcpu".into())
-            .stack_size(VCPU_STACK)
-            .spawn(move || {
-                if pre_run_it {
-                    let r = pre_run(&mut vcpu);
-                    let failed = r.is_err();
-                    let _ = ran_tx.send(r);
-                    if failed {
-                        return;
-                    }
+        let thread = spawn(Box::new(move || {
+            if pre_run_it {
+                let r = pre_run(&mut vcpu);
+                let failed = r.is_err();
+                let _ = ran_tx.send(r);
+                if failed {
+                    return;
                 }
-                // Dropped unused (pool shut down) when the sender goes away.
-                if let Ok(job) = jobs.recv() {
-                    VcpuRunner::start(vcpu, job);
-                }
-            })
-            .map_err(KvmError::Thread)?;
+            }
+            // Dropped unused (pool shut down) when the sender goes away.
+            if let Ok(job) = jobs.recv() {
+                VcpuRunner::start(vcpu, job);
+            }
+        }))
+        .map_err(KvmError::Thread)?;
         if pre_run_it {
             match ran.recv() {
                 Ok(Ok(())) => {
@@ -202,9 +234,11 @@ impl Pool {
             mem_size: AtomicU64::new(0),
         });
         let p = pool.clone();
-        let spawned = std::thread::Builder::new()
-            .name("kvm-prewarm".into())
-            .spawn(move || p.refill_loop(&host));
+        let spawned = start_spawner().and_then(|spawner| {
+            std::thread::Builder::new()
+                .name("kvm-prewarm".into())
+                .spawn(move || p.refill_loop(&host, &spawner))
+        });
         if spawned.is_err() {
             // Without the refill thread every start prepares inline; nothing else changes.
             tracing::warn!("cannot start the vCPU prewarm thread; starts will prepare inline");
@@ -212,7 +246,20 @@ impl Pool {
         pool
     }
 
-    fn refill_loop(&self, host: &HostInfo) {
+    fn refill_loop(
+        &self,
+        host: &HostInfo,
+        spawner: &Sender<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>,
+    ) {
+        let spawn = |body: VcpuBody| {
+            let (reply, handle) = channel();
+            spawner
+                .send((body, reply))
+                .map_err(|_| std::io::Error::other("vCPU spawner thread gone"))?;
+            handle
+                .recv()
+                .map_err(|_| std::io::Error::other("vCPU spawner thread gone"))?
+        };
         // Refilling is never urgent: let guests that just started have the CPU first.
         // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
@@ -228,14 +275,14 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
-            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works, &spawn);
             if pre_run_works && prepared.is_err() {
                 // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
                 pre_run_works = false;
                 if let Err(e) = &prepared {
                     tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
                 }
-                prepared = WarmVcpu::prepare(host, mem_size, false);
+                prepared = WarmVcpu::prepare(host, mem_size, false, &spawn);
             }
             match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
