@@ -89,6 +89,9 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
 /// The body of a vCPU thread.
 pub(super) type VcpuBody = Box<dyn FnOnce() + Send>;
 
+/// A request to the spawner thread: the body, and where to send the thread's handle.
+type SpawnRequest = (VcpuBody, Sender<std::io::Result<JoinHandle<()>>>);
+
 /// Spawns a vCPU thread from the calling thread (which passes on its nice value).
 pub(super) fn spawn_vcpu_thread(body: VcpuBody) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -102,8 +105,8 @@ pub(super) fn spawn_vcpu_thread(body: VcpuBody) -> std::io::Result<JoinHandle<()
 /// thread cannot lower its nice value again: a vCPU thread spawned by the refill thread (nice 10)
 /// would run its guest at nice 10 for life, which on busy cores made the boot to network-ready
 /// several times slower than with an unpooled start.
-fn start_spawner() -> std::io::Result<Sender<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>> {
-    let (tx, rx) = channel::<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>();
+fn start_spawner() -> std::io::Result<Sender<SpawnRequest>> {
+    let (tx, rx) = channel::<SpawnRequest>();
     std::thread::Builder::new()
         .name("kvm-spawner".into())
         .stack_size(64 << 10)
@@ -246,11 +249,7 @@ impl Pool {
         pool
     }
 
-    fn refill_loop(
-        &self,
-        host: &HostInfo,
-        spawner: &Sender<(VcpuBody, Sender<std::io::Result<JoinHandle<()>>>)>,
-    ) {
+    fn refill_loop(&self, host: &HostInfo, spawner: &Sender<SpawnRequest>) {
         let spawn = |body: VcpuBody| {
             let (reply, handle) = channel();
             spawner
