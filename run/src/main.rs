@@ -175,7 +175,9 @@ fn run() -> Result<i32> {
         }
     };
     let sigset = block_termination_signals();
-    let backend = KvmBackend::new().context("cannot use KVM")?;
+    // One guest per process: no prepared-vCPU pool, whose VMs would only be created and torn
+    // down unused; the guest runs on the one VM the backend probes.
+    let backend = KvmBackend::with_prewarm(0).context("cannot use KVM")?;
     let (tx, rx) = mpsc::channel::<Option<InstanceEvent>>();
     let tx_events = std::sync::Mutex::new(tx.clone());
     let sink: EventSink = Arc::new(move |e| match e {

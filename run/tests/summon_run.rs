@@ -124,3 +124,27 @@ fn sigterm_ends_a_spinning_guest_with_status_one() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+/// One guest, one VM: no probe VM thrown away, no prepared-vCPU pool torn down unused (each cost
+/// whole milliseconds of the process's time). Counted from the ioctls themselves.
+#[test]
+fn creates_exactly_one_vm_and_one_vcpu() {
+    if !support::kvm_available() || !support::tool_available("strace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("ioctls");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=ioctl", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_summon-run"))
+        .arg(image("hello"))
+        .output()
+        .expect("run strace");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let count = |ioctl: &str| trace.lines().filter(|l| l.contains(ioctl)).count();
+    assert!(count("KVM_RUN") >= 1, "the guest never ran:\n{trace}");
+    assert_eq!(count("KVM_CREATE_VM"), 1, "{trace}");
+    assert_eq!(count("KVM_CREATE_VCPU"), 1, "{trace}");
+}

@@ -91,13 +91,19 @@ impl WarmVcpu {
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
     /// prewarm pool, not on a start path).
     pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
-        let vm = host
-            .kvm
-            .create_vm()
-            .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
-        let mut vcpu = vm
-            .create_vcpu(0)
-            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+        let (vm, vcpu) = new_vcpu(&host.kvm)?;
+        Self::from_vcpu(host, vm, vcpu, mem_size, pre_run_it)
+    }
+
+    /// Like [`Self::prepare`], on a VM and vCPU that are new and have never run (the backend's
+    /// probe, see `KvmBackend::with_prewarm`).
+    pub fn from_vcpu(
+        host: &HostInfo,
+        vm: VmFd,
+        mut vcpu: VcpuFd,
+        mem_size: u64,
+        pre_run_it: bool,
+    ) -> Result<WarmVcpu, KvmError> {
         vcpu.set_cpuid2(&host.cpuid)
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         vcpu.set_sregs(&host.sregs)
@@ -171,6 +177,15 @@ impl WarmVcpu {
             thread,
         })
     }
+}
+
+/// A new VM with its one vCPU.
+pub(super) fn new_vcpu(kvm: &Kvm) -> Result<(VmFd, VcpuFd), KvmError> {
+    let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+    let vcpu = vm
+        .create_vcpu(0)
+        .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+    Ok((vm, vcpu))
 }
 
 /// Fresh guest memory of `mem_size` with the low-memory structures, as slot 0 of `vm`.
