@@ -22,7 +22,7 @@ pub struct NetSpec {
     pub name: String,
     pub tap: TapSource,
     /// Random (locally administered) when `None`.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<crate::MacAddr>,
 }
 
 /// A block device to attach, matched to the image's manifest entry `name`.

@@ -8,8 +8,11 @@ pub mod backend;
 pub mod kvm;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod mac;
+pub mod tap;
 
 pub use backend::{
     Backend, BackendError, BlockSpec, EventSink, GuestLimits, Instance, InstanceCounters,
     InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
 };
+pub use mac::MacAddr;
