@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -137,7 +136,7 @@ fn spec(o: Options) -> InstanceSpec {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a thread-less way to wait for them.
+/// Blocks SIGINT and SIGTERM in every thread, so that they wait for [`wait_for_signal`].
 fn block_termination_signals() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this (the only) thread
     // before any other thread exists, so all threads inherit the mask.
@@ -151,21 +150,36 @@ fn block_termination_signals() -> libc::sigset_t {
     }
 }
 
-fn run() -> Result<i32> {
+/// Waits until SIGINT or SIGTERM arrives.
+fn wait_for_signal(set: &libc::sigset_t) {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialized signal set whose signals are blocked in every thread;
+    // sigwait writes the signal's number into `sig`, a live local.
+    unsafe { libc::sigwait(set, &mut sig) };
+}
+
+/// Ends the process with `status` as its exit status (a byte, as for the reference tender:
+/// HALT 255 -> 255), after the console output.
+fn exit(status: i32) -> ! {
+    let _ = std::io::stdout().lock().flush();
+    std::process::exit(status & 0xff)
+}
+
+/// Starts the guest; the process then ends from the guest's final event, on its vCPU thread, as
+/// the reference tender ends from its run loop: no thread of ours waits to be woken for it.
+fn run() -> Result<()> {
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("summon-run: {e:#}\n{USAGE}");
-            return Ok(1);
+            exit(1);
         }
     };
     let sigset = block_termination_signals();
     // One guest per process: no prepared-vCPU pool, whose VMs would only be created and torn
     // down unused; the guest runs on the one VM the backend probes.
     let backend = KvmBackend::with_prewarm(0).context("cannot use KVM")?;
-    let (tx, rx) = mpsc::channel::<Option<InstanceEvent>>();
-    let tx_events = std::sync::Mutex::new(tx.clone());
-    let sink: EventSink = Arc::new(move |e| match e {
+    let sink: EventSink = Arc::new(|e| match e {
         InstanceEvent::Console(line) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(line.as_bytes());
@@ -173,49 +187,32 @@ fn run() -> Result<i32> {
             let _ = out.flush();
         }
         InstanceEvent::NetReady => {}
-        end => {
-            let _ = tx_events.lock().unwrap().send(Some(end));
+        InstanceEvent::Exited(status) => exit(status),
+        InstanceEvent::Faulted(reason) => {
+            eprintln!("summon-run: guest fault: {reason}");
+            exit(1)
         }
+        // Only after a stop, which only a signal asks for.
+        InstanceEvent::Stopped => exit(1),
     });
     let image = opts.image.clone();
     let instance = backend
         .start_kvm(spec(opts), sink)
         .with_context(|| format!("cannot start {}", image.display()))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: waits for one of the signals blocked above; `sig` receives its number.
-            unsafe { libc::sigwait(&sigset, &mut sig) };
-            let _ = tx.send(None);
-        })
-        .context("cannot start the signal thread")?;
-    let status = match rx.recv() {
-        Ok(Some(InstanceEvent::Exited(status))) => status,
-        Ok(Some(InstanceEvent::Faulted(reason))) => {
-            eprintln!("summon-run: guest fault: {reason}");
-            1
-        }
-        Ok(Some(_)) => 1,
-        Ok(None) | Err(_) => {
-            let _ = instance.stop();
-            eprintln!("summon-run: terminated by signal");
-            1
-        }
-    };
-    Ok(status)
+    wait_for_signal(&sigset);
+    eprintln!("summon-run: terminated by signal");
+    instance.stop().context("cannot stop the guest")?;
+    // The guest's `Stopped` event ends the process; this thread only waits for it.
+    loop {
+        std::thread::park();
+    }
 }
 
 fn main() {
-    let code = match run() {
-        Ok(status) => status,
-        Err(e) => {
-            eprintln!("summon-run: {e:#}");
-            1
-        }
-    };
-    // Exit status is a byte, as for the reference tender (HALT 255 -> 255).
-    std::process::exit(code & 0xff);
+    if let Err(e) = run() {
+        eprintln!("summon-run: {e:#}");
+        exit(1);
+    }
 }
 
 #[cfg(test)]

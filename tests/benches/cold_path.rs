@@ -1,4 +1,4 @@
-//! The cold path (issue 5): DNS query sent → first HTTP byte for a client that resolves through
+//! The cold path: DNS query sent → first HTTP byte for a client that resolves through
 //! summond and connects at once, over many summons of each wake path — cold boot with
 //! `reply = "immediate"`, cold boot with `reply = "ready"`, resume from suspend, already running
 //! (warm) — interleaved round by round so load drift hits all alike. Then the same cold

@@ -1,4 +1,4 @@
-//! The cold path (issue 5), end to end with the real summond in its own network namespace:
+//! The cold path, end to end with the real summond in its own network namespace:
 //! a client resolves a stopped service and sends its HTTP request at once; no request may lose
 //! its SYN (a lost SYN costs Linux's 1 s initial RTO, so ≥ 1 s or a retransmit is a failure,
 //! not a slow run). Also: a `reply = "ready"` service whose guest never brings its network up
