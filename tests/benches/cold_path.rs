@@ -9,8 +9,7 @@
 //! Knobs: COLD_BENCH_N (summons per wake path, 1000), COLD_BENCH_POOL0_N (cold summons with
 //! prewarm = 0, 300), COLD_BENCH_SVG (plot path, docs/cold-path.svg; "-" for none).
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

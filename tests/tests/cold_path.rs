@@ -5,10 +5,9 @@
 //! gets SERVFAIL at `ready_timeout` and is cleaned up; and what a tap does with more early
 //! packets than its `txqueuelen`.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
-#[path = "../../image/tests/common/elfgen.rs"]
-mod elfgen;
+use summon_test_support::elfgen;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -3,7 +3,7 @@
 //! tap, each tap routes only its guest's /32, the host side filters reverse paths strictly, and
 //! a frame entering A's tap with B's source address is dropped by the host.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
