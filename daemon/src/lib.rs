@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod hostlock;
 pub mod libvirt;
 pub mod logging;
 pub mod metrics;
