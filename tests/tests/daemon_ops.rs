@@ -378,3 +378,45 @@ fn a_non_loopback_admin_listener_without_a_token_is_a_config_error() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_boot_beyond_the_memory_budget_is_servfail_with_the_numbers_in_log_and_metrics() {
+    if !prerequisites("daemon memory admission test") {
+        return;
+    }
+    // Three 8 MiB guests, a 20 MiB budget: two fit, the third does not.
+    let services = http_service("web", "10.77.0.10", "")
+        + &http_service("api", "10.77.0.11", "")
+        + &http_service("third", "10.77.0.12", "");
+    let d = Daemon::start(
+        "membudget",
+        &config(5, &[], "[limits]\nmemory_budget = 20\n", &services),
+    );
+    summon_and_fetch(&d, "web", Ipv4Addr::new(10, 77, 0, 10));
+    summon_and_fetch(&d, "api", Ipv4Addr::new(10, 77, 0, 11));
+    let m = d.query("third.svc.test.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        d.metric(
+            "summon_summons_total",
+            &[("service", "third"), ("result", "memory")]
+        ),
+        1.0
+    );
+    assert_eq!(d.metric("summon_boots_total", &[("service", "third")]), 0.0);
+    assert!(
+        wait_until(Duration::from_secs(5), || d.log().contains(
+            "boot refused: 8 MiB more would exceed the memory budget (16 of 20 MiB in use)"
+        )),
+        "{}",
+        d.log()
+    );
+    let mut taps = d.taps();
+    taps.sort();
+    assert_eq!(taps, vec!["sm-api", "sm-web"]);
+    // A stopped instance gives its memory back: now the third one boots.
+    let admin: SocketAddr = ADMIN.parse().unwrap();
+    d.ns.run(move || admin_post(admin, "/v1/instances/web/stop"))
+        .expect("admin stop");
+    summon_and_fetch(&d, "third", Ipv4Addr::new(10, 77, 0, 12));
+}

@@ -70,6 +70,9 @@ pub struct Inner {
     pub last_packets: Option<u64>,
     pub boots: u64,
     pub removed: bool,
+    /// Guest memory this live instance holds of the admission's budget (given back when it
+    /// leaves the live phases; the service's config may have changed meanwhile).
+    pub admitted_mib: u64,
 }
 
 impl Inner {
@@ -92,6 +95,7 @@ impl Inner {
             last_packets: None,
             boots: 0,
             removed: false,
+            admitted_mib: 0,
         }
     }
 }

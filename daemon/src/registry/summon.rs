@@ -93,10 +93,24 @@ impl Registry {
                         if g.backoff_until.is_some_and(|u| Instant::now() < u) {
                             break Err(SummonError::BackingOff);
                         }
-                        let admitted = match self.shared.admission.try_admit() {
+                        let admitted = match self.shared.admission.try_admit(cfg.memory_mib) {
                             Ok(a) => a,
-                            Err(l) => break Err(SummonError::Limit(l)),
+                            Err(l) => {
+                                if l == limits::Limit::Memory {
+                                    let m = self.shared.admission.memory();
+                                    tracing::warn!(
+                                        service = %slot.name,
+                                        memory_mib = cfg.memory_mib,
+                                        live_mib = m.live_mib,
+                                        budget_mib = m.budget_mib,
+                                        "boot refused: {} MiB more would exceed the memory budget ({} of {} MiB in use)",
+                                        cfg.memory_mib, m.live_mib, m.budget_mib
+                                    );
+                                }
+                                break Err(SummonError::Limit(l));
+                            }
                         };
+                        g.admitted_mib = cfg.memory_mib;
                         // `transition` releases on the way out of a live phase; the admission
                         // above is that live phase's share.
                         g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
