@@ -51,6 +51,11 @@ fn unit_file_verifies_without_warnings() {
         "DeviceAllow=/dev/net/tun rw",
         "CAP_NET_ADMIN",
         "ProtectSystem=strict",
+        // The default daemon.lock_file, /run/summond/summond.lock, lives here.
+        "RuntimeDirectory=summond\n",
+        "MemoryMax=80%\n",
+        "TasksMax=",
+        "LimitNOFILE=",
     ] {
         assert!(text.contains(needed), "unit lacks {needed}");
     }

@@ -74,7 +74,7 @@ impl Registry {
                             }
                         }
                     }
-                    Phase::Starting | Phase::Stopping => {}
+                    Phase::Starting | Phase::Stopping | Phase::Suspending => {}
                     Phase::Failed | Phase::Stopped => {
                         if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
                             break Err(SummonError::BootFailed(
@@ -137,10 +137,10 @@ impl Registry {
                         ));
                     }
                 }
-                // An instance on its way out is not the one this query waits for: wait for
-                // the stop to finish, then boot a fresh one (a query racing the reaper must
-                // not get SERVFAIL).
-                if g.phase != Phase::Stopping {
+                // An instance on its way out (or into suspension) is not the one this query
+                // waits for: wait for the stop or suspend to finish, then boot a fresh one or
+                // resume it (a query racing the reaper must not get SERVFAIL).
+                if !matches!(g.phase, Phase::Stopping | Phase::Suspending) {
                     waited_gen = Some(g.gen);
                 }
                 slot.changed.subscribe()
