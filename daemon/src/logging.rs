@@ -11,7 +11,7 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,10 +135,9 @@ fn writer_loop(rx: Receiver<Vec<u8>>, mut sink: impl Write, shared: &Shared) {
                     // A report that itself fails is not counted: it would report itself forever.
                     let _ = write_line(&mut sink, msg.as_bytes());
                 }
-                match rx.recv_timeout(Duration::from_secs(1)) {
+                match rx.recv() {
                     Ok(line) => line,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 }
             }
         };
