@@ -225,7 +225,12 @@ pub fn queue() -> Option<&'static LogQueue> {
 /// Installs the tracing subscriber (filter from `SUMMOND_LOG`) over a queue to stderr, and a
 /// panic hook that goes through the same queue. Call once, before anything logs.
 pub fn init() -> io::Result<&'static LogQueue> {
-    let q = LogQueue::start(io::stderr(), QUEUE_BYTES, dropped_counter().clone())?;
+    init_with(io::stderr())
+}
+
+/// [`init`] with another sink (tests).
+pub fn init_with(sink: impl Write + Send + 'static) -> io::Result<&'static LogQueue> {
+    let q = LogQueue::start(sink, QUEUE_BYTES, dropped_counter().clone())?;
     let q = QUEUE.get_or_init(|| q);
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {
