@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::{BackendError, Instance, InstanceState};
+use crate::backend::{BackendError, Instance, InstanceCounters, InstanceState};
 
 use super::error::KvmError;
 
@@ -151,22 +151,27 @@ impl Control {
         }
     }
 
-    /// vCPU thread: the guest is over and the vCPU is about to be dropped.
-    pub(super) fn finish(&self) {
+    /// vCPU thread: the guest is over and the vCPU is about to be dropped. Only called through
+    /// [`FinishOnDrop`], so that it runs on every way out of the thread. Cannot panic: the lock
+    /// ignores poisoning, the rest are stores and a notify.
+    fn finish(&self) {
         let mut inner = self.lock();
         inner.state = InstanceState::Stopped;
         inner.immediate_exit = std::ptr::null();
+        inner.thread = None;
         self.cond.notify_all();
     }
 
     fn kick(&self, inner: &Inner) {
         if !inner.immediate_exit.is_null() {
-            // SAFETY: non-null means the vCPU thread still has kvm_run mapped (see `finish`);
+            // SAFETY: non-null means the vCPU thread still has kvm_run mapped: the thread nulls
+            // it under this lock in `finish`, which `FinishOnDrop` runs before the vCPU fd (and
+            // so kvm_run) is dropped, on every path out of the thread, unwinding included.
             // immediate_exit is a byte the kernel reads on KVM_RUN entry.
             unsafe { (*inner.immediate_exit).store(1, Ordering::SeqCst) };
             if let Some(t) = inner.thread {
-                // SAFETY: the thread is joinable (its JoinHandle lives in KvmInstance) and still
-                // inside its run loop, so `t` names a live thread; the signal's handler is empty.
+                // SAFETY: `finish` clears `thread` under this lock before the thread can end, so
+                // a `Some` names a live thread; the signal's handler is empty.
                 unsafe { libc::pthread_kill(t, kick_signal()) };
             }
         }
@@ -217,10 +222,30 @@ impl Control {
         }
         self.desired.store(PAUSE, Ordering::SeqCst);
         self.kick(&inner);
-        drop(self.wait_while(inner, |i| {
+        let inner = self.wait_while(inner, |i| {
             i.state == InstanceState::Running && self.desired.load(Ordering::SeqCst) == PAUSE
-        }));
-        Ok(())
+        });
+        match inner.state {
+            InstanceState::Paused => Ok(()),
+            InstanceState::Stopped => Err(BackendError::InvalidState(name.to_string(), "suspend")),
+            InstanceState::Running => {
+                // Withdraw the request, or the guest would pause later while the caller
+                // believes it runs. A resume or stop that came meanwhile stays as it is.
+                let _ = self.desired.compare_exchange(
+                    PAUSE,
+                    RUN,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                self.cond.notify_all();
+                Err(KvmError::Unacknowledged {
+                    name: name.to_string(),
+                    request: "suspend",
+                    waited: ACK_TIMEOUT,
+                }
+                .into())
+            }
+        }
     }
 
     pub(super) fn resume(&self, name: &str) -> Result<(), BackendError> {
@@ -238,6 +263,24 @@ impl Control {
     }
 }
 
+/// Held by the vCPU thread from before anything on it can panic: marks the guest finished (and
+/// `immediate_exit` null) when dropped, whichever way the thread ends. It must be dropped before
+/// the vCPU fd, whose kvm_run mapping `immediate_exit` points into.
+pub(super) struct FinishOnDrop(pub Arc<Control>);
+
+impl FinishOnDrop {
+    /// Marks the guest finished now (the drop does it again, harmlessly).
+    pub(super) fn now(&self) {
+        self.0.finish();
+    }
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// A guest started by [`super::KvmBackend`]. Dropping the handle stops the guest.
 pub struct KvmInstance {
     pub(super) name: String,
@@ -245,6 +288,7 @@ pub struct KvmInstance {
     pub(super) mem: (u64, u64),
     pub(super) control: Arc<Control>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) counters: Arc<InstanceCounters>,
 }
 
 impl KvmInstance {
@@ -306,6 +350,10 @@ impl Instance for KvmInstance {
 
     fn state(&self) -> InstanceState {
         self.control.state()
+    }
+
+    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        Some(self.counters.clone())
     }
 }
 

@@ -15,9 +15,11 @@ mod hypercall;
 pub mod image_error;
 mod instance;
 mod layout;
+mod limit;
 pub mod manifest;
 mod memory;
 mod regs;
+mod seccomp;
 mod vcpu;
 mod vm;
 mod warm;
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
 
-use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
+use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
 pub use elf::ElfImage;
 pub use error::KvmError;
@@ -100,6 +102,7 @@ impl KvmBackend {
         drop(vcpu);
         drop(probe);
         instance::install_kick_handler();
+        seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
             kvm,
             cpuid,
@@ -181,6 +184,7 @@ impl KvmBackend {
         }
         let mem = loaded?;
         let mem_range = (mem.host_base(), mem.size());
+        let counters = Arc::new(InstanceCounters::default());
         let WarmVcpu {
             vm,
             mem: _,
@@ -196,6 +200,8 @@ impl KvmBackend {
             events,
             control: control.clone(),
             regs: regs::initial_regs(image.entry, mem_size),
+            limits: spec.limits,
+            counters: counters.clone(),
         });
         if job_sent.is_err() {
             // The parked thread is gone (its pre-run failed after all): nothing ran yet.
@@ -209,6 +215,7 @@ impl KvmBackend {
             mem: mem_range,
             control,
             thread: Mutex::new(Some(thread)),
+            counters,
         })
     }
 }

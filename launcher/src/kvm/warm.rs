@@ -18,11 +18,11 @@ use std::thread::JoinHandle;
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::EventSink;
+use crate::backend::{EventSink, GuestLimits, InstanceCounters};
 
 use super::devices::Devices;
 use super::error::KvmError;
-use super::instance::Control;
+use super::instance::{Control, FinishOnDrop};
 use super::layout;
 use super::memory::GuestMemory;
 use super::vcpu::VcpuRunner;
@@ -59,6 +59,8 @@ pub(super) struct Job {
     pub events: EventSink,
     pub control: Arc<Control>,
     pub regs: kvm_regs,
+    pub limits: GuestLimits,
+    pub counters: Arc<InstanceCounters>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
@@ -120,10 +122,16 @@ impl WarmVcpu {
         }
         let (job, jobs) = channel::<Job>();
         let (ran_tx, ran) = channel::<Result<(), String>>();
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("vcpu".into())
             .stack_size(VCPU_STACK)
             .spawn(move || {
+                // Declared in this order so that `finish` is dropped first: `immediate_exit`
+                // points into the vCPU's kvm_run and must be nulled before the vCPU fd closes,
+                // whichever way this thread ends.
+                let mut vcpu = vcpu;
+                let finish = FinishOnDrop(thread_control);
                 if pre_run_it {
                     let r = pre_run(&mut vcpu);
                     let failed = r.is_err();
@@ -134,7 +142,7 @@ impl WarmVcpu {
                 }
                 // Dropped unused (pool shut down) when the sender goes away.
                 if let Ok(job) = jobs.recv() {
-                    VcpuRunner::start(vcpu, job);
+                    VcpuRunner::start(vcpu, job, finish);
                 }
             })
             .map_err(KvmError::Thread)?;

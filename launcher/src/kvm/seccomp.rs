@@ -1,0 +1,271 @@
+//! The seccomp filter of every vCPU thread, and how a violation becomes that guest's fault.
+//!
+//! A vCPU thread runs guest-controlled exits through the hypercall handlers, so it is where a
+//! guest that found a bug in them would get code execution. Its filter allows only what the run
+//! loop, the hypercalls, the event sink (which must not block: a channel send or a log line,
+//! futex and write at most), the allocator and the thread's own end need.
+//!
+//! A disallowed syscall is not executed: the filter answers it with `SECCOMP_RET_TRAP`, and the
+//! process-wide SIGSYS handler below records the syscall number in a thread-local and makes the
+//! call return `EPERM`. The run loop checks that record after every exit and ends the guest with
+//! `Faulted("seccomp: disallowed syscall N on the vCPU thread")`, then tears the VM down as on any
+//! other fault. Killing the thread instead (`SECCOMP_RET_KILL_THREAD`, or `exit` from the
+//! handler) would leave the VM, its memory and the control block behind with nobody to report
+//! the fault; killing the process would let one guest take every other one down.
+//!
+//! Order on a vCPU thread: name it, place it in its CPU cgroup (writing cgroup files needs
+//! `openat`/`write`), then this filter, then the guest's first KVM_RUN.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::{Once, OnceLock};
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+use super::error::KvmError;
+
+/// `_IOC(dir, 0xAE, nr, size)`: the KVM ioctl numbers as the kernel headers build them.
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+const KVM_RUN: u64 = kvm_ioc(0, 0x80, 0);
+const KVM_GET_REGS: u64 = kvm_ioc(IOC_READ, 0x81, std::mem::size_of::<kvm_regs>());
+const KVM_SET_REGS: u64 = kvm_ioc(IOC_WRITE, 0x82, std::mem::size_of::<kvm_regs>());
+const KVM_GET_SREGS: u64 = kvm_ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs>());
+
+/// The syscalls a vCPU thread may make, by group, with why.
+fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut allow = |nrs: &[libc::c_long]| {
+        for &nr in nrs {
+            rules.insert(nr, Vec::new());
+        }
+    };
+    // Guest devices: tap frames (read/write), block sectors (pread64/pwrite64), the wake
+    // eventfd (read/write); write and writev also carry log lines and console output of the
+    // event sink.
+    allow(&[
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+    ]);
+    // POLL: epoll over the taps and the wake eventfd (created on the first POLL, hence create and
+    // ctl); ppoll is the throttled exit-storm wait on the wake eventfd.
+    allow(&[
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_ppoll,
+    ]);
+    // Locks and condvars (the control block, channel sends of the event sink, the log writer),
+    // and time: WALLTIME, POLL deadlines and rate limits read the clock (a vDSO call unless the
+    // host clocksource forbids it).
+    allow(&[
+        libc::SYS_futex,
+        libc::SYS_clock_gettime,
+        libc::SYS_gettimeofday,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_sched_yield,
+    ]);
+    // The allocator (console lines, event strings, fault reasons) grows and trims its arenas.
+    allow(&[
+        libc::SYS_brk,
+        libc::SYS_mmap,
+        libc::SYS_mremap,
+        libc::SYS_munmap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+    ]);
+    // Teardown on this thread: closing the vCPU, VM, tap and block fds, unmapping guest memory
+    // (munmap above), lowering the thread's priority first, and the thread's own end (glibc frees
+    // the alternate signal stack, advises the stack away and calls exit).
+    allow(&[
+        libc::SYS_close,
+        libc::SYS_gettid,
+        libc::SYS_setpriority,
+        libc::SYS_sigaltstack,
+        libc::SYS_exit,
+    ]);
+    // Signals: the kick handler and the SIGSYS handler return through rt_sigreturn; masks are
+    // saved and restored around them.
+    allow(&[libc::SYS_rt_sigreturn, libc::SYS_rt_sigprocmask]);
+    // KVM: only the vCPU ioctls the run loop and the fault reports use. Everything else (new
+    // memory slots, new vCPUs, device ioctls on taps) stays with the start path.
+    let ioctl = [KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS]
+        .into_iter()
+        .map(|req| {
+            SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                req,
+            )?])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctl);
+    Ok(rules)
+}
+
+/// The compiled filter, built once per process.
+fn program() -> Result<&'static BpfProgram, KvmError> {
+    static PROGRAM: OnceLock<Result<BpfProgram, String>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let arch = std::env::consts::ARCH
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| e.to_string())?;
+            let filter = SeccompFilter::new(
+                rules().map_err(|e| e.to_string())?,
+                SeccompAction::Trap,
+                SeccompAction::Allow,
+                arch,
+            )
+            .map_err(|e| e.to_string())?;
+            BpfProgram::try_from(filter).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| KvmError::Seccomp(e.clone()))
+}
+
+thread_local! {
+    /// The first disallowed syscall of this thread, plus one (0: none). Const-initialised and
+    /// without a destructor, so reading and writing it is a plain TLS access, safe in a signal
+    /// handler.
+    static VIOLATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// `si_code` of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: libc::c_int = 1;
+
+/// The start of a SIGSYS `siginfo_t` on 64-bit Linux (`_sigsys` member of the union).
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t (at least as large as `SigsysInfo`) and, for an
+    // SA_SIGINFO handler, a valid ucontext_t of the interrupted thread; both live for the call.
+    // Only async-signal-safe work happens: a TLS store and a register write.
+    unsafe {
+        let info = &*info.cast::<SigsysInfo>();
+        if info.code != SYS_SECCOMP {
+            // Somebody sent SIGSYS by hand: not a filter violation, nothing to do.
+            return;
+        }
+        let nr = u64::try_from(info.syscall).unwrap_or(u64::MAX - 1);
+        VIOLATION.with(|v| {
+            if v.get() == 0 {
+                v.set(nr + 1);
+            }
+        });
+        // The trapped call was not executed; make it return EPERM to its caller.
+        let uc = ctx.cast::<libc::ucontext_t>();
+        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM);
+    }
+}
+
+/// Installs the SIGSYS handler once per process.
+pub(super) fn install_sigsys_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with an SA_SIGINFO handler of the right signature and an
+        // empty mask is a valid argument; the handler is async-signal-safe (see `on_sigsys`).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigsys as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Confines the calling thread with the vCPU filter. The thread must not block SIGSYS (a
+/// blocked SIGSYS from a filter kills the whole process), so this unblocks it first, together
+/// with the kick signal.
+pub(super) fn confine_vcpu_thread(kick: libc::c_int) -> Result<(), KvmError> {
+    install_sigsys_handler();
+    let prog = program()?;
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling thread.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGSYS);
+        libc::sigaddset(&mut set, kick);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(KvmError::Seccomp(format!(
+            "cannot unblock SIGSYS: {}",
+            std::io::Error::from_raw_os_error(rc)
+        )));
+    }
+    seccompiler::apply_filter(prog).map_err(|e| KvmError::Seccomp(e.to_string()))
+}
+
+/// The first syscall this thread made that the filter refused, if any (and forgets it).
+pub(super) fn take_violation() -> Option<u64> {
+    match VIOLATION.with(|v| v.replace(0)) {
+        0 => None,
+        n => Some(n - 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_ioctl_numbers_match_the_kernel_headers() {
+        // From <linux/kvm.h> on x86_64.
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+    }
+
+    #[test]
+    fn a_refused_syscall_returns_eperm_and_is_recorded() {
+        // On a thread of its own: the filter stays with the thread and dies with it.
+        let got = std::thread::spawn(|| {
+            confine_vcpu_thread(libc::SIGRTMIN() + 1).unwrap();
+            // SAFETY: plain socket(2); the filter refuses it before it runs.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            let err = std::io::Error::last_os_error().raw_os_error();
+            // Allowed calls still work.
+            let t = std::time::Instant::now();
+            (fd, err, take_violation(), take_violation(), t.elapsed())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got.0, -1);
+        assert_eq!(got.1, Some(libc::EPERM));
+        assert_eq!(got.2, Some(libc::SYS_socket as u64));
+        assert_eq!(got.3, None);
+        // This thread is not confined.
+        // SAFETY: plain socket(2), closed right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0);
+        // SAFETY: closes the fd just opened.
+        unsafe { libc::close(fd) };
+    }
+}
