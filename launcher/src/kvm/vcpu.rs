@@ -157,10 +157,20 @@ impl VcpuRunner {
     /// Charges one exit to `exits_per_sec`; a guest out of budget waits here, on the wake
     /// eventfd, so that stop and suspend still reach it at once.
     fn charge_exit(&mut self) -> Option<End> {
-        let wait = self.exit_limit.as_mut()?.charge(Instant::now())?;
-        self.counters
-            .exits_throttled
-            .fetch_add(1, Ordering::Relaxed);
+        // Until the exit is paid for: the wait only brings the budget back.
+        loop {
+            let wait = self.exit_limit.as_mut()?.charge(Instant::now())?;
+            self.counters
+                .exits_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(end) = self.throttle_wait(wait) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// Waits `wait` on the wake eventfd; `Some` when a stop came meanwhile.
+    fn throttle_wait(&self, wait: Duration) -> Option<End> {
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
