@@ -115,6 +115,17 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl);
+    // Rust's standard library checks with fcntl(F_GETFD) that an owned fd is still open before
+    // closing it (debug builds); nothing else of fcntl is needed.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
     Ok(rules)
 }
 
