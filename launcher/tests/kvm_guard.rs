@@ -182,7 +182,9 @@ fn exit_storm_is_throttled_to_the_limit_and_still_stops_at_once() {
         exits_per_sec: Some(LIMIT),
         ..Default::default()
     };
-    let inst = backend.start_kvm(spec("storm", "storm", limits), sink).unwrap();
+    let inst = backend
+        .start_kvm(spec("storm", "storm", limits), sink)
+        .unwrap();
     // Let the initial burst pass, then measure one second of steady storm.
     std::thread::sleep(Duration::from_millis(300));
     let from = Instant::now();
@@ -204,14 +206,22 @@ fn exit_storm_is_throttled_to_the_limit_and_still_stops_at_once() {
         .count() as u64;
     let counters = inst.counters().unwrap();
     let throttled = counters.exits_throttled.load(Ordering::Relaxed);
-    eprintln!("{n} exits in the measured second, {throttled} throttle waits, stop took {stop_took:?}");
-    assert!(n <= LIMIT * 11 / 10, "{n} exits in one second, limit {LIMIT}");
+    eprintln!(
+        "{n} exits in the measured second, {throttled} throttle waits, stop took {stop_took:?}"
+    );
+    assert!(
+        n <= LIMIT * 11 / 10,
+        "{n} exits in one second, limit {LIMIT}"
+    );
     // The guest was actually held back (it would exit far more often unthrottled), and it ran.
     assert!(throttled > 0);
     assert!(n > 0);
     // The wait is on the wake eventfd: a stop does not sit out the throttle, let alone the 5 s
     // acknowledgement timeout.
-    assert!(stop_took < Duration::from_secs(1), "stop took {stop_took:?}");
+    assert!(
+        stop_took < Duration::from_secs(1),
+        "stop took {stop_took:?}"
+    );
     inst.join();
 }
 

@@ -106,8 +106,13 @@ impl Control {
         self.lock().immediate_exit
     }
 
+    /// Records the vCPU thread for kicks, unless it has already ended (then nothing may signal
+    /// it: its id may name another thread by now).
     pub(super) fn set_thread(&self, thread: libc::pthread_t) {
-        self.lock().thread = Some(thread);
+        let mut inner = self.lock();
+        if !inner.immediate_exit.is_null() {
+            inner.thread = Some(thread);
+        }
     }
 
     pub(super) fn wake_fd(&self) -> libc::c_int {
@@ -231,12 +236,9 @@ impl Control {
             InstanceState::Running => {
                 // Withdraw the request, or the guest would pause later while the caller
                 // believes it runs. A resume or stop that came meanwhile stays as it is.
-                let _ = self.desired.compare_exchange(
-                    PAUSE,
-                    RUN,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
+                let _ =
+                    self.desired
+                        .compare_exchange(PAUSE, RUN, Ordering::SeqCst, Ordering::SeqCst);
                 self.cond.notify_all();
                 Err(KvmError::Unacknowledged {
                     name: name.to_string(),
@@ -314,8 +316,9 @@ impl KvmInstance {
         let pages = size.div_ceil(4096) as usize;
         let mut vec = vec![0u8; pages];
         // SAFETY: mincore only reads page-table state of the range and writes one byte per page
-        // into `vec`, which has room for all of them; should the range have been unmapped
-        // meanwhile it fails with ENOMEM and touches nothing.
+        // into `vec`, which has room for all of them. Should the vCPU thread have unmapped the
+        // range meanwhile, it fails with ENOMEM (or, if the addresses were mapped again, counts
+        // another mapping's pages): a wrong figure at worst, never an access to that memory.
         let rc =
             unsafe { libc::mincore(base as *mut libc::c_void, size as usize, vec.as_mut_ptr()) };
         if rc != 0 {

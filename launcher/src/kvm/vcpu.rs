@@ -191,8 +191,8 @@ impl VcpuRunner {
             if n > 0 {
                 self.control.drain_wake();
             }
-            let interrupted =
-                n > 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
+            let interrupted = n > 0
+                || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
             if interrupted && self.control.requested() {
                 if let Some(end) = self.control.handle_request() {
                     return Some(end);
