@@ -21,7 +21,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::backend::{EventSink, InstanceCounters, InstanceEvent};
 
 use super::devices::{Console, Devices};
-use super::instance::{kick_signal, Control, End, FinishOnDrop};
+use super::error::KvmError;
+use super::instance::{Control, End, FinishOnDrop};
 use super::limit::{ExitLimit, TxLimit};
 use super::memory::GuestMemory;
 use super::seccomp;
@@ -80,9 +81,10 @@ enum Exit {
 }
 
 impl VcpuRunner {
-    /// The parked thread's entry once it has a guest: confine the thread, set the registers,
-    /// then run. `finish` was created by the thread before it could panic.
-    pub fn start(vcpu: VcpuFd, job: Job, finish: FinishOnDrop) {
+    /// The parked thread's entry once it has a guest: end its setup stage, set the registers,
+    /// then run. `finish` was created by the thread before it could panic; `confined` is how
+    /// its stage-one seccomp filter went (see `seccomp.rs`).
+    pub fn start(vcpu: VcpuFd, job: Job, finish: FinishOnDrop, confined: Result<(), KvmError>) {
         set_thread_name(&job.name);
         let limits = job.limits;
         let runner = VcpuRunner {
@@ -101,9 +103,10 @@ impl VcpuRunner {
             tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),
             exit_limit: ExitLimit::new(limits.exits_per_sec),
         };
-        // Placing this thread in the guest's CPU cgroup belongs here: after naming, before the
-        // filter (which forbids the file writes it needs).
-        let ready = seccomp::confine_vcpu_thread(kick_signal())
+        // Placing this thread in the guest's CPU cgroup belongs here: after naming, before
+        // `end_setup` (which refuses the file calls it needs).
+        let ready = confined
+            .and_then(|()| seccomp::end_setup())
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 runner

@@ -22,9 +22,10 @@ use crate::backend::{EventSink, GuestLimits, InstanceCounters};
 
 use super::devices::Devices;
 use super::error::KvmError;
-use super::instance::{Control, FinishOnDrop};
+use super::instance::{self, Control, FinishOnDrop};
 use super::layout;
 use super::memory::GuestMemory;
+use super::seccomp;
 use super::vcpu::VcpuRunner;
 use super::vm;
 
@@ -140,9 +141,12 @@ impl WarmVcpu {
                         return;
                     }
                 }
+                // Here rather than on the start path: attaching the filter is the costly part
+                // of confining the thread. A failure is the fault of the guest it gets.
+                let confined = seccomp::confine_prepared_thread(instance::kick_signal());
                 // Dropped unused (pool shut down) when the sender goes away.
                 if let Ok(job) = jobs.recv() {
-                    VcpuRunner::start(vcpu, job, finish);
+                    VcpuRunner::start(vcpu, job, finish, confined);
                 }
             })
             .map_err(KvmError::Thread)?;
