@@ -9,14 +9,11 @@
 mod boot_info;
 mod cpuid;
 pub mod devices;
-pub mod elf;
 mod error;
 mod hypercall;
-pub mod image_error;
 mod instance;
 mod layout;
 mod limit;
-pub mod manifest;
 mod memory;
 mod regs;
 mod seccomp;
@@ -33,10 +30,9 @@ use kvm_ioctls::Kvm;
 
 use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
-pub use elf::ElfImage;
 pub use error::KvmError;
-pub use image_error::ImageError;
 pub use instance::KvmInstance;
+pub use summon_image::{ElfImage, ImageError};
 
 use devices::Devices;
 use memory::GuestMemory;
