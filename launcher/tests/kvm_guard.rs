@@ -237,6 +237,27 @@ fn disallowed_syscall_in_the_vcpu_thread_faults_that_guest_only() {
         .start_kvm(spec("bystander", "loop", GuestLimits::default()), sink)
         .unwrap();
     assert_eq!(first_line(&other_rx), "looping");
+    // A vCPU from the pool (confined in two stages) and one prepared on the start path (one
+    // filter attached when its guest arrives).
+    let deadline = Instant::now() + LONG;
+    while backend.prewarmed() == 0 {
+        assert!(Instant::now() < deadline, "the prewarm pool never filled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sneaky_guest_faults(&backend);
+    sneaky_guest_faults(&KvmBackend::with_prewarm(0).unwrap());
+    // The other guest still runs, and this (unconfined) test thread may still open sockets.
+    assert_eq!(other.state(), InstanceState::Running);
+    // SAFETY: plain socket(2), closed right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    // SAFETY: closes the fd just opened.
+    unsafe { libc::close(fd) };
+    other.stop().unwrap();
+    assert_eq!(support::wait_end(&other_rx, LONG).1, InstanceEvent::Stopped);
+}
+
+fn sneaky_guest_faults(backend: &KvmBackend) {
     // The event sink runs on the vCPU thread: opening a socket there is what an exploited
     // hypercall handler might try.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -266,15 +287,6 @@ fn disallowed_syscall_in_the_vcpu_thread_faults_that_guest_only() {
     );
     inst.join();
     assert_eq!(inst.state(), InstanceState::Stopped);
-    // The other guest still runs, and this (unconfined) test thread may still open sockets.
-    assert_eq!(other.state(), InstanceState::Running);
-    // SAFETY: plain socket(2), closed right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    assert!(fd >= 0);
-    // SAFETY: closes the fd just opened.
-    unsafe { libc::close(fd) };
-    other.stop().unwrap();
-    assert_eq!(support::wait_end(&other_rx, LONG).1, InstanceEvent::Stopped);
 }
 
 #[test]

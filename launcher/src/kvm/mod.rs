@@ -172,7 +172,7 @@ impl KvmBackend {
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host, mem_size, false)?,
+            None => WarmVcpu::prepare(&self.host, mem_size, false, false)?,
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {

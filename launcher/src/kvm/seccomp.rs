@@ -23,6 +23,9 @@
 //! - [`end_setup`]: a second, small filter that refuses those setup calls again. Applied at the
 //!   start of each guest, after its setup, before its first KVM_RUN. Stacked filters all apply,
 //!   the strictest answer wins.
+//!
+//! A vCPU prepared on the start path itself (empty pool) gets its guest at once: there the
+//! thread attaches the run loop's list alone, after its setup ([`confine_running_thread`]).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -182,6 +185,21 @@ fn prepared_program() -> Result<&'static BpfProgram, KvmError> {
         .map_err(|e| KvmError::Seccomp(e.clone()))
 }
 
+/// The run loop's list alone, for a thread confined only once its guest has arrived.
+fn running_program() -> Result<&'static BpfProgram, KvmError> {
+    static PROGRAM: OnceLock<Result<BpfProgram, String>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            compile(
+                rules().map_err(|e| e.to_string())?,
+                SeccompAction::Trap,
+                SeccompAction::Allow,
+            )
+        })
+        .as_ref()
+        .map_err(|e| KvmError::Seccomp(e.clone()))
+}
+
 /// Stage two, built once per process: [`SETUP`] refused.
 fn end_setup_program() -> Result<&'static BpfProgram, KvmError> {
     static PROGRAM: OnceLock<Result<BpfProgram, String>> = OnceLock::new();
@@ -258,8 +276,17 @@ pub(super) fn install_sigsys_handler() {
 /// plus the guest setup calls. The thread must not block SIGSYS (a blocked SIGSYS from a filter
 /// kills the whole process), so this unblocks it first, together with the kick signal.
 pub(super) fn confine_prepared_thread(kick: libc::c_int) -> Result<(), KvmError> {
+    confine(prepared_program()?, kick)
+}
+
+/// Both stages in one attach, for a thread whose guest has arrived and whose setup is done (a
+/// vCPU prepared on the start path: one attach costs less there than two).
+pub(super) fn confine_running_thread(kick: libc::c_int) -> Result<(), KvmError> {
+    confine(running_program()?, kick)
+}
+
+fn confine(prog: &BpfProgram, kick: libc::c_int) -> Result<(), KvmError> {
     install_sigsys_handler();
-    let prog = prepared_program()?;
     // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling thread.
     let rc = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -302,6 +329,26 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_SET_REGS, 0x4090_ae82);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+    }
+
+    #[test]
+    fn a_thread_confined_in_one_attach_gets_no_setup_calls() {
+        let got = std::thread::spawn(|| {
+            confine_running_thread(libc::SIGRTMIN() + 1).unwrap();
+            let opened = std::fs::File::open("/proc/self/stat").is_ok();
+            (
+                opened,
+                take_violation(),
+                end_setup().is_err(),
+                take_violation(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert!(!got.0);
+        assert_eq!(got.1, Some(libc::SYS_openat as u64));
+        assert!(got.2);
+        assert_eq!(got.3, Some(libc::SYS_prctl as u64));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::backend::{EventSink, InstanceCounters, InstanceEvent};
 
 use super::devices::{Console, Devices};
 use super::error::KvmError;
-use super::instance::{Control, End, FinishOnDrop};
+use super::instance::{kick_signal, Control, End, FinishOnDrop};
 use super::limit::{ExitLimit, TxLimit};
 use super::memory::GuestMemory;
 use super::seccomp;
@@ -83,8 +83,13 @@ enum Exit {
 impl VcpuRunner {
     /// The parked thread's entry once it has a guest: end its setup stage, set the registers,
     /// then run. `finish` was created by the thread before it could panic; `confined` is how
-    /// its stage-one seccomp filter went (see `seccomp.rs`).
-    pub fn start(vcpu: VcpuFd, job: Job, finish: FinishOnDrop, confined: Result<(), KvmError>) {
+    /// its stage-one seccomp filter went, `None` if it has none yet (see `seccomp.rs`).
+    pub fn start(
+        vcpu: VcpuFd,
+        job: Job,
+        finish: FinishOnDrop,
+        confined: Option<Result<(), KvmError>>,
+    ) {
         set_thread_name(&job.name);
         let limits = job.limits;
         let runner = VcpuRunner {
@@ -104,16 +109,17 @@ impl VcpuRunner {
             exit_limit: ExitLimit::new(limits.exits_per_sec),
         };
         // Placing this thread in the guest's CPU cgroup belongs here: after naming, before
-        // `end_setup` (which refuses the file calls it needs).
-        let ready = confined
-            .and_then(|()| seccomp::end_setup())
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                runner
-                    .vcpu
-                    .set_regs(&job.regs)
-                    .map_err(|e| format!("KVM_SET_REGS failed before the guest ran: {e}"))
-            });
+        // `end_setup` or `confine_running_thread` (which refuse the file calls it needs).
+        let ready = match confined {
+            Some(stage_one) => stage_one.and_then(|()| seccomp::end_setup()),
+            None => seccomp::confine_running_thread(kick_signal()),
+        };
+        let ready = ready.map_err(|e| e.to_string()).and_then(|()| {
+            runner
+                .vcpu
+                .set_regs(&job.regs)
+                .map_err(|e| format!("KVM_SET_REGS failed before the guest ran: {e}"))
+        });
         match ready {
             Ok(()) => runner.run(),
             Err(reason) => runner.end(Ok(End::Fault(reason))),

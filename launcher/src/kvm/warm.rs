@@ -92,8 +92,15 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
 impl WarmVcpu {
     /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
-    /// prewarm pool, not on a start path).
-    pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
+    /// prewarm pool, not on a start path). `pooled`: the thread confines itself (seccomp stage
+    /// one) while it waits for a guest; otherwise, prepared on a start path, it attaches a single
+    /// filter once its guest has arrived (two attaches there would only compete with the start).
+    pub fn prepare(
+        host: &HostInfo,
+        mem_size: u64,
+        pre_run_it: bool,
+        pooled: bool,
+    ) -> Result<WarmVcpu, KvmError> {
         let vm = host
             .kvm
             .create_vm()
@@ -143,7 +150,8 @@ impl WarmVcpu {
                 }
                 // Here rather than on the start path: attaching the filter is the costly part
                 // of confining the thread. A failure is the fault of the guest it gets.
-                let confined = seccomp::confine_prepared_thread(instance::kick_signal());
+                let confined =
+                    pooled.then(|| seccomp::confine_prepared_thread(instance::kick_signal()));
                 // Dropped unused (pool shut down) when the sender goes away.
                 if let Ok(job) = jobs.recv() {
                     VcpuRunner::start(vcpu, job, finish, confined);
@@ -240,14 +248,14 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
-            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works, true);
             if pre_run_works && prepared.is_err() {
                 // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
                 pre_run_works = false;
                 if let Err(e) = &prepared {
                     tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
                 }
-                prepared = WarmVcpu::prepare(host, mem_size, false);
+                prepared = WarmVcpu::prepare(host, mem_size, false, true);
             }
             match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
