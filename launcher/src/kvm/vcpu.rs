@@ -207,7 +207,8 @@ impl VcpuRunner {
                     return Some(end);
                 }
             } else if n < 0 && !interrupted {
-                // ppoll on our own eventfd cannot fail; should it, sleeping would be a spin.
+                // ppoll on our own eventfd does not fail; should it, retrying at once would
+                // spin, so sleep out the wait (in short steps, to see requests).
                 std::thread::sleep(left.min(Duration::from_millis(10)));
             }
         }
