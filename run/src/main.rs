@@ -10,14 +10,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use summon_launcher::kvm::KvmBackend;
 use summon_launcher::MacAddr;
-use summon_launcher::{
-    BlockSpec, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
-};
+use summon_launcher::{BlockSpec, EventSink, InstanceEvent, InstanceSpec, NetSpec, TapSource};
 
 const USAGE: &str = "usage: summon-run [--mem=MiB] [--net:NAME=IFACE] [--net-mac:NAME=MAC] \
 [--block:NAME=PATH] [--block-sector-size:NAME=N] [--] IMAGE [ARGS...]";
@@ -136,10 +135,11 @@ fn spec(o: Options) -> InstanceSpec {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in every thread, so that they wait for [`wait_for_signal`].
+/// Blocks SIGINT and SIGTERM in this (the only) thread, so that every thread started from here
+/// on (the vCPU thread) inherits the block and they can only reach this one.
 fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this (the only) thread
-    // before any other thread exists, so all threads inherit the mask.
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for the calling thread
+    // with a valid set and no old-set output.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -150,12 +150,31 @@ fn block_termination_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits until SIGINT or SIGTERM arrives.
-fn wait_for_signal(set: &libc::sigset_t) {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is an initialized signal set whose signals are blocked in every thread;
-    // sigwait writes the signal's number into `sig`, a live local.
-    unsafe { libc::sigwait(set, &mut sig) };
+/// SIGINT/SIGTERM: ends the process with status 1 as the reference tender does; the kernel
+/// frees the VM with the process. Only async-signal-safe calls.
+extern "C" fn on_termination_signal(_: libc::c_int) {
+    const MSG: &[u8] = b"summon-run: terminated by signal\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer of MSG.len()
+    // bytes.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::_exit(1);
+    }
+}
+
+/// Installs [`on_termination_signal`] and unblocks the signals in this thread only: the vCPU
+/// thread keeps them blocked (its seccomp filter would refuse the handler's exit).
+fn handle_termination_signals(set: &libc::sigset_t) {
+    // SAFETY: a zeroed sigaction with a valid `extern "C"` handler and an empty mask is a valid
+    // argument; `set` is an initialized signal set; no old action or mask is asked for.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_termination_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut());
+    }
 }
 
 /// Ends the process with `status` as its exit status (a byte, as for the reference tender:
@@ -165,8 +184,9 @@ fn exit(status: i32) -> ! {
     std::process::exit(status & 0xff)
 }
 
-/// Starts the guest; the process then ends from the guest's final event, on its vCPU thread, as
-/// the reference tender ends from its run loop: no thread of ours waits to be woken for it.
+/// Starts the guest and ends the process with its final event. This thread waits for that event
+/// and handles SIGINT/SIGTERM; the guest's vCPU thread, confined by seccomp, only hands the event
+/// over (a futex wake).
 fn run() -> Result<()> {
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -179,7 +199,9 @@ fn run() -> Result<()> {
     // One guest per process: no prepared-vCPU pool, whose VMs would only be created and torn
     // down unused; the guest runs on the one VM the backend probes.
     let backend = KvmBackend::with_prewarm(0).context("cannot use KVM")?;
-    let sink: EventSink = Arc::new(|e| match e {
+    let (tx, rx) = mpsc::channel::<InstanceEvent>();
+    let tx = std::sync::Mutex::new(tx);
+    let sink: EventSink = Arc::new(move |e| match e {
         InstanceEvent::Console(line) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(line.as_bytes());
@@ -187,24 +209,22 @@ fn run() -> Result<()> {
             let _ = out.flush();
         }
         InstanceEvent::NetReady => {}
-        InstanceEvent::Exited(status) => exit(status),
-        InstanceEvent::Faulted(reason) => {
+        end => {
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(end);
+        }
+    });
+    let image = opts.image.clone();
+    let _instance = backend
+        .start_kvm(spec(opts), sink)
+        .with_context(|| format!("cannot start {}", image.display()))?;
+    handle_termination_signals(&sigset);
+    match rx.recv() {
+        Ok(InstanceEvent::Exited(status)) => exit(status),
+        Ok(InstanceEvent::Faulted(reason)) => {
             eprintln!("summon-run: guest fault: {reason}");
             exit(1)
         }
-        // Only after a stop, which only a signal asks for.
-        InstanceEvent::Stopped => exit(1),
-    });
-    let image = opts.image.clone();
-    let instance = backend
-        .start_kvm(spec(opts), sink)
-        .with_context(|| format!("cannot start {}", image.display()))?;
-    wait_for_signal(&sigset);
-    eprintln!("summon-run: terminated by signal");
-    instance.stop().context("cannot stop the guest")?;
-    // The guest's `Stopped` event ends the process; this thread only waits for it.
-    loop {
-        std::thread::park();
+        Ok(_) | Err(_) => exit(1),
     }
 }
 
