@@ -1,11 +1,10 @@
 //! Prepared vCPUs run their guests at the process's priority, not at the refill thread's
 //! lowered one (alone in its own test binary: it looks at every thread of the process).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use summon_launcher::kvm::KvmBackend;
+use summon_test_support::require;
 
 /// (name, nice) of every thread of this process.
 fn threads() -> Vec<(String, i64)> {
@@ -32,7 +31,7 @@ fn threads() -> Vec<(String, i64)> {
 
 #[test]
 fn prepared_vcpu_threads_keep_the_process_priority() {
-    if !support::kvm_available() {
+    if !require::check("KVM", require::kvm()) {
         return;
     }
     // SAFETY: getpriority on this thread's own id; -1 with errno set is not checked because
