@@ -3,6 +3,7 @@
 
 mod forward;
 pub mod local;
+pub mod rrl;
 #[cfg(test)]
 mod tests;
 pub mod zone;
