@@ -162,7 +162,7 @@ impl Rrl {
                         if b.key == 0 {
                             (u64::MAX, 0)
                         } else {
-                            let idle = u64::from(now.wrapping_sub(b.stamp));
+                            let idle = since(now, b.stamp).unwrap_or(0);
                             ((b.tokens + idle * self.rate).min(self.rate * MILLI), idle)
                         }
                     })
@@ -177,9 +177,16 @@ impl Rrl {
                 &mut set[victim]
             }
         };
-        let elapsed = u64::from(now.wrapping_sub(bucket.stamp));
+        let elapsed = match since(now, bucket.stamp) {
+            Some(ms) => {
+                bucket.stamp = now;
+                ms
+            }
+            // A response whose clock was read before another's took the lock: no refill, and
+            // the bucket keeps the later stamp.
+            None => 0,
+        };
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate * MILLI);
-        bucket.stamp = now;
         if bucket.tokens >= MILLI {
             bucket.tokens -= MILLI;
             return Verdict::Send;
@@ -190,6 +197,19 @@ impl Rrl {
         } else {
             Verdict::Drop
         }
+    }
+}
+
+/// Milliseconds from `stamp` to `now` on the wrapping clock; `None` when `now` is (slightly)
+/// earlier, which happens when responses race for a bucket. Anything more than a minute
+/// "earlier" is really a bucket idle for most of a wrap (49 days): as good as a full refill.
+fn since(now: u32, stamp: u32) -> Option<u64> {
+    const RACE: u32 = 60_000;
+    let d = now.wrapping_sub(stamp);
+    if d <= u32::MAX - RACE {
+        Some(u64::from(d))
+    } else {
+        None
     }
 }
 
@@ -259,6 +279,15 @@ mod tests {
         assert_eq!(total, 30);
         // A long pause refills only up to one second's worth.
         assert_eq!(sent(&r, "192.0.2.1", "a.test.", 100_000, 100), 10);
+        // Responses that read the clock before a later one took the bucket refill nothing.
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", 100_500, 5), 5);
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", 100_499, 100), 0);
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", 100_400, 100), 0);
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", 100_600, 100), 1);
+        // Across the clock's wrap.
+        let r = rrl(10, 0, &[], 64);
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", u32::MAX - 50, 100), 10);
+        assert_eq!(sent(&r, "192.0.2.1", "a.test.", 49, 100), 1);
     }
 
     #[test]
