@@ -130,6 +130,9 @@ impl Metrics {
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
         registry
+            .register(Box::new(crate::logging::dropped_counter().clone()))
+            .expect("unique metric");
+        registry
             .register(Box::new(dns_tcp_rejected.clone()))
             .expect("unique metric");
         registry

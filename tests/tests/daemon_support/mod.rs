@@ -128,6 +128,18 @@ pub fn upstream(
     })
 }
 
+/// Tests run several daemons at once, each in its own network namespace but all in the host's
+/// file system: each gets its own lock file in its test folder unless the config names one.
+pub fn with_own_lock(config_text: &str, dir: &Path) -> String {
+    if config_text.lines().any(|l| l.trim() == "[daemon]") {
+        return config_text.to_string();
+    }
+    format!(
+        "[daemon]\nlock_file = \"{}\"\n\n{config_text}",
+        dir.join("summond.lock").display()
+    )
+}
+
 /// A running summond in its own namespace. Killed (and the namespace deleted) on drop.
 pub struct Daemon {
     pub ns: NetNs,
@@ -149,7 +161,18 @@ impl Daemon {
     }
 
     pub fn start_env(ns: NetNs, config_text: &str, env: &[(&str, &str)]) -> Daemon {
-        Self::start_wrapped(ns, config_text, env, &[])
+        Self::start_opts(ns, config_text, env, None)
+    }
+
+    /// Like [`Daemon::start_env`]; `stderr` replaces the log file as summond's stderr (then
+    /// [`Daemon::log`] is empty).
+    pub fn start_opts(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Option<Stdio>,
+    ) -> Daemon {
+        Self::start_full(ns, config_text, env, stderr, &[])
     }
 
     /// Starts summond through `wrapper` (e.g. `["prlimit", "--nofile=128:128", "--"]`).
@@ -157,6 +180,16 @@ impl Daemon {
         ns: NetNs,
         config_text: &str,
         env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
+        Self::start_full(ns, config_text, env, None, wrapper)
+    }
+
+    fn start_full(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Option<Stdio>,
         wrapper: &[&str],
     ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
@@ -170,6 +203,7 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let log = dir.join("summond.log");
+        let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into());
         let summond = summond().to_str().unwrap();
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -183,14 +217,15 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock)
-            .envs(env.iter().copied())
             .env(
                 "SUMMOND_LOG",
                 "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
             )
+            // After the default, so that a test's own SUMMOND_LOG wins.
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(stderr)
             .spawn()
             .expect("spawn summond");
         let mut d = Daemon {
