@@ -10,8 +10,9 @@ use toml::Spanned;
 
 use super::model::{RawConfig, RawRrl, RawService, ReplyMode, StopMode};
 use super::{
-    BackendKind, Config, DnsConfig, IpNet, KvmConfig, Limits, NetworkConfig, Problem, RrlConfig,
-    ServiceConfig, DEFAULT_MAX_FORWARDS, DEFAULT_TCP_MAX_CLIENTS, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
+    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, Limits,
+    NetworkConfig, Problem, RrlConfig, ServiceConfig, DEFAULT_MAX_FORWARDS,
+    DEFAULT_TCP_MAX_CLIENTS, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
 };
 
 struct Checker<'a> {
@@ -294,11 +295,49 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         .unwrap_or_else(super::loopback_nets);
     let rrl = check_rrl(&mut c, raw.dns.rrl.as_ref());
 
+    // [daemon]
+    let mut daemon = DaemonConfig::default();
+    if let Some(l) = raw.daemon.as_ref().and_then(|d| d.lock_file.as_ref()) {
+        let p = Path::new(l.get_ref().as_str());
+        if p.is_absolute() && p.file_name().is_some() {
+            daemon.lock_file = p.to_path_buf();
+        } else {
+            c.err(
+                l,
+                format!(
+                    "daemon.lock_file: expected an absolute file path like \"/run/summond/summond.lock\", found {:?}",
+                    l.get_ref()
+                ),
+            );
+        }
+    }
+
     // [admin]
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| c.socket(&a.listen, "admin.listen", 9100));
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let listen = c.socket(&a.listen, "admin.listen", 9100)?;
+        let token_file = a.token_file.as_ref().map(|t| {
+            let p = Path::new(t.get_ref().as_str());
+            if t.get_ref().trim().is_empty() {
+                c.err(t, "admin.token_file: expected a file path");
+            }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        });
+        // Anyone who reaches the admin API can stop every instance: off the host, only with
+        // a token.
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            c.err(
+                &a.listen,
+                format!(
+                    "admin.listen: {listen} is not a loopback address; set admin.token_file to expose the admin API beyond this host"
+                ),
+            );
+        }
+        Some(AdminConfig { listen, token_file })
+    });
 
     // [kvm]
     let mut kvm = KvmConfig::default();
@@ -336,6 +375,16 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits.backoff_initial,
         );
         limits.backoff_max = c.duration(&l.backoff_max, "limits.backoff_max", limits.backoff_max);
+        if let Some(v) = &l.memory_budget {
+            if *v.get_ref() < 2 {
+                c.err(
+                    v,
+                    "limits.memory_budget: expected MiB of guest memory, at least 2",
+                );
+            } else {
+                limits.memory_budget_mib = Some(*v.get_ref());
+            }
+        }
     }
 
     // [[service]]
@@ -397,6 +446,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                 rrl,
             },
             network,
+            daemon,
             admin,
             limits,
             kvm,
