@@ -10,8 +10,7 @@
 //! DNS_BENCH_LATENCY (1000), DNS_BENCH_RRL (`table`: every answer through the RRL table, the
 //! default; `config`: summond's default config, loopback whitelisted).
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

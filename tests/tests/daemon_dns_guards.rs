@@ -3,7 +3,7 @@
 //! TCP over the cap is closed and counted, forwarding only for `forward_allow`, and
 //! response-rate limiting of one flooding client that spares another.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream, UdpSocket};

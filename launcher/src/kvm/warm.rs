@@ -18,13 +18,14 @@ use std::thread::JoinHandle;
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::EventSink;
+use crate::backend::{EventSink, GuestLimits, InstanceCounters};
 
 use super::devices::Devices;
 use super::error::KvmError;
-use super::instance::Control;
+use super::instance::{self, Control, FinishOnDrop};
 use super::layout;
 use super::memory::GuestMemory;
+use super::seccomp;
 use super::vcpu::VcpuRunner;
 use super::vm;
 
@@ -59,6 +60,8 @@ pub(super) struct Job {
     pub events: EventSink,
     pub control: Arc<Control>,
     pub regs: kvm_regs,
+    pub limits: GuestLimits,
+    pub counters: Arc<InstanceCounters>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
@@ -89,15 +92,29 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
 impl WarmVcpu {
     /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
-    /// prewarm pool, not on a start path).
-    pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
-        let vm = host
-            .kvm
-            .create_vm()
-            .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
-        let mut vcpu = vm
-            .create_vcpu(0)
-            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+    /// prewarm pool, not on a start path). `pooled`: the thread confines itself (seccomp stage
+    /// one) while it waits for a guest; otherwise, prepared on a start path, it attaches a single
+    /// filter once its guest has arrived (two attaches there would only compete with the start).
+    pub fn prepare(
+        host: &HostInfo,
+        mem_size: u64,
+        pre_run_it: bool,
+        pooled: bool,
+    ) -> Result<WarmVcpu, KvmError> {
+        let (vm, vcpu) = new_vcpu(&host.kvm)?;
+        Self::from_vcpu(host, vm, vcpu, mem_size, pre_run_it, pooled)
+    }
+
+    /// Like [`Self::prepare`], on a VM and vCPU that are new and have never run (the backend's
+    /// probe, see `KvmBackend::with_prewarm`).
+    pub fn from_vcpu(
+        host: &HostInfo,
+        vm: VmFd,
+        mut vcpu: VcpuFd,
+        mem_size: u64,
+        pre_run_it: bool,
+        pooled: bool,
+    ) -> Result<WarmVcpu, KvmError> {
         vcpu.set_cpuid2(&host.cpuid)
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         vcpu.set_sregs(&host.sregs)
@@ -120,10 +137,16 @@ impl WarmVcpu {
         }
         let (job, jobs) = channel::<Job>();
         let (ran_tx, ran) = channel::<Result<(), String>>();
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("vcpu".into())
             .stack_size(VCPU_STACK)
             .spawn(move || {
+                // Declared in this order so that `finish` is dropped first: `immediate_exit`
+                // points into the vCPU's kvm_run and must be nulled before the vCPU fd closes,
+                // whichever way this thread ends.
+                let mut vcpu = vcpu;
+                let finish = FinishOnDrop(thread_control);
                 if pre_run_it {
                     let r = pre_run(&mut vcpu);
                     let failed = r.is_err();
@@ -132,9 +155,13 @@ impl WarmVcpu {
                         return;
                     }
                 }
+                // Here rather than on the start path: attaching the filter is the costly part
+                // of confining the thread. A failure is the fault of the guest it gets.
+                let confined =
+                    pooled.then(|| seccomp::confine_prepared_thread(instance::kick_signal()));
                 // Dropped unused (pool shut down) when the sender goes away.
                 if let Ok(job) = jobs.recv() {
-                    VcpuRunner::start(vcpu, job);
+                    VcpuRunner::start(vcpu, job, finish, confined);
                 }
             })
             .map_err(KvmError::Thread)?;
@@ -171,6 +198,15 @@ impl WarmVcpu {
             thread,
         })
     }
+}
+
+/// A new VM with its one vCPU.
+pub(super) fn new_vcpu(kvm: &Kvm) -> Result<(VmFd, VcpuFd), KvmError> {
+    let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+    let vcpu = vm
+        .create_vcpu(0)
+        .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+    Ok((vm, vcpu))
 }
 
 /// Fresh guest memory of `mem_size` with the low-memory structures, as slot 0 of `vm`.
@@ -228,14 +264,14 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
-            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works, true);
             if pre_run_works && prepared.is_err() {
                 // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
                 pre_run_works = false;
                 if let Err(e) = &prepared {
                     tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
                 }
-                prepared = WarmVcpu::prepare(host, mem_size, false);
+                prepared = WarmVcpu::prepare(host, mem_size, false, true);
             }
             match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
