@@ -62,6 +62,17 @@ pub struct RawLimits {
     pub backoff_initial: Option<Spanned<String>>,
     #[serde(default)]
     pub backoff_max: Option<Spanned<String>>,
+    /// CPU bandwidth of each guest, `"N%"` of one core.
+    #[serde(default)]
+    pub cpu_quota: Option<Spanned<String>>,
+    #[serde(default)]
+    pub console_bytes_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub net_frames_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub net_bytes_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub exits_per_sec: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +121,9 @@ pub struct RawService {
     pub reply: Option<ReplyMode>,
     #[serde(default)]
     pub ready_timeout: Option<Spanned<String>>,
+    /// Overrides `[limits] cpu_quota` for this service.
+    #[serde(default)]
+    pub cpu_quota: Option<Spanned<String>>,
     /// Reserved for the libvirt backend (issue 6); accepted so its error names the backend.
     #[serde(default)]
     pub libvirt: Option<toml::Table>,

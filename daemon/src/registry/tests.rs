@@ -33,6 +33,8 @@ struct FakeBackend {
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
     fail_resume: Arc<AtomicBool>,
+    /// The limits of the last spec started.
+    last_limits: Mutex<Option<summon_launcher::GuestLimits>>,
 }
 
 struct FakeInstance {
@@ -83,6 +85,7 @@ impl Backend for FakeBackend {
     ) -> Result<Box<dyn Instance>, BackendError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         assert_eq!(spec.nets.len(), 1);
+        *self.last_limits.lock().unwrap() = Some(spec.limits);
         std::thread::sleep(self.boot_delay);
         let script = *self.script.lock().unwrap();
         if script == Script::FailStart {
@@ -163,6 +166,7 @@ fn svc(name: &str, last_octet: u8) -> ServiceConfig {
         stop: StopMode::Destroy,
         reply: ReplyMode::Immediate,
         ready_timeout: Duration::from_secs(2),
+        limits: Default::default(),
         libvirt: None,
     }
 }
@@ -180,6 +184,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
         fail_resume: Arc::new(AtomicBool::new(false)),
+        last_limits: Mutex::new(None),
     });
     let plumbing = Arc::new(FakePlumbing::default());
     let reg = Registry::new(
@@ -231,6 +236,23 @@ async fn concurrent_summons_share_one_start() {
     assert_eq!(slot.phase(), Phase::Running);
     assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Warm);
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_guest_limits_reach_the_backend() {
+    let limits = summon_launcher::GuestLimits {
+        console_bytes_per_sec: Some(10),
+        tx_frames_per_sec: Some(20),
+        tx_bytes_per_sec: Some(30),
+        exits_per_sec: Some(40),
+        cpu_quota_percent: Some(25),
+    };
+    let mut s = svc("web", 10);
+    s.limits = limits;
+    let f = fixture(vec![s], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    assert_eq!(*f.backend.last_limits.lock().unwrap(), Some(limits));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
