@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::backend::{EventSink, InstanceEvent};
 
+use super::cgroup::Entered;
 use super::devices::{Console, Devices};
 use super::instance::{Control, End};
 use super::memory::GuestMemory;
@@ -35,6 +36,10 @@ pub(super) struct VcpuRunner {
     /// Created on the first POLL, so guests that never poll never pay for it.
     pub epoll: Option<OwnedFd>,
     pub net_ready_sent: bool,
+    /// The CPU quota group this thread is in; held only to be dropped (retired) with the runner,
+    /// on every path.
+    #[allow(dead_code)]
+    pub cpu_group: Option<Entered>,
 }
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
@@ -68,6 +73,14 @@ enum Exit {
 impl VcpuRunner {
     /// The parked thread's entry once it has a guest: set the registers, then run.
     pub fn start(vcpu: VcpuFd, job: Job) {
+        // Order on this thread: cgroup, then the syscall filter, then the guest.
+        let cpu_group = job.cpu_group.as_ref().and_then(|g| match g.enter() {
+            Ok(entered) => Some(entered),
+            Err(e) => {
+                tracing::warn!(instance = %job.name, error = %e, "CPU quota not applied");
+                None
+            }
+        });
         let set = vcpu.set_regs(&job.regs);
         let runner = VcpuRunner {
             name: job.name,
@@ -81,6 +94,7 @@ impl VcpuRunner {
             control: job.control,
             epoll: None,
             net_ready_sent: false,
+            cpu_group,
         };
         match set {
             Ok(()) => runner.run(),

@@ -59,6 +59,8 @@ pub(super) struct Job {
     pub events: EventSink,
     pub control: Arc<Control>,
     pub regs: kvm_regs,
+    /// The CPU quota group the vCPU thread enters before the guest runs.
+    pub cpu_group: Option<Arc<super::cgroup::Group>>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
