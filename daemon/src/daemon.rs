@@ -38,6 +38,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let backend =
         backend::for_kind(BackendKind::Kvm, config.kvm).context("starting the KVM backend")?;
+    // The backend logged whether it can (detection runs once per process).
+    metrics
+        .cpu_quota_enforced
+        .set(i64::from(summon_launcher::kvm::cgroup::support().is_ok()));
     // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
     // shutdown at exit removes the hold's iptables rules.
     let backends = Arc::new(

@@ -8,6 +8,6 @@ pub mod kvm;
 pub mod libvirt;
 
 pub use backend::{
-    Backend, BackendError, BlockSpec, EventSink, GuestLimits, Instance, InstanceCounters,
+    Backend, BackendError, BlockSpec, CpuStat, EventSink, GuestLimits, Instance, InstanceCounters,
     InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
 };

@@ -101,6 +101,17 @@ impl Daemon {
     }
 
     pub fn start_env(ns: NetNs, config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with_stderr(ns, config_text, env, None)
+    }
+
+    /// Like [`Self::start_env`], with summond's stderr going to `stderr` (e.g. a pipe) instead
+    /// of the log file, which then stays empty.
+    pub fn start_with_stderr(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Option<Stdio>,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -124,7 +135,7 @@ impl Daemon {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(stderr.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into()))
             .spawn()
             .expect("spawn summond");
         let mut d = Daemon {
