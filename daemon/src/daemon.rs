@@ -129,6 +129,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     registry.stop_all().await;
     backends.shutdown();
+    if let Ok(h) = summon_launcher::kvm::cgroup::support() {
+        let h = h.clone();
+        let _ = tokio::task::spawn_blocking(move || h.release(Duration::from_secs(1))).await;
+    }
     match remove_leftovers(&nl).await {
         Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
         Ok(_) => {}

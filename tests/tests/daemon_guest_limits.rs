@@ -300,6 +300,16 @@ fn a_spinner_with_a_20_percent_quota_uses_at_most_a_quarter_of_a_core() {
     );
     assert!(throttled >= 10.0, "throttled periods {throttled}");
     assert_eq!(d.metric("summon_guest_cpu_quota_enforced", &[]), 1.0);
+    // On a cgroup-v1 host (as here) the daemon's group sits at the top of the cpu hierarchy
+    // (the test runs in its root group); a clean exit removes it with the instances' groups.
+    let group = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/summond-{pid}"));
+    let v1 = group.exists();
+    let mut d = d;
+    let status = terminate_within(&mut d, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}");
+    if v1 {
+        assert!(!group.exists(), "{} left after exit", group.display());
+    }
 }
 
 #[test]

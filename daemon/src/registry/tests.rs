@@ -269,7 +269,8 @@ async fn the_services_guest_limits_reach_the_backend() {
 async fn guest_counters_are_live_plus_the_totals_of_ended_instances() {
     let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
     let slot = f.reg.get("web").unwrap();
-    let line = |v: u64| format!("summon_guest_console_dropped_bytes_total{{service=\"web\"}} {v}\n");
+    let line =
+        |v: u64| format!("summon_guest_console_dropped_bytes_total{{service=\"web\"}} {v}\n");
     let set = |v: u64| {
         let c = f.backend.last_counters.lock().unwrap().clone().unwrap();
         c.console_dropped_bytes.store(v, Ordering::Relaxed);

@@ -167,6 +167,22 @@ impl Hierarchy {
         }
     }
 
+    /// At exit, once every instance is stopped: removes the retired groups (waiting up to
+    /// `wait` for their threads to exit) and then this process's own group.
+    pub fn release(&self, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            self.sweep();
+            if self.retired() == 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Err(e) = fs::remove_dir(&self.base) {
+            tracing::warn!(group = %self.base.display(), error = %e, "cannot remove summond's cpu cgroup");
+        }
+    }
+
     /// Groups retired but not yet removed.
     pub fn retired(&self) -> usize {
         self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()

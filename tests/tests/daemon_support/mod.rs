@@ -25,7 +25,9 @@ pub const ZONE: &str = "svc.test.";
 
 /// KVM, namespaces and the tools a daemon test needs; false = skip (never under CI=true).
 pub fn prerequisites(what: &str) -> bool {
-    require::kvm_and_netns(what) && require::check(what, require::tool("ip"))
+    require::kvm_and_netns(what)
+        && require::check(what, require::tool("ip"))
+        && require::check(what, require::tool("nsenter"))
 }
 
 /// The `summond` binary: $SUMMOND_BIN, or built once into the workspace's target dir.
@@ -124,7 +126,7 @@ impl Daemon {
             .unwrap();
         let log = dir.join("summond.log");
         let child = ns
-            .command(summond().to_str().unwrap())
+            .command_net_only(summond().to_str().unwrap())
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock)
