@@ -179,6 +179,9 @@ impl Metrics {
         registry
             .register(Box::new(cpu_quota_enforced.clone()))
             .expect("unique metric");
+        registry
+            .register(Box::new(crate::logging::dropped_counter().clone()))
+            .expect("unique metric");
         for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
             registry
                 .register(Box::new(c.clone()))

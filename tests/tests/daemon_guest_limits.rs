@@ -150,7 +150,7 @@ fn a_console_flooder_with_a_stalled_log_reader_starves_no_other_service() {
     // The read end stays open and is never read: once the pipe is full, every write to stderr
     // would block.
     let (_reader, writer) = pipe();
-    let mut d = Daemon::start_with_stderr(
+    let mut d = Daemon::start_opts(
         NetNs::new("glim-stall"),
         &three_services("console", ""),
         &[],
@@ -199,7 +199,7 @@ fn with_a_broken_log_pipe(tag: &str, flooder: bool) {
             ),
         )
     };
-    let mut d = Daemon::start_with_stderr(
+    let mut d = Daemon::start_opts(
         NetNs::new(tag),
         &services,
         &[("RUST_BACKTRACE", "1")],
