@@ -171,9 +171,16 @@ impl Hierarchy {
     /// `wait` for their threads to exit) and then this process's own group.
     pub fn release(&self, wait: std::time::Duration) {
         let deadline = std::time::Instant::now() + wait;
+        let has_groups = || {
+            fs::read_dir(&self.base).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            })
+        };
         loop {
             self.sweep();
-            if self.retired() == 0 || std::time::Instant::now() >= deadline {
+            // A stopped instance's thread retires its group only as it ends, just after stop
+            // returned: wait for the groups themselves, not for the retired list.
+            if !has_groups() || std::time::Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
