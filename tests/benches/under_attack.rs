@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use daemon_support::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use summon_tests::netns::NetNs;
 
 const FLOOD_FROM: &str = "127.0.1.1:0";
 
