@@ -21,10 +21,36 @@ pub use model::{ReplyMode, StopMode};
 pub struct Config {
     pub dns: DnsConfig,
     pub network: NetworkConfig,
-    pub admin: Option<SocketAddr>,
+    pub daemon: DaemonConfig,
+    pub admin: Option<AdminConfig>,
     pub limits: Limits,
     pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// Where summond keeps its host state's lock (`[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub lock_file: PathBuf,
+}
+
+/// The lock of the host state when `[daemon] lock_file` is not set (`RuntimeDirectory=summond`).
+pub const DEFAULT_LOCK_FILE: &str = "/run/summond/summond.lock";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
+        }
+    }
+}
+
+/// The admin HTTP listener (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, the bearer token in it guards everything but `GET /metrics` and `/healthz`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The embedded KVM launcher.
@@ -91,6 +117,9 @@ pub struct Limits {
     /// What each guest may consume unless its service says otherwise (`cpu_quota`); the
     /// resolved per-service value is [`ServiceConfig::limits`].
     pub guest: GuestLimits,
+    /// MiB of guest memory that live instances may have together; `None`: the default share
+    /// of the host's memory ([`crate::registry::default_memory_budget_mib`]).
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for Limits {
@@ -101,6 +130,7 @@ impl Default for Limits {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             guest: DEFAULT_GUEST_LIMITS,
+            memory_budget_mib: None,
         }
     }
 }

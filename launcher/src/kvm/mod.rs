@@ -14,8 +14,10 @@ mod error;
 mod hypercall;
 mod instance;
 mod layout;
+mod limit;
 mod memory;
 mod regs;
+mod seccomp;
 mod vcpu;
 mod vm;
 mod warm;
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
 
-use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
+use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
 pub use error::KvmError;
 pub use instance::KvmInstance;
@@ -108,6 +110,7 @@ impl KvmBackend {
                 "guest CPU quotas are not applied: no usable cpu cgroup controller"
             ),
         }
+        seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
             kvm,
             cpuid,
@@ -186,7 +189,7 @@ impl KvmBackend {
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host, mem_size, false)?,
+            None => WarmVcpu::prepare(&self.host, mem_size, false, false)?,
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {
@@ -194,6 +197,7 @@ impl KvmBackend {
         }
         let mem = loaded?;
         let mem_range = (mem.host_base(), mem.size());
+        let counters = Arc::new(InstanceCounters::default());
         let WarmVcpu {
             vm,
             mem: _,
@@ -210,6 +214,8 @@ impl KvmBackend {
             control: control.clone(),
             regs: regs::initial_regs(image.entry, mem_size),
             cpu_group: cpu_group.clone(),
+            limits: spec.limits,
+            counters: counters.clone(),
         });
         if job_sent.is_err() {
             // The parked thread is gone (its pre-run failed after all): nothing ran yet.
@@ -224,6 +230,7 @@ impl KvmBackend {
             control,
             thread: Mutex::new(Some(thread)),
             cpu_group,
+            counters,
         })
     }
 }
