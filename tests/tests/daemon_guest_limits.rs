@@ -171,6 +171,12 @@ fn a_console_flooder_with_a_stalled_log_reader_starves_no_other_service() {
         lat[lat.len() - 1]
     );
     assert!(p99 <= Duration::from_millis(50), "p99 {p99:?}");
+    // The console rate limit (default 64 KiB/s) dropped most of the flood, and says so.
+    let dropped = d.metric(
+        "summon_guest_console_dropped_bytes_total",
+        &[("service", "bad")],
+    );
+    assert!(dropped > 0.0, "console bytes dropped: {dropped}");
     let page = summon_and_get(&d, "web", WEB);
     assert!(page.contains("web"), "{page}");
     // A cold boot of a third service.
@@ -355,12 +361,13 @@ fn an_exit_storm_guest_leaves_dns_responsive() {
     if !prerequisites("daemon exit storm") {
         return;
     }
+    // A low exit rate, so that the throttle (and its metric) certainly engages.
     let d = Daemon::start(
         "glim-exits",
         &config(
             10,
             &[],
-            "",
+            "[limits]\nexits_per_sec = 1000",
             &format!(
                 "{}{}",
                 http_service("web", WEB, ""),
@@ -391,6 +398,11 @@ fn an_exit_storm_guest_leaves_dns_responsive() {
     );
     let page = summon_and_get(&d, "web", WEB);
     assert!(page.contains("web"), "{page}");
+    let throttled = d.metric(
+        "summon_guest_exits_throttled_total",
+        &[("service", "storm")],
+    );
+    assert!(throttled > 0.0, "exits throttled: {throttled}");
     let storm_alive = d.admin("/v1/instances");
     assert!(storm_alive.contains("\"storm\""), "{storm_alive}");
 }
