@@ -46,8 +46,11 @@ impl GuestTotals {
     }
 }
 
-/// The per-service guest counters: name, help, value.
-const GUEST_COUNTERS: [(&str, &str, fn(&GuestTotals) -> f64); 5] = [
+/// One per-service guest counter: name, help, and how to read it from the totals.
+type GuestCounter = (&'static str, &'static str, fn(&GuestTotals) -> f64);
+
+/// The per-service guest counters.
+const GUEST_COUNTERS: [GuestCounter; 5] = [
     (
         "summon_guest_console_dropped_bytes_total",
         "Console bytes of a service's guests dropped by limits.console_bytes_per_sec",
