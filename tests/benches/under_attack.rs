@@ -8,6 +8,7 @@
 //!   with summond's log going to a file.
 //!
 //! Prints median and p99 per phase and p99 against the baseline's (goal: at most 3×).
+//! UNDER_ATTACK_CPU_QUOTA (e.g. "20%") sets the flooding guest's `cpu_quota`.
 //! `cargo bench -p summon-tests --bench under_attack` (root, /dev/kvm).
 
 // The daemon test helpers, shared with the other daemon benchmarks the same way.
@@ -108,11 +109,18 @@ fn main() {
         return;
     }
     let n = env_or("UNDER_ATTACK_QUERIES", 2000);
+    // The flooding guest's cpu_quota (default: the daemon's, 100 %).
+    let quota = std::env::var("UNDER_ATTACK_CPU_QUOTA")
+        .map(|q| format!("cpu_quota = \"{q}\"\n"))
+        .unwrap_or_default();
     let services = format!(
-        "{}[[service]]\nname = \"bad\"\nimage = \"{}\"\nip = \"10.77.0.20\"\nmemory_mib = 8\nargs = [\"--mode=console\"]\n",
+        "{}[[service]]\nname = \"bad\"\nimage = \"{}\"\nip = \"10.77.0.20\"\nmemory_mib = 8\nargs = [\"--mode=console\"]\n{quota}",
         http_service("web", "10.77.0.10", ""),
         image("hostile").display()
     );
+    if !quota.is_empty() {
+        println!("  (console flooder with {})", quota.trim());
+    }
     let d = Daemon::start("bench-attack", &config(10, &[], "", &services));
     let server: SocketAddr = DNS.parse().unwrap();
     let web = format!("web.{ZONE}");
