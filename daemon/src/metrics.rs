@@ -95,6 +95,14 @@ pub struct Metrics {
     pub cpu_quota_enforced: IntGauge,
     /// Guest counters of ended instances, by service (live ones are read at scrape time).
     guest_ended: Mutex<BTreeMap<String, GuestTotals>>,
+    /// DNS TCP connections open now.
+    pub dns_tcp_connections: IntGauge,
+    /// DNS TCP connections closed at accept because the cap was reached.
+    pub dns_tcp_rejected: IntCounter,
+    /// Out-of-zone queries not forwarded, by reason (`cap`: SERVFAIL, `not_allowed`: REFUSED).
+    pub dns_forwards_rejected: IntCounterVec,
+    /// UDP responses held back by response-rate limiting, by action (`dropped`, `slipped`).
+    pub dns_rrl: IntCounterVec,
 }
 
 impl Metrics {
@@ -171,6 +179,30 @@ impl Metrics {
             "TCP SYNs held (NFQUEUE) while a libvirt domain booted",
         )
         .expect("valid metric");
+        let dns_tcp_connections =
+            IntGauge::new("summon_dns_tcp_connections", "DNS TCP connections open")
+                .expect("valid metric");
+        let dns_tcp_rejected = IntCounter::new(
+            "summon_dns_tcp_rejected_total",
+            "DNS TCP connections closed at once because dns.tcp_max_clients (or the fd budget) was reached",
+        )
+        .expect("valid metric");
+        let dns_forwards_rejected = IntCounterVec::new(
+            Opts::new(
+                "summon_dns_forwards_rejected_total",
+                "Out-of-zone queries not forwarded: cap (max_forwards reached, SERVFAIL), not_allowed (source outside forward_allow, REFUSED)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let dns_rrl = IntCounterVec::new(
+            Opts::new(
+                "summon_dns_rrl_responses_total",
+                "UDP responses over the response-rate limit: dropped, or slipped (sent truncated)",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
@@ -185,7 +217,21 @@ impl Metrics {
         registry
             .register(Box::new(crate::logging::dropped_counter().clone()))
             .expect("unique metric");
-        for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
+        registry
+            .register(Box::new(dns_tcp_rejected.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(dns_tcp_connections.clone()))
+            .expect("unique metric");
+        for c in [
+            &dns_queries,
+            &summons,
+            &reaped,
+            &boot_failures,
+            &boots,
+            &dns_forwards_rejected,
+            &dns_rrl,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -211,6 +257,10 @@ impl Metrics {
             held_packets,
             cpu_quota_enforced,
             guest_ended: Mutex::new(BTreeMap::new()),
+            dns_tcp_connections,
+            dns_tcp_rejected,
+            dns_forwards_rejected,
+            dns_rrl,
         }
     }
 

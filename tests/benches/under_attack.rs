@@ -11,9 +11,7 @@
 //! UNDER_ATTACK_CPU_QUOTA (e.g. "20%") sets the flooding guest's `cpu_quota`.
 //! `cargo bench -p summon-tests --bench under_attack` (root, /dev/kvm).
 
-// The daemon test helpers, shared with the other daemon benchmarks the same way.
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! storm. Other services' DNS answers, pages and cold boots must not notice, and SIGTERM must
 //! always work. The guests are `hostile.hvt` (unikernels/hostile) in its four modes.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
