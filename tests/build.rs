@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const IMAGES: &[&str] = &["hello", "http"];
+/// Images built for hvt alone: guests aimed at the embedded launcher's limits.
+const HVT_ONLY: &[&str] = &["hostile"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -26,6 +28,7 @@ fn main() {
         "rt",
         "hello",
         "http",
+        "hostile",
     ] {
         println!("cargo:rerun-if-changed={}", unikernels.join(path).display());
     }
@@ -34,15 +37,20 @@ fn main() {
     build(&unikernels, &target_dir, &[]);
     let virtio_target = target_dir.join("virtio-build");
     let features: Vec<String> = IMAGES.iter().map(|i| format!("{i}/virtio")).collect();
-    build(
-        &unikernels,
-        &virtio_target,
-        &["--features".to_string(), features.join(",")],
-    );
+    let mut virtio_args = vec![
+        "--features".to_string(),
+        features.join(","),
+        "--workspace".to_string(),
+    ];
+    for name in HVT_ONLY {
+        virtio_args.extend(["--exclude".to_string(), name.to_string()]);
+    }
+    build(&unikernels, &virtio_target, &virtio_args);
 
-    let hvt = install(&target_dir, &target_dir, "hvt");
+    let hvt_images: Vec<&str> = IMAGES.iter().chain(HVT_ONLY).copied().collect();
+    let hvt = install(&target_dir, &target_dir, "hvt", &hvt_images);
     println!("cargo:rustc-env=SUMMON_UNIKERNEL_DIR={}", hvt.display());
-    let virtio = install(&virtio_target, &target_dir, "virtio");
+    let virtio = install(&virtio_target, &target_dir, "virtio", IMAGES);
     println!("cargo:rustc-env=SUMMON_VIRTIO_DIR={}", virtio.display());
 }
 
@@ -91,11 +99,11 @@ fn build(unikernels: &Path, target_dir: &Path, extra: &[String]) {
 }
 
 /// Copies the images built in `built_dir` to `target_dir/PLATFORM/NAME.PLATFORM`.
-fn install(built_dir: &Path, target_dir: &Path, platform: &str) -> PathBuf {
+fn install(built_dir: &Path, target_dir: &Path, platform: &str, images: &[&str]) -> PathBuf {
     let built = built_dir.join("x86_64-unknown-none").join("release");
     let dir = target_dir.join(platform);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    for name in IMAGES {
+    for name in images {
         let (from, to) = (built.join(name), dir.join(format!("{name}.{platform}")));
         copy(&from, &to);
         // Deleted or replaced images bring this script back. Both files keep the inner build's

@@ -170,7 +170,11 @@ async fn handle(
     }
     match path {
         "/metrics" => {
-            let body = registry.metrics().render();
+            // Reads the live instances' quota groups (cgroupfs): off the async workers.
+            let reg = registry.clone();
+            let body = tokio::task::spawn_blocking(move || reg.render_metrics())
+                .await
+                .unwrap_or_default();
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,

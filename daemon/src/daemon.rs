@@ -75,6 +75,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let backend =
         backend::for_kind(BackendKind::Kvm, config.kvm).context("starting the KVM backend")?;
+    // The backend logged whether it can (detection runs once per process).
+    metrics
+        .cpu_quota_enforced
+        .set(i64::from(summon_launcher::kvm::cgroup::support().is_ok()));
     // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
     // shutdown at exit removes the hold's iptables rules.
     let backends = Arc::new(
@@ -188,6 +192,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     registry.stop_all().await;
     backends.shutdown();
+    if let Ok(h) = summon_launcher::kvm::cgroup::support() {
+        let h = h.clone();
+        let _ = tokio::task::spawn_blocking(move || h.release(Duration::from_secs(1))).await;
+    }
     match remove_leftovers(&nl, &mark).await {
         Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
         Ok(_) => {}

@@ -1,9 +1,82 @@
 //! Prometheus metrics, exported as text on the admin listener's /metrics.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use summon_launcher::{CpuStat, Instance};
+
+/// What the launcher counted for one instance's limits (or the sum over a service's ended
+/// instances). Read from the instance's atomics and its quota group at scrape time only.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuestTotals {
+    pub console_dropped_bytes: u64,
+    pub tx_dropped_frames: u64,
+    pub exits_throttled: u64,
+    pub cpu: CpuStat,
+}
+
+impl GuestTotals {
+    /// The instance's counters now (one `cpu.stat` read when it has a quota group).
+    pub fn of(inst: &dyn Instance) -> GuestTotals {
+        let mut t = GuestTotals::default();
+        if let Some(c) = inst.counters() {
+            t.console_dropped_bytes = c.console_dropped_bytes.load(Ordering::Relaxed);
+            t.tx_dropped_frames = c.tx_dropped_frames.load(Ordering::Relaxed);
+            t.exits_throttled = c.exits_throttled.load(Ordering::Relaxed);
+        }
+        if let Some(cpu) = inst.cpu_stat() {
+            t.cpu = cpu;
+        }
+        t
+    }
+
+    fn add(&mut self, o: &GuestTotals) {
+        self.console_dropped_bytes += o.console_dropped_bytes;
+        self.tx_dropped_frames += o.tx_dropped_frames;
+        self.exits_throttled += o.exits_throttled;
+        self.cpu.periods += o.cpu.periods;
+        self.cpu.throttled_periods += o.cpu.throttled_periods;
+        self.cpu.throttled_ns += o.cpu.throttled_ns;
+    }
+}
+
+/// One per-service guest counter: name, help, and how to read it from the totals.
+type GuestCounter = (&'static str, &'static str, fn(&GuestTotals) -> f64);
+
+/// The per-service guest counters.
+const GUEST_COUNTERS: [GuestCounter; 5] = [
+    (
+        "summon_guest_console_dropped_bytes_total",
+        "Console bytes of a service's guests dropped by limits.console_bytes_per_sec",
+        |t| t.console_dropped_bytes as f64,
+    ),
+    (
+        "summon_guest_tx_dropped_frames_total",
+        "Frames a service's guests sent that limits.net_frames_per_sec / net_bytes_per_sec dropped",
+        |t| t.tx_dropped_frames as f64,
+    ),
+    (
+        "summon_guest_exits_throttled_total",
+        "Times a service's guest was made to wait by limits.exits_per_sec",
+        |t| t.exits_throttled as f64,
+    ),
+    (
+        "summon_guest_cpu_throttled_periods_total",
+        "100 ms periods in which a service's guest used up its cpu_quota and was stopped",
+        |t| t.cpu.throttled_periods as f64,
+    ),
+    (
+        "summon_guest_cpu_throttled_seconds_total",
+        "Time a service's guest spent stopped by its cpu_quota",
+        |t| t.cpu.throttled_ns as f64 / 1e9,
+    ),
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +91,10 @@ pub struct Metrics {
     pub boots: IntCounterVec,
     /// SYNs held by the NFQUEUE hold while libvirt domains booted.
     pub held_packets: IntCounter,
+    /// 1 when guest CPU quotas are enforced (a usable cpu cgroup controller), else 0.
+    pub cpu_quota_enforced: IntGauge,
+    /// Guest counters of ended instances, by service (live ones are read at scrape time).
+    guest_ended: Mutex<BTreeMap<String, GuestTotals>>,
     /// DNS TCP connections open now.
     pub dns_tcp_connections: IntGauge,
     /// DNS TCP connections closed at accept because the cap was reached.
@@ -129,6 +206,14 @@ impl Metrics {
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
+        let cpu_quota_enforced = IntGauge::new(
+            "summon_guest_cpu_quota_enforced",
+            "1 when guest cpu_quota is enforced through a cpu cgroup controller, 0 when the host has none",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cpu_quota_enforced.clone()))
+            .expect("unique metric");
         registry
             .register(Box::new(crate::logging::dropped_counter().clone()))
             .expect("unique metric");
@@ -170,11 +255,44 @@ impl Metrics {
             boot_failures,
             boots,
             held_packets,
+            cpu_quota_enforced,
+            guest_ended: Mutex::new(BTreeMap::new()),
             dns_tcp_connections,
             dns_tcp_rejected,
             dns_forwards_rejected,
             dns_rrl,
         }
+    }
+
+    /// Adds an ended instance's guest counters to its service's totals.
+    pub fn guest_ended(&self, service: &str, totals: &GuestTotals) {
+        self.guest_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(service.to_string())
+            .or_default()
+            .add(totals);
+    }
+
+    /// The exposition with the per-service guest counters: ended instances' totals plus
+    /// `live` (the running instances' counters, read by the caller at scrape time).
+    pub fn render_with_guests(&self, live: &[(String, GuestTotals)]) -> String {
+        let mut sums = self
+            .guest_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (service, t) in live {
+            sums.entry(service.clone()).or_default().add(t);
+        }
+        let mut out = self.render();
+        for (name, help, value) in GUEST_COUNTERS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (service, t) in &sums {
+                let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", value(t));
+            }
+        }
+        out
     }
 
     /// Records one stage of a cold summon.

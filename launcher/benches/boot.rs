@@ -4,7 +4,8 @@
 //!
 //! (a) the floor, measured in the same run: KVM_CREATE_VM + one memory region + one vCPU +
 //!     first KVM_RUN to an immediate port write, with raw kvm-ioctls on this thread;
-//! (b) our launcher from `start` to the guest's first exit (the hello guest's PUTS);
+//! (b) our launcher from `start` to the guest's first exit (the hello guest's PUTS), also with a
+//!     CPU quota (the vCPU thread creates and enters its cgroup before the guest runs);
 //! (c) `start` to the hello guest's HALT;
 //! (d) teardown: final event to the vCPU thread having closed the VM and unmapped memory;
 //! plus stop() of a spinning guest, and the RSS an idle 16 MiB guest adds to the process.
@@ -179,6 +180,7 @@ fn main() {
     let mut first_cached = Stats::new();
     let mut first_file = Stats::new();
     let mut first_cold = Stats::new();
+    let mut first_quota = Stats::new();
     let mut start_cold = Stats::new();
     // Interleave the variants so that load on the shared cores hits them alike.
     for _ in 0..n {
@@ -212,6 +214,20 @@ fn main() {
         let inst = backend.start_kvm(spec(&hello), sink).unwrap();
         let (t1, _) = rx.recv().unwrap();
         first_cached.push(t1 - t0);
+        final_event(&rx);
+        inst.join();
+
+        // The same with a CPU quota: the vCPU thread creates and enters its cgroup first.
+        while backend.prewarmed() == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let (sink, rx) = timed_sink();
+        let mut quota = spec(&hello);
+        quota.limits.cpu_quota_percent = Some(100);
+        let t0 = Instant::now();
+        let inst = backend.start_image(image.clone(), quota, sink).unwrap();
+        let (t1, _) = rx.recv().unwrap();
+        first_quota.push(t1 - t0);
         final_event(&rx);
         inst.join();
 
@@ -266,6 +282,7 @@ fn main() {
     );
     floor.print("(a) floor: create VM+region+vCPU, first KVM_RUN to port exit");
     first.print("(b) start (parsed image) -> first guest exit");
+    first_quota.print("(b-quota) same with cpu_quota 100% (cgroup entered first)");
     first_cold.print("(b-cold) same without a prepared vCPU (prewarm=0)");
     start_cold.print("    start() call returns (prewarm=0)");
     first_cached.print("(b') start (path, image cache) -> first guest exit");

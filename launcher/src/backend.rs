@@ -88,6 +88,17 @@ pub struct InstanceCounters {
     pub exits_throttled: AtomicU64,
 }
 
+/// CFS bandwidth statistics of an instance's CPU quota (its cgroup's `cpu.stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// Enforcement periods (100 ms each) in which the guest was runnable.
+    pub periods: u64,
+    /// Periods in which it used up its quota and was stopped until the next one.
+    pub throttled_periods: u64,
+    /// Total time it spent stopped that way.
+    pub throttled_ns: u64,
+}
+
 /// What an instance reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceEvent {
@@ -137,6 +148,11 @@ pub trait Instance: Send + Sync {
     /// The instance's live counters, when its backend keeps them (the embedded launcher does;
     /// for libvirt domains the daemon reads the host side of the NIC instead).
     fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        None
+    }
+    /// Throttling by the instance's CPU quota so far (one read of its cgroup's `cpu.stat`;
+    /// meant for scrape time, not for a timer). `None` without a quota group.
+    fn cpu_stat(&self) -> Option<CpuStat> {
         None
     }
 }

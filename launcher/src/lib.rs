@@ -12,7 +12,7 @@ pub mod mac;
 pub mod tap;
 
 pub use backend::{
-    Backend, BackendError, BlockSpec, EventSink, GuestLimits, Instance, InstanceCounters,
+    Backend, BackendError, BlockSpec, CpuStat, EventSink, GuestLimits, Instance, InstanceCounters,
     InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
 };
 pub use mac::MacAddr;

@@ -27,7 +27,9 @@ pub const ZONE: &str = "svc.test.";
 
 /// KVM, namespaces and the tools a daemon test needs; false = skip (never under CI=true).
 pub fn prerequisites(what: &str) -> bool {
-    require::kvm_and_netns(what) && require::check(what, require::tool("ip"))
+    require::kvm_and_netns(what)
+        && require::check(what, require::tool("ip"))
+        && require::check(what, require::tool("nsenter"))
 }
 
 /// The `summond` binary: $SUMMOND_BIN, or built once into the workspace's target dir.
@@ -218,11 +220,11 @@ impl Daemon {
         let summond = summond().to_str().unwrap();
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
-                let mut c = ns.command(program);
+                let mut c = ns.command_net_only(program);
                 c.args(args).arg(summond);
                 c
             }
-            None => ns.command(summond),
+            None => ns.command_net_only(summond),
         };
         let child = cmd
             .arg("--config")

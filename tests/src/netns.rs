@@ -73,6 +73,17 @@ impl NetNs {
         cmd
     }
 
+    /// `program` in the namespace's network stack only: unlike [`command`](Self::command)
+    /// (`ip netns exec`, which mounts a fresh /sys) it sees the host's mounts, such as the
+    /// cgroup hierarchies under /sys/fs/cgroup, as a daemon on the host does.
+    pub fn command_net_only(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     /// Runs `f` on a new thread that has joined the namespace (sockets it opens, taps it
     /// attaches and threads it spawns live there), and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

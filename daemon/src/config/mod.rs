@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use summon_launcher::GuestLimits;
 use summon_launcher::MacAddr;
 
 pub use error::{line_col, ConfigError, Problem};
@@ -165,6 +166,9 @@ pub struct Limits {
     pub max_concurrent_boots: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// What each guest may consume unless its service says otherwise (`cpu_quota`); the
+    /// resolved per-service value is [`ServiceConfig::limits`].
+    pub guest: GuestLimits,
     /// MiB of guest memory that live instances may have together; `None`: the default share
     /// of the host's memory ([`crate::registry::default_memory_budget_mib`]).
     pub memory_budget_mib: Option<u64>,
@@ -177,10 +181,24 @@ impl Default for Limits {
             max_concurrent_boots: 8,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            guest: DEFAULT_GUEST_LIMITS,
             memory_budget_mib: None,
         }
     }
 }
+
+/// The guest limits when `[limits]` sets none. The rates are wide margins over what `http.hvt`
+/// uses when `wrk` saturates it (docs/config.md, "Guest limits", gives the measurement).
+pub const DEFAULT_GUEST_LIMITS: GuestLimits = GuestLimits {
+    console_bytes_per_sec: Some(65_536),
+    tx_frames_per_sec: Some(100_000),
+    tx_bytes_per_sec: Some(125_000_000),
+    exits_per_sec: Some(100_000),
+    cpu_quota_percent: Some(100),
+};
+
+/// Upper bound of a `cpu_quota`: 64 cores' worth.
+pub const MAX_CPU_QUOTA_PERCENT: u32 = 6400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -205,6 +223,8 @@ pub struct ServiceConfig {
     pub stop: StopMode,
     pub reply: ReplyMode,
     pub ready_timeout: Duration,
+    /// `[limits]`' guest limits with this service's `cpu_quota` applied.
+    pub limits: GuestLimits,
     /// `backend = "libvirt"`: connection URI, existing or generated domain, probe port.
     pub libvirt: Option<crate::libvirt::LibvirtService>,
 }

@@ -101,6 +101,17 @@ pub struct RawLimits {
     pub backoff_initial: Option<Spanned<String>>,
     #[serde(default)]
     pub backoff_max: Option<Spanned<String>>,
+    /// CPU bandwidth of each guest, `"N%"` of one core.
+    #[serde(default)]
+    pub cpu_quota: Option<Spanned<String>>,
+    #[serde(default)]
+    pub console_bytes_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub net_frames_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub net_bytes_per_sec: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub exits_per_sec: Option<Spanned<u64>>,
     /// MiB of guest memory all live instances together may have.
     #[serde(default)]
     pub memory_budget: Option<Spanned<u64>>,
@@ -152,6 +163,9 @@ pub struct RawService {
     pub reply: Option<ReplyMode>,
     #[serde(default)]
     pub ready_timeout: Option<Spanned<String>>,
+    /// Overrides `[limits] cpu_quota` for this service.
+    #[serde(default)]
+    pub cpu_quota: Option<Spanned<String>>,
     /// The `[service.libvirt]` table of a `backend = "libvirt"` service, kept raw here and read
     /// by `libvirt::LibvirtService::from_table` (validate.rs).
     #[serde(default)]

@@ -244,6 +244,93 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
 }
 
 #[test]
+fn guest_limits_default_and_service_cpu_quota_overrides() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.limits.guest, DEFAULT_GUEST_LIMITS);
+    assert_eq!(cfg.services[0].limits, DEFAULT_GUEST_LIMITS);
+    assert_eq!(cfg.services[0].limits.cpu_quota_percent, Some(100));
+
+    let src = base(&format!(
+        "\n[limits]\ncpu_quota = \"150%\"\nconsole_bytes_per_sec = 1000\nnet_frames_per_sec = 2000\n\
+         net_bytes_per_sec = 3000\nexits_per_sec = 4000\n{}{}",
+        service("cpu_quota = \"20%\""),
+        service("").replace("\"web\"", "\"api\"").replace("10.77.0.10", "10.77.0.11"),
+    ));
+    let cfg = Config::parse(&src, Path::new("/")).unwrap();
+    let expect = GuestLimits {
+        console_bytes_per_sec: Some(1000),
+        tx_frames_per_sec: Some(2000),
+        tx_bytes_per_sec: Some(3000),
+        exits_per_sec: Some(4000),
+        cpu_quota_percent: Some(150),
+    };
+    assert_eq!(cfg.limits.guest, expect);
+    assert_eq!(
+        cfg.service("web").unwrap().limits,
+        GuestLimits {
+            cpu_quota_percent: Some(20),
+            ..expect
+        }
+    );
+    assert_eq!(cfg.service("api").unwrap().limits, expect);
+
+    let cfg = Config::parse(&base(&service("cpu_quota = \"unlimited\"")), Path::new("/")).unwrap();
+    assert_eq!(cfg.services[0].limits.cpu_quota_percent, None);
+}
+
+#[test]
+fn bad_cpu_quota_names_line_column_and_the_expected_form() {
+    for bad in [
+        "\"20\"",
+        "\"0%\"",
+        "\"6401%\"",
+        "\"fast\"",
+        "\"-5%\"",
+        "\"20 percent\"",
+    ] {
+        let p = one_error(&base(&service(&format!("cpu_quota = {bad}"))));
+        assert_eq!((p.line, p.column), (Some(14), Some(13)), "{bad}: {p}");
+        assert!(
+            p.message
+                .contains("service.cpu_quota: expected a share of one core like \"20%\""),
+            "{bad}: {p}"
+        );
+    }
+    let src = base(&format!(
+        "\n[limits]\ncpu_quota = \"lots\"\n{}",
+        service("")
+    ));
+    let p = one_error(&src);
+    assert_eq!((p.line, p.column), (Some(11), Some(13)), "{p}");
+    assert!(p.message.starts_with("limits.cpu_quota: expected"), "{p}");
+    // A number is not a share: the type error names the position too.
+    let p = one_error(&base(&service("cpu_quota = 20")));
+    assert_eq!(p.line, Some(14), "{p}");
+}
+
+#[test]
+fn zero_or_mistyped_rates_are_rejected_with_position() {
+    for key in [
+        "console_bytes_per_sec",
+        "net_frames_per_sec",
+        "net_bytes_per_sec",
+        "exits_per_sec",
+    ] {
+        let src = base(&format!("\n[limits]\n{key} = 0\n{}", service("")));
+        let p = one_error(&src);
+        assert_eq!((p.line, p.column), (Some(11), Some(key.len() + 4)), "{p}");
+        assert_eq!(
+            p.message,
+            format!("limits.{key}: expected a rate of at least 1 per second")
+        );
+        let src = base(&format!("\n[limits]\n{key} = \"fast\"\n{}", service("")));
+        let p = one_error(&src);
+        assert_eq!(p.line, Some(11), "{p}");
+        assert!(p.message.contains("expected u64"), "{p}");
+    }
+}
+
+#[test]
 fn dns_hardening_keys_default_parse_and_are_checked() {
     let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
     assert_eq!(cfg.dns.tcp_max_clients, DEFAULT_TCP_MAX_CLIENTS);

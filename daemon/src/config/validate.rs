@@ -12,7 +12,7 @@ use super::model::{RawConfig, RawRrl, RawService, ReplyMode, StopMode};
 use super::{
     AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, Limits,
     NetworkConfig, Problem, RrlConfig, ServiceConfig, DEFAULT_MAX_FORWARDS,
-    DEFAULT_TCP_MAX_CLIENTS, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
+    DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
 };
 
 struct Checker<'a> {
@@ -51,6 +51,42 @@ impl Checker<'_> {
                 );
                 default
             }
+        }
+    }
+
+    /// `"N%"` of one core, 1 to [`MAX_CPU_QUOTA_PERCENT`], or `"unlimited"` (`None`).
+    fn cpu_quota(&mut self, v: &Spanned<String>, key: &str) -> Option<Option<u32>> {
+        let s = v.get_ref().trim();
+        if s == "unlimited" {
+            return Some(None);
+        }
+        match s.strip_suffix('%').map(|n| n.trim().parse::<u32>()) {
+            Some(Ok(p)) if (1..=MAX_CPU_QUOTA_PERCENT).contains(&p) => Some(Some(p)),
+            _ => {
+                self.err(
+                    v,
+                    format!(
+                        "{key}: expected a share of one core like \"20%\" or \"150%\" (1% to {MAX_CPU_QUOTA_PERCENT}%), or \"unlimited\", found {:?}",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A rate of at least 1 per second.
+    fn rate(&mut self, v: &Option<Spanned<u64>>, key: &str, default: Option<u64>) -> Option<u64> {
+        match v {
+            None => default,
+            Some(r) if *r.get_ref() == 0 => {
+                self.err(
+                    r,
+                    format!("{key}: expected a rate of at least 1 per second"),
+                );
+                default
+            }
+            Some(r) => Some(*r.get_ref()),
         }
     }
 
@@ -375,6 +411,30 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits.backoff_initial,
         );
         limits.backoff_max = c.duration(&l.backoff_max, "limits.backoff_max", limits.backoff_max);
+        let g = &mut limits.guest;
+        if let Some(q) = l
+            .cpu_quota
+            .as_ref()
+            .and_then(|v| c.cpu_quota(v, "limits.cpu_quota"))
+        {
+            g.cpu_quota_percent = q;
+        }
+        g.console_bytes_per_sec = c.rate(
+            &l.console_bytes_per_sec,
+            "limits.console_bytes_per_sec",
+            g.console_bytes_per_sec,
+        );
+        g.tx_frames_per_sec = c.rate(
+            &l.net_frames_per_sec,
+            "limits.net_frames_per_sec",
+            g.tx_frames_per_sec,
+        );
+        g.tx_bytes_per_sec = c.rate(
+            &l.net_bytes_per_sec,
+            "limits.net_bytes_per_sec",
+            g.tx_bytes_per_sec,
+        );
+        g.exits_per_sec = c.rate(&l.exits_per_sec, "limits.exits_per_sec", g.exits_per_sec);
         if let Some(v) = &l.memory_budget {
             if *v.get_ref() < 2 {
                 c.err(
@@ -395,7 +455,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         .strip_suffix(&format!(".{zone}"))
         .map(str::to_string);
     for s in &raw.services {
-        if let Some(svc) = check_service(&mut c, s, base, &network, network_ok) {
+        if let Some(svc) = check_service(&mut c, s, base, &network, network_ok, &limits) {
             let (nl, _) = super::line_col(src, s.span().start);
             if let Some(prev) = names.insert(svc.name.clone(), nl) {
                 c.err(
@@ -502,6 +562,7 @@ fn check_service(
     base: &Path,
     network: &NetworkConfig,
     network_ok: bool,
+    limits: &Limits,
 ) -> Option<ServiceConfig> {
     let r = s.get_ref();
     let before = c.problems.len();
@@ -642,6 +703,14 @@ fn check_service(
         "service.ready_timeout",
         Duration::from_secs(5),
     );
+    let mut guest_limits = limits.guest;
+    if let Some(q) = r
+        .cpu_quota
+        .as_ref()
+        .and_then(|v| c.cpu_quota(v, "service.cpu_quota"))
+    {
+        guest_limits.cpu_quota_percent = q;
+    }
     if c.problems.len() != before {
         return None;
     }
@@ -657,6 +726,7 @@ fn check_service(
         stop: r.stop.unwrap_or(StopMode::Destroy),
         reply: r.reply.unwrap_or(ReplyMode::Immediate),
         ready_timeout,
+        limits: guest_limits,
         libvirt,
     })
 }

@@ -264,6 +264,20 @@ impl Registry {
         slot.changed.send_replace(());
     }
 
+    /// The metrics exposition, with the live instances' guest counters read now (atomics, and
+    /// one `cpu.stat` read per instance with a CPU quota): no timer, no per-event work.
+    pub fn render_metrics(&self) -> String {
+        let live: Vec<(String, crate::metrics::GuestTotals)> = self
+            .slots()
+            .iter()
+            .filter_map(|s| {
+                let inst = s.lock().instance.clone()?;
+                Some((s.name.clone(), crate::metrics::GuestTotals::of(&*inst)))
+            })
+            .collect();
+        self.shared.metrics.render_with_guests(&live)
+    }
+
     pub fn instances(&self) -> Vec<InstanceInfo> {
         self.slots()
             .iter()

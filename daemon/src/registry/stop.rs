@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{NetLease, Phase, Registry, Slot};
 use crate::config::StopMode;
+use crate::metrics::GuestTotals;
 
 impl Registry {
     pub(super) async fn finish_stop(
@@ -16,8 +17,17 @@ impl Registry {
         why: Option<&str>,
     ) {
         if let Some(i) = inst {
+            let metrics = self.shared.metrics.clone();
+            let service = slot.name.clone();
             let r = tokio::task::spawn_blocking(move || {
+                // The quota group may be gone once the stop is done: keep its last figures.
+                let before = GuestTotals::of(&*i);
                 let r = i.stop();
+                let mut totals = GuestTotals::of(&*i);
+                if totals.cpu == Default::default() {
+                    totals.cpu = before.cpu;
+                }
+                metrics.guest_ended(&service, &totals);
                 drop(i);
                 r
             })

@@ -254,7 +254,7 @@ impl Registry {
             },
             blocks: Vec::new(),
             args: cfg.args.clone(),
-            limits: Default::default(),
+            limits: cfg.limits,
         };
         let sink = self.sink(&slot.name, gen);
         let backend = self.shared.backend.clone();

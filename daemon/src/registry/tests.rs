@@ -51,6 +51,10 @@ struct FakeBackend {
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
     fail_resume: Arc<AtomicBool>,
+    /// The limits of the last spec started.
+    last_limits: Mutex<Option<summon_launcher::GuestLimits>>,
+    /// The counters of the last instance started.
+    last_counters: Mutex<Option<Arc<summon_launcher::InstanceCounters>>>,
 }
 
 struct FakeInstance {
@@ -60,9 +64,13 @@ struct FakeInstance {
     stops: Arc<AtomicU32>,
     resumes: Arc<AtomicU64>,
     fail_resume: Arc<AtomicBool>,
+    counters: Arc<summon_launcher::InstanceCounters>,
 }
 
 impl Instance for FakeInstance {
+    fn counters(&self) -> Option<Arc<summon_launcher::InstanceCounters>> {
+        Some(self.counters.clone())
+    }
     fn stop(&self) -> Result<(), BackendError> {
         if !self.stopped.swap(true, Ordering::SeqCst) {
             self.stops.fetch_add(1, Ordering::SeqCst);
@@ -113,6 +121,7 @@ impl Backend for FakeBackend {
     ) -> Result<Box<dyn Instance>, BackendError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         assert_eq!(spec.nets.len(), 1);
+        *self.last_limits.lock().unwrap() = Some(spec.limits);
         std::thread::sleep(self.boot_delay);
         let script = *self.script.lock().unwrap();
         if script == Script::FailStart {
@@ -127,7 +136,10 @@ impl Backend for FakeBackend {
                 _ => {}
             }
         });
+        let counters = Arc::new(summon_launcher::InstanceCounters::default());
+        *self.last_counters.lock().unwrap() = Some(counters.clone());
         Ok(Box::new(FakeInstance {
+            counters,
             suspend: self.suspend.clone(),
             paused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -194,6 +206,7 @@ fn svc(name: &str, last_octet: u8) -> ServiceConfig {
         stop: StopMode::Destroy,
         reply: ReplyMode::Immediate,
         ready_timeout: Duration::from_secs(2),
+        limits: Default::default(),
         libvirt: None,
     }
 }
@@ -212,6 +225,8 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
         fail_resume: Arc::new(AtomicBool::new(false)),
+        last_limits: Mutex::new(None),
+        last_counters: Mutex::new(None),
     });
     let plumbing = Arc::new(FakePlumbing::default());
     let reg = Registry::new(
@@ -263,6 +278,52 @@ async fn concurrent_summons_share_one_start() {
     assert_eq!(slot.phase(), Phase::Running);
     assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Warm);
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_guest_limits_reach_the_backend() {
+    let limits = summon_launcher::GuestLimits {
+        console_bytes_per_sec: Some(10),
+        tx_frames_per_sec: Some(20),
+        tx_bytes_per_sec: Some(30),
+        exits_per_sec: Some(40),
+        cpu_quota_percent: Some(25),
+    };
+    let mut s = svc("web", 10);
+    s.limits = limits;
+    let f = fixture(vec![s], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    assert_eq!(*f.backend.last_limits.lock().unwrap(), Some(limits));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_counters_are_live_plus_the_totals_of_ended_instances() {
+    let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("web").unwrap();
+    let line =
+        |v: u64| format!("summon_guest_console_dropped_bytes_total{{service=\"web\"}} {v}\n");
+    let set = |v: u64| {
+        let c = f.backend.last_counters.lock().unwrap().clone().unwrap();
+        c.console_dropped_bytes.store(v, Ordering::Relaxed);
+        c.exits_throttled.store(v * 10, Ordering::Relaxed);
+    };
+    f.reg.summon(&slot).await.unwrap();
+    set(5);
+    assert!(f.reg.render_metrics().contains(&line(5)));
+    assert!(f.reg.stop(&slot, StopMode::Destroy, "test").await);
+    // Ended: kept in the totals.
+    let text = f.reg.render_metrics();
+    assert!(text.contains(&line(5)), "{text}");
+    f.reg.summon(&slot).await.unwrap();
+    set(3);
+    let text = f.reg.render_metrics();
+    assert!(text.contains(&line(8)), "{text}");
+    assert!(
+        text.contains("summon_guest_exits_throttled_total{service=\"web\"} 80\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE summon_guest_cpu_throttled_seconds_total counter"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

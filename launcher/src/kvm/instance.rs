@@ -290,6 +290,8 @@ pub struct KvmInstance {
     pub(super) mem: (u64, u64),
     pub(super) control: Arc<Control>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    /// The CPU quota group, for its statistics.
+    pub(super) cpu_group: Option<Arc<super::cgroup::Group>>,
     pub(super) counters: Arc<InstanceCounters>,
 }
 
@@ -353,6 +355,10 @@ impl Instance for KvmInstance {
 
     fn state(&self) -> InstanceState {
         self.control.state()
+    }
+
+    fn cpu_stat(&self) -> Option<crate::backend::CpuStat> {
+        self.cpu_group.as_ref()?.stat()
     }
 
     fn counters(&self) -> Option<Arc<InstanceCounters>> {

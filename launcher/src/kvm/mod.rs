@@ -7,6 +7,7 @@
 //! everything to a vCPU thread that runs the guest to its end and tears it down.
 
 mod boot_info;
+pub mod cgroup;
 mod cpuid;
 pub mod devices;
 mod error;
@@ -99,6 +100,17 @@ impl KvmBackend {
             .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
         let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
         instance::install_kick_handler();
+        match cgroup::support() {
+            Ok(h) => tracing::info!(
+                mode = ?h.mode(),
+                group = %h.base().display(),
+                "guest CPU quotas through the cpu cgroup controller"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "guest CPU quotas are not applied: no usable cpu cgroup controller"
+            ),
+        }
         seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
             kvm,
@@ -172,6 +184,11 @@ impl KvmBackend {
         image.check_fits(mem_size)?;
         let cmdline = boot_info::cmdline(&spec.args)?;
         let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
+        // Named here (no syscall); created by the vCPU thread as it enters it.
+        let cpu_group = match (spec.limits.cpu_quota_percent, cgroup::support()) {
+            (Some(p), Ok(h)) => Some(Arc::new(h.group(&spec.name, p))),
+            _ => None,
+        };
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
@@ -212,6 +229,7 @@ impl KvmBackend {
             events,
             control: control.clone(),
             regs: regs::initial_regs(image.entry, mem_size),
+            cpu_group: cpu_group.clone(),
             limits: spec.limits,
             counters: counters.clone(),
         });
@@ -227,6 +245,7 @@ impl KvmBackend {
             mem: mem_range,
             control,
             thread: Mutex::new(Some(thread)),
+            cpu_group,
             counters,
         })
     }
@@ -280,6 +299,9 @@ impl Drop for KvmBackend {
     fn drop(&mut self) {
         if let Some(p) = &self.pool {
             p.shutdown();
+        }
+        if let Ok(h) = cgroup::support() {
+            h.sweep();
         }
     }
 }

@@ -20,6 +20,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::backend::{EventSink, InstanceCounters, InstanceEvent};
 
+use super::cgroup::Entered;
 use super::devices::{Console, Devices};
 use super::error::KvmError;
 use super::instance::{kick_signal, Control, End, FinishOnDrop};
@@ -50,6 +51,10 @@ pub(super) struct VcpuRunner {
     pub counters: Arc<InstanceCounters>,
     pub tx_limit: Option<TxLimit>,
     pub exit_limit: Option<ExitLimit>,
+    /// The CPU quota group this thread is in; held only to be dropped (retired) with the runner,
+    /// on every path.
+    #[allow(dead_code)]
+    pub cpu_group: Option<Entered>,
 }
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
@@ -92,6 +97,14 @@ impl VcpuRunner {
     ) {
         set_thread_name(&job.name);
         let limits = job.limits;
+        // Order on this thread: name, CPU cgroup, then the syscall filter, then the guest.
+        let cpu_group = job.cpu_group.as_ref().and_then(|g| match g.enter() {
+            Ok(entered) => Some(entered),
+            Err(e) => {
+                tracing::warn!(instance = %job.name, error = %e, "CPU quota not applied");
+                None
+            }
+        });
         let runner = VcpuRunner {
             finish,
             vcpu,
@@ -104,12 +117,11 @@ impl VcpuRunner {
             control: job.control,
             epoll: None,
             net_ready_sent: false,
+            cpu_group,
             counters: job.counters,
             tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),
             exit_limit: ExitLimit::new(limits.exits_per_sec),
         };
-        // Placing this thread in the guest's CPU cgroup belongs here: after naming, before
-        // `end_setup` or `confine_running_thread` (which refuse the file calls it needs).
         let ready = match confined {
             Some(stage_one) => stage_one.and_then(|()| seccomp::end_setup()),
             None => seccomp::confine_running_thread(kick_signal()),

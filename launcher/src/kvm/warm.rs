@@ -60,6 +60,8 @@ pub(super) struct Job {
     pub events: EventSink,
     pub control: Arc<Control>,
     pub regs: kvm_regs,
+    /// The CPU quota group the vCPU thread enters before the guest runs.
+    pub cpu_group: Option<Arc<super::cgroup::Group>>,
     pub limits: GuestLimits,
     pub counters: Arc<InstanceCounters>,
 }

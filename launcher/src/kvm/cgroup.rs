@@ -1,0 +1,487 @@
+//! CPU quota of a guest: the kernel's CFS bandwidth control on its vCPU thread.
+//!
+//! Each instance with a quota gets a cgroup of its own, holding only its vCPU thread, under a
+//! group of this process:
+//!
+//! - **cgroup v2**, where this process's own v2 group offers the `cpu` controller: a threaded
+//!   subtree `OWN/summond-PID/INSTANCE` (`cgroup.type` = threaded, `cpu.max`, the thread moved
+//!   in through `cgroup.threads`);
+//! - **cgroup v1**, where the `cpu` controller is mounted on its own hierarchy (as on the dev
+//!   host): `MOUNT/OWN/summond-PID/INSTANCE` with `cpu.cfs_quota_us` over the default 100 ms
+//!   `cpu.cfs_period_us` (a new group's; not written, to save a syscall on every start), the
+//!   thread moved in through `tasks`.
+//!
+//! The vCPU thread moves itself in ([`Group::enter`]) before the guest's first instruction, so a
+//! spinning guest never runs unthrottled. A group cannot be removed while a thread is in it, and
+//! the vCPU thread is still in it when its instance ends (and may no longer be allowed the
+//! syscalls by then), so the thread only hands the group back ([`Entered`]'s drop, no syscall);
+//! the next [`Group::enter`] (any instance's, before its guest runs) and the backend's shutdown
+//! remove the groups whose threads have exited. Groups of a process that died are removed when
+//! the next one detects the hierarchy.
+//!
+//! Detection runs once per process ([`support`]); a host without a usable controller runs
+//! guests without a quota, which the caller logs and exports.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::backend::CpuStat;
+
+/// CFS period the quota is a share of (the kernel's default period, which v1 groups start with).
+const PERIOD_US: u64 = 100_000;
+
+/// Which cgroup hierarchy carries the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    V1,
+    V2,
+}
+
+/// Why guests run without a CPU quota.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy with the cpu controller is mounted")]
+    NoController,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// This process's group in the hierarchy that carries the quota; instance groups go below.
+#[derive(Debug)]
+pub struct Hierarchy {
+    mode: CgroupMode,
+    /// `…/summond-PID`, created at detection.
+    base: PathBuf,
+    seq: AtomicU64,
+    /// Groups whose instances ended; removed once their threads have exited.
+    retired: Mutex<Vec<PathBuf>>,
+}
+
+/// The process-wide hierarchy, detected (and its leftovers cleaned) on first use.
+pub fn support() -> &'static Result<Arc<Hierarchy>, CgroupError> {
+    static SUPPORT: OnceLock<Result<Arc<Hierarchy>, CgroupError>> = OnceLock::new();
+    SUPPORT.get_or_init(|| Hierarchy::detect().map(Arc::new))
+}
+
+impl Hierarchy {
+    fn detect() -> Result<Hierarchy, CgroupError> {
+        let mounts = read("/proc/self/mountinfo")?;
+        let own = read("/proc/self/cgroup")?;
+        let (mode, group) = match v2_group(&mounts, &own) {
+            Some(g) if controllers(&g).iter().any(|c| c == "cpu") => (CgroupMode::V2, g),
+            _ => (
+                CgroupMode::V1,
+                v1_cpu_group(&mounts, &own).ok_or(CgroupError::NoController)?,
+            ),
+        };
+        remove_leftovers(&group);
+        let base = group.join(format!("summond-{}", std::process::id()));
+        if mode == CgroupMode::V2 {
+            write(&group.join("cgroup.subtree_control"), "+cpu")?;
+        }
+        match fs::create_dir(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: base, source }),
+        }
+        if mode == CgroupMode::V2 {
+            write(&base.join("cgroup.type"), "threaded")?;
+            write(&base.join("cgroup.subtree_control"), "+cpu")?;
+        }
+        Ok(Hierarchy {
+            mode,
+            base,
+            seq: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn mode(&self) -> CgroupMode {
+        self.mode
+    }
+
+    /// This process's group (`…/summond-PID`).
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// A group for instance `name` (nothing is created until [`Group::enter`]).
+    pub fn group(self: &Arc<Self>, name: &str, percent: u32) -> Group {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        safe.truncate(64);
+        Group {
+            hierarchy: self.clone(),
+            dir: self.base.join(format!("{n}-{safe}")),
+            percent,
+        }
+    }
+
+    /// Removes retired groups whose threads have exited; keeps the others for the next sweep.
+    pub fn sweep(&self) {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        if retired.is_empty() {
+            return;
+        }
+        let busy: Vec<PathBuf> = retired
+            .into_iter()
+            .filter(|dir| match fs::remove_dir(dir) {
+                Ok(()) => false,
+                Err(e) => e.kind() != io::ErrorKind::NotFound,
+            })
+            .collect();
+        if !busy.is_empty() {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(busy);
+        }
+    }
+
+    /// At exit, once every instance is stopped: removes the retired groups (waiting up to
+    /// `wait` for their threads to exit) and then this process's own group.
+    pub fn release(&self, wait: std::time::Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        let has_groups = || {
+            fs::read_dir(&self.base).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            })
+        };
+        loop {
+            self.sweep();
+            // A stopped instance's thread retires its group only as it ends, just after stop
+            // returned: wait for the groups themselves, not for the retired list.
+            if !has_groups() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Err(e) = fs::remove_dir(&self.base) {
+            tracing::warn!(group = %self.base.display(), error = %e, "cannot remove summond's cpu cgroup");
+        }
+    }
+
+    /// Groups retired but not yet removed.
+    pub fn retired(&self) -> usize {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One instance's group.
+#[derive(Debug)]
+pub struct Group {
+    hierarchy: Arc<Hierarchy>,
+    dir: PathBuf,
+    percent: u32,
+}
+
+impl Group {
+    /// Creates the group with its quota and moves the calling thread into it. Call on the vCPU
+    /// thread before the guest runs (and before anything restricts its syscalls).
+    pub fn enter(self: &Arc<Self>) -> Result<Entered, CgroupError> {
+        self.hierarchy.sweep();
+        match fs::create_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+        }
+        // From here on the group exists: hand it back for removal on every path.
+        let entered = Entered {
+            group: self.clone(),
+        };
+        let quota = u64::from(self.percent) * PERIOD_US / 100;
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() }.to_string();
+        match self.hierarchy.mode {
+            CgroupMode::V1 => {
+                write(&self.dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(&self.dir.join("tasks"), &tid)?;
+            }
+            CgroupMode::V2 => {
+                write(&self.dir.join("cgroup.type"), "threaded")?;
+                write(&self.dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+                write(&self.dir.join("cgroup.threads"), &tid)?;
+            }
+        }
+        Ok(entered)
+    }
+
+    /// Throttling so far, read from the group's `cpu.stat`; `None` before the group exists or
+    /// after it is gone.
+    pub fn stat(&self) -> Option<CpuStat> {
+        let text = fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        Some(parse_cpu_stat(&text))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn percent(&self) -> u32 {
+        self.percent
+    }
+}
+
+/// Held by the vCPU thread while it is in its group; dropping it retires the group (no
+/// syscall: the thread may be past its syscall filter by then).
+#[derive(Debug)]
+pub struct Entered {
+    group: Arc<Group>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.group
+            .hierarchy
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.group.dir.clone());
+    }
+}
+
+/// `nr_periods`, `nr_throttled` and the throttled time of a `cpu.stat` (v1: `throttled_time`
+/// in ns; v2: `throttled_usec`).
+pub fn parse_cpu_stat(text: &str) -> CpuStat {
+    let mut s = CpuStat::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match k {
+            "nr_periods" => s.periods = v,
+            "nr_throttled" => s.throttled_periods = v,
+            "throttled_time" => s.throttled_ns = v,
+            "throttled_usec" => s.throttled_ns = v.saturating_mul(1000),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn read(path: &str) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    // One write(2) of the whole value: cgroup files act on each write.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })
+}
+
+/// The controllers a v2 group offers.
+fn controllers(group: &Path) -> Vec<String> {
+    fs::read_to_string(group.join("cgroup.controllers"))
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Mount points of `fstype` with their super options, from /proc/self/mountinfo.
+fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+    mountinfo.lines().filter_map(move |l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != fstype {
+            return None;
+        }
+        let super_opts = r.nth(1).unwrap_or("");
+        let mount_point = left.split_whitespace().nth(4)?;
+        Some((mount_point, super_opts))
+    })
+}
+
+/// This process's v2 group (`MOUNT/PATH` from the `0::PATH` line), when v2 is mounted.
+fn v2_group(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    let (mount, _) = mounts_of(mountinfo, "cgroup2").next()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(Path::new(mount).join(path.trim_start_matches('/')))
+}
+
+/// This process's v1 group in the hierarchy that has the `cpu` controller.
+fn v1_cpu_group(mountinfo: &str, own: &str) -> Option<PathBuf> {
+    let (mount, _) =
+        mounts_of(mountinfo, "cgroup").find(|(_, opts)| opts.split(',').any(|o| o == "cpu"))?;
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls.split(',').any(|c| c == "cpu").then_some(path)
+    })?;
+    Some(Path::new(mount).join(path.trim_start_matches('/')))
+}
+
+/// Removes `summond-PID` groups of processes that no longer exist (and their instance groups,
+/// which no thread can hold any more). Groups of live processes are left alone.
+fn remove_leftovers(group: &Path) {
+    let Ok(entries) = fs::read_dir(group) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("summond-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if let Ok(children) = fs::read_dir(&dir) {
+            for c in children.flatten() {
+                if c.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = fs::remove_dir(c.path());
+                }
+            }
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => {
+                tracing::info!(group = %dir.display(), "removed the cgroup of a summond that is gone")
+            }
+            Err(e) => {
+                tracing::warn!(group = %dir.display(), error = %e, "cannot remove the cgroup of a summond that is gone")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v1_cpu_group_and_the_v2_group() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+31 25 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 25 0:28 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+";
+        let own = "2:cpuacct:/\n1:cpu:/system.slice/summond.service\n0::/x\n";
+        assert_eq!(
+            v1_cpu_group(mountinfo, own),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/cpu/system.slice/summond.service"
+            ))
+        );
+        assert_eq!(
+            v2_group(mountinfo, own),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/x"))
+        );
+        let combined =
+            "31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        assert_eq!(
+            v1_cpu_group(combined, "4:cpu,cpuacct:/\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(v1_cpu_group("", own), None);
+    }
+
+    #[test]
+    fn parses_v1_and_v2_cpu_stat() {
+        let v1 = "nr_periods 50\nnr_throttled 40\nthrottled_time 3200000000\nnr_bursts 0\n";
+        assert_eq!(
+            parse_cpu_stat(v1),
+            CpuStat {
+                periods: 50,
+                throttled_periods: 40,
+                throttled_ns: 3_200_000_000
+            }
+        );
+        let v2 = "usage_usec 10\nnr_periods 7\nnr_throttled 3\nthrottled_usec 250\n";
+        assert_eq!(
+            parse_cpu_stat(v2),
+            CpuStat {
+                periods: 7,
+                throttled_periods: 3,
+                throttled_ns: 250_000
+            }
+        );
+        assert_eq!(
+            parse_cpu_stat("garbage\nnr_periods x\n"),
+            CpuStat::default()
+        );
+    }
+
+    /// On a host with a usable controller (the dev host: v1): a thread in a 20 % group spinning
+    /// for 1 s gets throttled, and its group goes away after it exits.
+    #[test]
+    fn a_spinning_thread_in_a_quota_group_is_throttled_and_its_group_removed() {
+        let h = match support() {
+            Ok(h) => h.clone(),
+            Err(e) => {
+                let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+                assert!(!ci, "a usable cpu cgroup is required under CI=true: {e}");
+                eprintln!("SKIPPED: no usable cpu cgroup: {e}");
+                return;
+            }
+        };
+        let group = Arc::new(h.group("unit test", 20));
+        let g = group.clone();
+        let ran = std::thread::spawn(move || {
+            let entered = g.enter().expect("enter the group");
+            let t = std::time::Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < std::time::Duration::from_millis(1000) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+            drop(entered);
+        });
+        ran.join().unwrap();
+        let stat = group.stat().expect("group exists until swept");
+        assert!(stat.throttled_periods >= 3, "{stat:?}");
+        assert!(stat.throttled_ns > 100_000_000, "{stat:?}");
+        // The thread has exited: the next sweep removes the group.
+        h.sweep();
+        assert!(
+            !group.path().exists(),
+            "{} left behind",
+            group.path().display()
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Warm-query latency of a legitimate client while summond is under attack: one query at a time
+//! (send → answer), UNDER_ATTACK_QUERIES (2,000) per phase, for a running service:
+//!
+//! - `baseline`: nothing else going on;
+//! - `random-name flood`: another client (another /24 of loopback, so per-prefix rate limits
+//!   tell them apart) sends queries for random names in the zone as fast as one thread can;
+//! - `console flood`: a guest (`hostile.hvt --mode=console`) writes its console in a loop,
+//!   with summond's log going to a file.
+//!
+//! Prints median and p99 per phase and p99 against the baseline's (goal: at most 3×).
+//! UNDER_ATTACK_CPU_QUOTA (e.g. "20%") sets the flooding guest's `cpu_quota`.
+//! `cargo bench -p summon-tests --bench under_attack` (root, /dev/kvm).
+
+use summon_tests::daemon as daemon_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+const FLOOD_FROM: &str = "127.0.1.1:0";
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `n` sequential A queries for `name`, each timed; sorted latencies.
+fn sequential(server: SocketAddr, name: &str, n: u64) -> Vec<Duration> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut lat = Vec::with_capacity(n as usize);
+    let mut lost = 0;
+    for i in 0..n {
+        let id = (i as u16).wrapping_mul(31).wrapping_add(7);
+        let q = build_query(name, RecordType::A, id);
+        let t = Instant::now();
+        s.send_to(&q, server).unwrap();
+        loop {
+            match s.recv(&mut buf) {
+                Ok(len) if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => {
+                    lat.push(t.elapsed());
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    if lost > 0 {
+        println!("  ({lost} of {n} queries unanswered within 2 s, left out)");
+    }
+    lat.sort();
+    lat
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn report(phase: &str, lat: &[Duration], base_p99: Option<Duration>) -> Duration {
+    let p99 = pct(lat, 0.99);
+    let ratio = base_p99
+        .map(|b| format!("  p99/baseline {:.2}x", p99.as_secs_f64() / b.as_secs_f64()))
+        .unwrap_or_default();
+    println!(
+        "under_attack {phase:<18} queries {:5}  median {:8.1} us  p99 {:8.1} us  max {:8.1} us{ratio}",
+        lat.len(),
+        pct(lat, 0.5).as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        lat[lat.len() - 1].as_secs_f64() * 1e6,
+    );
+    p99
+}
+
+/// Random names in the zone from FLOOD_FROM as fast as one thread can send, replies drained.
+fn flood(server: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let s = UdpSocket::bind(FLOOD_FROM).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut rng = summon_tests::rng::Rng(0x5eed);
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        let label: String = (0..12)
+            .map(|_| (b'a' + (rng.next() % 26) as u8) as char)
+            .collect();
+        let q = build_query(&format!("{label}.{ZONE}"), RecordType::A, rng.next() as u16);
+        if s.send_to(&q, server).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        while s.recv(&mut buf).is_ok() {}
+    }
+}
+
+fn main() {
+    if !prerequisites("under_attack benchmark") {
+        return;
+    }
+    let n = env_or("UNDER_ATTACK_QUERIES", 2000);
+    // The flooding guest's cpu_quota (default: the daemon's, 100 %).
+    let quota = std::env::var("UNDER_ATTACK_CPU_QUOTA")
+        .map(|q| format!("cpu_quota = \"{q}\"\n"))
+        .unwrap_or_default();
+    let services = format!(
+        "{}[[service]]\nname = \"bad\"\nimage = \"{}\"\nip = \"10.77.0.20\"\nmemory_mib = 8\nargs = [\"--mode=console\"]\n{quota}",
+        http_service("web", "10.77.0.10", ""),
+        image("hostile").display()
+    );
+    if !quota.is_empty() {
+        println!("  (console flooder with {})", quota.trim());
+    }
+    let d = Daemon::start("bench-attack", &config(10, &[], "", &services));
+    let server: SocketAddr = DNS.parse().unwrap();
+    let web = format!("web.{ZONE}");
+    let m = d.query(&web, RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+    // Warm up the path (and the guest), then measure.
+    d.ns.run(|| sequential(server, &web, 200));
+
+    let base = d.ns.run(|| sequential(server, &web, n));
+    let base_p99 = report("baseline", &base, None);
+
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flooder = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        d.ns.spawn(move || flood(server, stop, sent))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let sent0 = sent.load(Ordering::Relaxed);
+    let lat = d.ns.run(|| sequential(server, &web, n));
+    let rate = (sent.load(Ordering::Relaxed) - sent0) as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.join();
+    println!("  (flood: {rate:.0} queries/s sent)");
+    report("random-name flood", &lat, Some(base_p99));
+
+    let m = d.query(&format!("bad.{ZONE}"), RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let lat = d.ns.run(|| sequential(server, &web, n));
+    report("console flood", &lat, Some(base_p99));
+    println!(
+        "  (console bytes dropped by the rate limit: {})",
+        d.metric(
+            "summon_guest_console_dropped_bytes_total",
+            &[("service", "bad")]
+        )
+    );
+}
