@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::error::LineIndex;
 use super::*;
 
 fn image() -> String {
@@ -241,4 +242,53 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
     assert!(e.to_string().contains("kvm.prewarm"), "{e}");
     let src = base(&format!("\n[kvm]\npool = 2\n{}", service("")));
     assert!(!errors(&src).is_empty());
+}
+
+#[test]
+fn duplicate_names_and_colliding_interface_names_are_errors() {
+    let dup = base(&format!(
+        "{}{}",
+        service(""),
+        service("").replace("10.77.0.10", "10.77.0.11")
+    ));
+    let p = one_error(&dup);
+    assert!(
+        p.message
+            .contains("duplicate service \"web\" (first defined on line 10)")
+            && p.line == Some(16),
+        "{p}"
+    );
+    // Both shorten to sm-servic-3e3e2 (the 20-bit hash meets).
+    let a = service("").replace("\"web\"", "\"service-1888xxxx\"");
+    let b = service("")
+        .replace("\"web\"", "\"service-4894xxxx\"")
+        .replace("10.77.0.10", "10.77.0.11");
+    assert_eq!(
+        crate::net::tap_name("service-1888xxxx"),
+        crate::net::tap_name("service-4894xxxx")
+    );
+    let p = one_error(&base(&format!("{a}{b}")));
+    assert!(
+        p.message
+            .contains("interface name sm-servic-3e3e2, like service \"service-1888xxxx\""),
+        "{p}"
+    );
+}
+
+#[test]
+fn line_index_matches_a_plain_scan() {
+    let src = "ab\nçd\n\nlast";
+    let plain = |offset: usize| {
+        let before = &src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        (line, before[start..].chars().count() + 1)
+    };
+    let idx = LineIndex::new(src);
+    for offset in (0..=src.len()).filter(|&o| src.is_char_boundary(o)) {
+        assert_eq!(idx.line_col(offset), plain(offset), "offset {offset}");
+    }
+    // Inside a multi-byte character and past the end: clamped, never a panic.
+    assert_eq!(idx.line_col(4), (2, 1));
+    assert_eq!(idx.line_col(999), (4, 5));
 }

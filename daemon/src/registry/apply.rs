@@ -1,5 +1,6 @@
 //! Applying a reloaded configuration to the running services.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,9 +20,11 @@ impl Registry {
         self.shared
             .admission
             .set_limits(limits.max_instances, limits.max_concurrent_boots);
+        let by_name: HashMap<&str, &ServiceConfig> =
+            services.iter().map(|s| (s.name.as_str(), s)).collect();
         let current = self.slots();
         for slot in &current {
-            match services.iter().find(|s| s.name == slot.name) {
+            match by_name.get(slot.name.as_str()).copied() {
                 None => {
                     slot.lock().removed = true;
                     self.stop(slot, StopMode::Destroy, "removed from config")
