@@ -6,6 +6,7 @@ mod netlink;
 mod plumb_error;
 mod tap;
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
@@ -141,13 +142,12 @@ impl crate::registry::Plumbing for NetPlumber {
         }
     }
 
-    async fn packets(&self, tap: &str, index: u32) -> Option<u64> {
-        match self.nl.counters(index).await {
-            Ok(Some(c)) => Some(c.rx_packets + c.tx_packets),
-            Ok(None) => None,
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        match self.nl.tx_packets(links).await {
+            Ok(counts) => counts,
             Err(e) => {
-                tracing::debug!(%tap, error = %e, "reading tap counters");
-                None
+                tracing::debug!(error = %e, "reading tap counters");
+                HashMap::new()
             }
         }
     }

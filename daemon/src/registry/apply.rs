@@ -11,7 +11,10 @@ impl Registry {
     /// Applies a reloaded service list: unchanged services keep their instances; changed ones
     /// are stopped and take the new config; removed ones are stopped and dropped.
     pub async fn apply(&self, services: &[ServiceConfig], limits: Limits, ttl: u32) {
-        self.shared.ttl.store(ttl, Ordering::Relaxed);
+        let old_ttl = self.shared.ttl.swap(ttl, Ordering::Relaxed);
+        if ttl < old_ttl {
+            self.rearm_all_running();
+        }
         *self
             .shared
             .limits

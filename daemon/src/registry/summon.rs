@@ -52,8 +52,8 @@ impl Registry {
                         let inst = g.instance.clone();
                         match inst.map(|i| i.resume()) {
                             Some(Ok(())) => {
-                                g.last_traffic = Instant::now();
                                 self.transition(slot, &mut g, Phase::Running);
+                                self.arm_reaper(slot, &mut g);
                                 break Ok((cfg.ip, Served::Resumed));
                             }
                             Some(Err(e)) => {
@@ -261,6 +261,10 @@ impl Registry {
             if g.gen != gen || g.phase != Phase::Starting {
                 Some(Ok((inst, lease)))
             } else {
+                // Counters start at zero with the instance, so every frame after this counts;
+                // a tap's counter is only known from the first look on.
+                g.counters = inst.counters();
+                g.last_rx = g.counters.as_ref().map(|_| 0);
                 g.instance = Some(inst);
                 g.net = Some(lease);
                 let now = Instant::now();
@@ -268,10 +272,9 @@ impl Registry {
                 let publish = now.saturating_duration_since(launch_end);
                 self.shared.metrics.cold_stage("publish", publish);
                 tracing::debug!(service = %slot.name, publish_us = publish.as_micros() as u64, "cold instance published");
-                g.last_traffic = Instant::now();
-                g.last_packets = None;
                 let early = g.early_exit.take();
                 self.transition(&slot, &mut g, Phase::Running);
+                self.arm_reaper(&slot, &mut g);
                 early.map(Err)
             }
         };

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use summon_launcher::{
-    Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
+    Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceEvent, InstanceSpec,
+    InstanceState,
 };
 
 use super::*;
@@ -33,6 +34,9 @@ struct FakeBackend {
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
     fail_resume: Arc<AtomicBool>,
+    /// Live counters the instances report, like the embedded launcher's (`None`: none, like
+    /// libvirt's).
+    counters: Mutex<Option<Arc<InstanceCounters>>>,
 }
 
 struct FakeInstance {
@@ -41,6 +45,7 @@ struct FakeInstance {
     stops: Arc<AtomicU32>,
     resumes: Arc<AtomicU64>,
     fail_resume: Arc<AtomicBool>,
+    counters: Option<Arc<InstanceCounters>>,
 }
 
 impl Instance for FakeInstance {
@@ -61,6 +66,9 @@ impl Instance for FakeInstance {
         self.paused.store(false, Ordering::SeqCst);
         self.resumes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        self.counters.clone()
     }
     fn state(&self) -> InstanceState {
         if self.stopped.load(Ordering::SeqCst) {
@@ -103,6 +111,7 @@ impl Backend for FakeBackend {
             stops: self.stops.clone(),
             resumes: RESUMES.get_or_init(Default::default).clone(),
             fail_resume: self.fail_resume.clone(),
+            counters: self.counters.lock().unwrap().clone(),
         }))
     }
 }
@@ -111,6 +120,8 @@ impl Backend for FakeBackend {
 struct FakePlumbing {
     live: Mutex<Vec<String>>,
     packets: AtomicU64,
+    /// Calls of `towards_guest` (netlink reads, in the real plumbing).
+    reads: AtomicU64,
     /// Makes teardown slow, so that a test can act while an instance is Stopping.
     teardown_delay_ms: AtomicU64,
 }
@@ -145,8 +156,10 @@ impl Plumbing for FakePlumbing {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         self.live.lock().unwrap().retain(|t| *t != lease.tap);
     }
-    async fn packets(&self, _tap: &str, _index: u32) -> Option<u64> {
-        Some(self.packets.load(Ordering::SeqCst))
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let n = self.packets.load(Ordering::SeqCst);
+        links.iter().map(|&i| (i, n)).collect()
     }
 }
 
@@ -180,6 +193,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
         fail_resume: Arc::new(AtomicBool::new(false)),
+        counters: Mutex::new(None),
     });
     let plumbing = Arc::new(FakePlumbing::default());
     let reg = Registry::new(
@@ -340,18 +354,105 @@ async fn reaper_stops_idle_and_spares_busy() {
     let f = fixture(vec![svc("idle", 14)], Limits::default(), Script::Healthy);
     let slot = f.reg.get("idle").unwrap();
     f.reg.summon(&slot).await.unwrap();
-    // Traffic keeps it alive past idle_timeout.
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    // Traffic keeps it alive past idle_timeout (300 ms).
     for _ in 0..8 {
         f.plumbing.packets.fetch_add(3, Ordering::SeqCst);
-        f.reg.reap_idle().await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
+    f.plumbing.packets.fetch_add(3, Ordering::SeqCst);
+    let last_traffic = std::time::Instant::now();
     assert_eq!(slot.phase(), Phase::Running);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    f.reg.reap_idle().await;
-    assert_eq!(slot.phase(), Phase::Stopped);
+    // Never before idle_timeout after the last traffic...
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(slot.phase(), Phase::Running);
+    // ...and within idle_timeout + 1/8 of it + the 40 ms grid (350 ms), with slack for a busy
+    // machine.
+    wait_phase(&slot, Phase::Stopped).await;
+    assert!(
+        last_traffic.elapsed() < Duration::from_millis(700),
+        "reaped {:?} after the last traffic",
+        last_traffic.elapsed()
+    );
     assert!(f.plumbing.live.lock().unwrap().is_empty());
     assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+    reaper.abort();
+}
+
+/// With the launcher's counters, only frames delivered to the guest keep it alive; what the
+/// guest sends does not, and no netlink read is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaper_counts_only_traffic_towards_the_guest() {
+    let f = fixture(vec![svc("talk", 14)], Limits::default(), Script::Healthy);
+    let c = Arc::new(InstanceCounters::default());
+    *f.backend.counters.lock().unwrap() = Some(c.clone());
+    let slot = f.reg.get("talk").unwrap();
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    f.reg.summon(&slot).await.unwrap();
+    for _ in 0..10 {
+        c.rx_frames.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(slot.phase(), Phase::Running, "frames to the guest keep it");
+    let quiet = std::time::Instant::now();
+    let chatter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                c.tx_frames.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_phase(&slot, Phase::Stopped).await;
+    chatter.abort();
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert_eq!(f.plumbing.reads.load(Ordering::SeqCst), 0);
+    reaper.abort();
+}
+
+/// Running instances cost the reaper nothing until their deadline: no reads, one heap entry
+/// each, and re-arming does not pile up entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaper_looks_only_at_due_instances() {
+    let services: Vec<_> = (0..200u32)
+        .map(|i| {
+            let mut s = svc(&format!("s{i}"), 0);
+            s.ip = Ipv4Addr::from(0x0a4d_0100 + i);
+            s.idle_timeout = Duration::from_secs(60);
+            s
+        })
+        .collect();
+    let f = fixture(
+        services,
+        Limits {
+            max_instances: 500,
+            max_concurrent_boots: 500,
+            ..Limits::default()
+        },
+        Script::Healthy,
+    );
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    for i in 0..200 {
+        f.reg
+            .summon(&f.reg.get(&format!("s{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.plumbing.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(f.reg.shared.reap.len(), 200);
+    // Suspend and resume one: its old entry lapses, the new one replaces it when due.
+    let s0 = f.reg.get("s0").unwrap();
+    assert!(f.reg.stop(&s0, StopMode::Suspend, "test").await);
+    assert_eq!(f.reg.summon(&s0).await.unwrap().1, Served::Resumed);
+    assert_eq!(f.reg.shared.reap.len(), 201);
+    assert_eq!(f.reg.reap_idle().await.map(|_| ()), Some(()));
+    reaper.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
