@@ -122,7 +122,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     systemd::stopping();
     reaper.abort();
+    let t = std::time::Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
     registry.stop_all().await;
     backends.shutdown();
     match remove_leftovers(&nl).await {

@@ -455,6 +455,10 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
         }
     }
 
+    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
+        <NetPlumber as Plumbing>::teardown_all(&self.inner, leases).await
+    }
+
     async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
         // Index 0 is an existing domain's NIC, which the daemon does not know.
         let links: Vec<u32> = links.iter().copied().filter(|&i| i != 0).collect();

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
-pub use tap::{tap_name, Tap, TAP_PREFIX};
+pub use tap::{tap_name, Tap, TAP_GROUP, TAP_PREFIX};
 
 /// An instance's host-side network: the open tap with its route and neighbour entry.
 /// Dropping it closes the daemon's fd; [`NetPlumber::teardown`] also deletes the link.
@@ -140,6 +140,22 @@ impl crate::registry::Plumbing for NetPlumber {
         if let Err(e) = result {
             tracing::warn!(tap = %lease.tap, error = %e, "removing tap");
         }
+    }
+
+    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
+        // Links first, in one batch, then the fds: closing the last fd of a tap unregisters it
+        // on its own, one device (and one RCU grace period) at a time.
+        if let Err(e) = self.nl.delete_group(TAP_GROUP).await {
+            tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
+            futures::future::join_all(
+                leases
+                    .into_iter()
+                    .map(|l| crate::registry::Plumbing::teardown(self, l)),
+            )
+            .await;
+            return;
+        }
+        drop(leases);
     }
 
     async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {

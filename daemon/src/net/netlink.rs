@@ -82,6 +82,7 @@ impl Netlink {
                 LinkUnspec::new_with_index(index)
                     .up()
                     .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
+                    .append_extra_attribute(LinkAttribute::Group(super::TAP_GROUP))
                     .build(),
             )
             .execute()
@@ -135,6 +136,20 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
             Err(e) => Err(nl(format!("deleting link {index}"))(e)),
+        }
+    }
+
+    /// Deletes every link of interface group `group` in one request (the kernel unregisters
+    /// them as one batch). A group with no link is not an error.
+    pub async fn delete_group(&self, group: u32) -> Result<(), NetError> {
+        let mut req = self.handle.link().del(0);
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("deleting the links of group {group}"))(e)),
         }
     }
 

@@ -8,6 +8,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Every interface summond creates starts with this, so leftovers can be found after a crash.
 pub const TAP_PREFIX: &str = "sm-";
+/// The interface group (IFLA_GROUP) of every link summond creates: one RTM_DELLINK for the
+/// group removes them all in one kernel batch at exit, instead of one request (and one RCU
+/// grace period) per link.
+pub const TAP_GROUP: u32 = 0x736d; // "sm"
 const IFNAMSIZ: usize = 16;
 
 /// `_IOW('T', 202, int)`

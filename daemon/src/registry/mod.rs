@@ -41,6 +41,10 @@ pub trait Plumbing: Send + Sync + 'static {
     /// the launcher (`None` for backends that do not take one).
     async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError>;
     async fn teardown(&self, lease: NetLease);
+    /// Removes every instance network the daemon made, `leases` and any other (daemon exit).
+    async fn teardown_all(&self, leases: Vec<NetLease>) {
+        futures::future::join_all(leases.into_iter().map(|l| self.teardown(l))).await;
+    }
     /// Packets the host has sent into each of these links (towards the guest: a tap's tx
     /// counter), by link index; links it cannot read are missing. At most one netlink dump.
     async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64>;
