@@ -1,7 +1,6 @@
 use clap::Parser;
-use summon_daemon::cli::{status_table, Cli, Command};
+use summon_daemon::cli::{admin_target, status_table, Cli, Command};
 use summon_daemon::config::Config;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -17,10 +16,15 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Some(Command::Status { admin, json }) => {
+            let (addr, token) = admin_target(&admin, cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let body = rt.block_on(summon_daemon::admin::get(admin, "/v1/instances"))?;
+            let body = rt.block_on(summon_daemon::admin::get(
+                addr,
+                "/v1/instances",
+                token.as_deref(),
+            ))?;
             if json {
                 print!("{body}");
             } else {
@@ -29,13 +33,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Stop { service, admin }) => {
+            let (addr, token) = admin_target(&admin, cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let path = format!("/v1/instances/{service}/stop");
             print!(
                 "{}",
-                rt.block_on(summon_daemon::admin::request(admin, "POST", &path))?
+                rt.block_on(summon_daemon::admin::request(
+                    addr,
+                    "POST",
+                    &path,
+                    token.as_deref()
+                ))?
             );
             Ok(())
         }
@@ -43,16 +53,24 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {
-                    EnvFilter::new("info,hickory_server=warn,netlink_packet_route=error")
-                }))
-                .with_writer(std::io::stderr)
-                .init();
+            let log = summon_daemon::logging::init()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(summon_daemon::daemon::run(config))
+            let result = rt.block_on(summon_daemon::daemon::run(config));
+            // Blocking tasks (an instance's stop) must not hold the exit hostage.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if let Err(e) = &result {
+                tracing::error!("{e:#}");
+            }
+            // Bounded: a stalled log reader delays exit by at most this much.
+            log.flush(summon_daemon::logging::EXIT_FLUSH);
+            match result {
+                Ok(()) => Ok(()),
+                // Already logged through the queue; printing it again to stderr synchronously
+                // could block on the very sink that is stalled.
+                Err(_) => std::process::exit(1),
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ impl Metrics {
         let summons = IntCounterVec::new(
             Opts::new(
                 "summon_summons_total",
-                "A queries for services, by outcome (warm, cold, resumed, failed, backoff, limit, timeout)",
+                "A queries for services, by outcome (warm, cold, resumed, failed, backoff, limit, memory, timeout)",
             ),
             &["service", "result"],
         )
@@ -96,6 +96,9 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(held_packets.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(crate::logging::dropped_counter().clone()))
             .expect("unique metric");
         for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
             registry

@@ -10,6 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use summon_launcher::MacAddr;
+
 pub use error::{line_col, ConfigError, Problem};
 pub use model::{ReplyMode, StopMode};
 
@@ -18,10 +20,36 @@ pub use model::{ReplyMode, StopMode};
 pub struct Config {
     pub dns: DnsConfig,
     pub network: NetworkConfig,
-    pub admin: Option<SocketAddr>,
+    pub daemon: DaemonConfig,
+    pub admin: Option<AdminConfig>,
     pub limits: Limits,
     pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// Where summond keeps its host state's lock (`[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub lock_file: PathBuf,
+}
+
+/// The lock of the host state when `[daemon] lock_file` is not set (`RuntimeDirectory=summond`).
+pub const DEFAULT_LOCK_FILE: &str = "/run/summond/summond.lock";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
+        }
+    }
+}
+
+/// The admin HTTP listener (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, the bearer token in it guards everything but `GET /metrics` and `/healthz`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The embedded KVM launcher.
@@ -85,6 +113,9 @@ pub struct Limits {
     pub max_concurrent_boots: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// MiB of guest memory that live instances may have together; `None`: the default share
+    /// of the host's memory ([`crate::registry::default_memory_budget_mib`]).
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for Limits {
@@ -94,6 +125,7 @@ impl Default for Limits {
             max_concurrent_boots: 8,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            memory_budget_mib: None,
         }
     }
 }
@@ -113,7 +145,7 @@ pub struct ServiceConfig {
     pub backend: BackendKind,
     pub image: PathBuf,
     pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub memory_mib: u64,
     /// The full guest command line, network arguments included when `net_args` is on.
     pub args: Vec<String>,
@@ -147,18 +179,4 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
-}
-
-/// A locally administered unicast MAC derived from the IPv4 address (02:53:a:b:c:d),
-/// so a guest keeps its MAC across restarts without the operator picking one.
-pub fn mac_from_ip(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0x53, o[0], o[1], o[2], o[3]]
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

@@ -5,13 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use summon_launcher::MacAddr;
 use toml::Spanned;
 
 use super::error::LineIndex;
 use super::model::{RawConfig, RawService, ReplyMode, StopMode};
 use super::{
-    mac_from_ip, BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem,
-    ServiceConfig, MAX_PREWARM,
+    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, KvmConfig, Limits, NetworkConfig,
+    Problem, ServiceConfig, MAX_PREWARM,
 };
 
 struct Checker<'a> {
@@ -114,21 +115,6 @@ fn normalise_fqdn(s: &str) -> Option<String> {
         return None;
     }
     Some(format!("{body}."))
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (slot, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *slot = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
 }
 
 pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
@@ -266,11 +252,49 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         None => network.gateway,
     };
 
+    // [daemon]
+    let mut daemon = DaemonConfig::default();
+    if let Some(l) = raw.daemon.as_ref().and_then(|d| d.lock_file.as_ref()) {
+        let p = Path::new(l.get_ref().as_str());
+        if p.is_absolute() && p.file_name().is_some() {
+            daemon.lock_file = p.to_path_buf();
+        } else {
+            c.err(
+                l,
+                format!(
+                    "daemon.lock_file: expected an absolute file path like \"/run/summond/summond.lock\", found {:?}",
+                    l.get_ref()
+                ),
+            );
+        }
+    }
+
     // [admin]
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| c.socket(&a.listen, "admin.listen", 9100));
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let listen = c.socket(&a.listen, "admin.listen", 9100)?;
+        let token_file = a.token_file.as_ref().map(|t| {
+            let p = Path::new(t.get_ref().as_str());
+            if t.get_ref().trim().is_empty() {
+                c.err(t, "admin.token_file: expected a file path");
+            }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        });
+        // Anyone who reaches the admin API can stop every instance: off the host, only with
+        // a token.
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            c.err(
+                &a.listen,
+                format!(
+                    "admin.listen: {listen} is not a loopback address; set admin.token_file to expose the admin API beyond this host"
+                ),
+            );
+        }
+        Some(AdminConfig { listen, token_file })
+    });
 
     // [kvm]
     let mut kvm = KvmConfig::default();
@@ -308,6 +332,16 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits.backoff_initial,
         );
         limits.backoff_max = c.duration(&l.backoff_max, "limits.backoff_max", limits.backoff_max);
+        if let Some(v) = &l.memory_budget {
+            if *v.get_ref() < 2 {
+                c.err(
+                    v,
+                    "limits.memory_budget: expected MiB of guest memory, at least 2",
+                );
+            } else {
+                limits.memory_budget_mib = Some(*v.get_ref());
+            }
+        }
     }
 
     // [[service]]
@@ -380,6 +414,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                 nameserver_ip,
             },
             network,
+            daemon,
             admin,
             limits,
             kvm,
@@ -484,13 +519,13 @@ fn check_service(
         }
     }
     let mac = match &r.mac {
-        Some(m) => match parse_mac(m.get_ref()) {
-            Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
-            Some(_) => {
+        Some(m) => match m.get_ref().parse::<MacAddr>() {
+            Ok(mac) if mac.is_unicast() => mac,
+            Ok(_) => {
                 c.err(m, "service.mac: expected a unicast MAC (first octet even)");
-                [0; 6]
+                MacAddr::new([0; 6])
             }
-            None => {
+            Err(_) => {
                 c.err(
                     m,
                     format!(
@@ -498,10 +533,10 @@ fn check_service(
                         m.get_ref()
                     ),
                 );
-                [0; 6]
+                MacAddr::new([0; 6])
             }
         },
-        None => mac_from_ip(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        None => MacAddr::from_ipv4(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
     };
     let memory_mib = match &r.memory_mib {
         Some(m) if !(2..=4096).contains(m.get_ref()) => {

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
+use summon_launcher::MacAddr;
+
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
@@ -44,14 +46,17 @@ pub struct NetPlumber {
     nl: Netlink,
     gateway: Ipv4Addr,
     txqueuelen: u32,
+    /// Alias set on every link we create ([`crate::hostlock::HostLock::link_mark`]).
+    mark: String,
 }
 
 impl NetPlumber {
-    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32) -> NetPlumber {
+    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32, mark: String) -> NetPlumber {
         NetPlumber {
             nl,
             gateway,
             txqueuelen,
+            mark,
         }
     }
 
@@ -65,7 +70,7 @@ impl NetPlumber {
         &self,
         service: &str,
         guest: Ipv4Addr,
-        mac: [u8; 6],
+        mac: MacAddr,
     ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
         let tap = Tap::open(&name).map_err(|source| {
@@ -82,7 +87,7 @@ impl NetPlumber {
         let index = tap.index;
         if let Err((step, e)) = self
             .nl
-            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen)
+            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen, &self.mark)
             .await
         {
             let _ = self.nl.delete_link(index).await;
@@ -145,8 +150,11 @@ impl crate::registry::Plumbing for NetPlumber {
     async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
         // Links first, in one batch, then the fds: closing the last fd of a tap unregisters it
         // on its own, one device (and one RCU grace period) at a time.
-        if let Err(e) = self.nl.delete_group(TAP_GROUP).await {
-            tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
+        let batch = self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await;
+        if !matches!(batch, Ok(true)) {
+            if let Err(e) = batch {
+                tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
+            }
             futures::future::join_all(
                 leases
                     .into_iter()

@@ -9,6 +9,8 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use summon_launcher::MacAddr;
+
 use super::PlumbStep;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,7 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Link up with a queue long enough to hold a client's first burst while the guest boots;
+    /// Link up, marked as ours by its alias, with a queue long enough to hold a client's first burst while the guest boots;
     /// the gateway as /32 on the host side; a /32 route and a permanent neighbour entry for the
     /// guest, so the first SYN is queued in the tap without an ARP round trip.
     pub async fn setup_p2p(
@@ -73,8 +75,9 @@ impl Netlink {
         index: u32,
         gateway: Ipv4Addr,
         guest: Ipv4Addr,
-        mac: [u8; 6],
+        mac: MacAddr,
         txqueuelen: u32,
+        mark: &str,
     ) -> Result<(), (PlumbStep, NetError)> {
         self.handle
             .link()
@@ -82,6 +85,7 @@ impl Netlink {
                 LinkUnspec::new_with_index(index)
                     .up()
                     .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
+                    .append_extra_attribute(LinkAttribute::IfAlias(mark.to_string()))
                     .append_extra_attribute(LinkAttribute::Group(super::TAP_GROUP))
                     .build(),
             )
@@ -120,7 +124,7 @@ impl Netlink {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(guest))
-            .link_local_address(&mac)
+            .link_local_address(&mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
@@ -140,8 +144,29 @@ impl Netlink {
     }
 
     /// Deletes every link of interface group `group` in one request (the kernel unregisters
-    /// them as one batch). A group with no link is not an error.
-    pub async fn delete_group(&self, group: u32) -> Result<(), NetError> {
+    /// them as one batch), if every link of the group carries the alias `mark`; returns whether
+    /// it did. Another daemon's (or an operator's) link in the group makes it refuse.
+    pub async fn delete_group_if_marked(&self, group: u32, mark: &str) -> Result<bool, NetError> {
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl("listing links"))? {
+            let mut in_group = false;
+            let mut ours = false;
+            for a in &msg.attributes {
+                match a {
+                    LinkAttribute::Group(g) => in_group = *g == group,
+                    LinkAttribute::IfAlias(a) => ours = a == mark,
+                    _ => {}
+                }
+            }
+            if in_group && !ours {
+                return Ok(false);
+            }
+        }
+        self.delete_group(group).await?;
+        Ok(true)
+    }
+
+    async fn delete_group(&self, group: u32) -> Result<(), NetError> {
         let mut req = self.handle.link().del(0);
         req.message_mut()
             .attributes
@@ -153,13 +178,21 @@ impl Netlink {
         }
     }
 
-    /// All links whose name starts with `prefix`, as (index, name).
-    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>, NetError> {
+    /// All links whose name starts with `prefix` and whose alias is `mark`, as (index, name).
+    pub async fn marked_links(
+        &self,
+        prefix: &str,
+        mark: &str,
+    ) -> Result<Vec<(u32, String)>, NetError> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(nl("listing links"))? {
+            let alias = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(a) => Some(a.as_str()),
+                _ => None,
+            });
             if let Some(name) = link_name(&msg) {
-                if name.starts_with(prefix) {
+                if name.starts_with(prefix) && alias == Some(mark) {
                     out.push((msg.header.index, name));
                 }
             }

@@ -20,9 +20,13 @@ impl Registry {
             .limits
             .write()
             .unwrap_or_else(|p| p.into_inner()) = limits;
-        self.shared
-            .admission
-            .set_limits(limits.max_instances, limits.max_concurrent_boots);
+        self.shared.admission.set_limits(
+            limits.max_instances,
+            limits.max_concurrent_boots,
+            limits
+                .memory_budget_mib
+                .unwrap_or_else(super::limits::default_memory_budget_mib),
+        );
         let by_name: HashMap<&str, &ServiceConfig> =
             services.iter().map(|s| (s.name.as_str(), s)).collect();
         let current = self.slots();
