@@ -139,7 +139,9 @@ impl Registry {
         for s in &slots {
             s.lock().removed = true;
         }
-        let starting = slots.iter().filter(|s| s.phase() == Phase::Starting);
+        let starting = slots
+            .iter()
+            .filter(|s| matches!(s.phase(), Phase::Starting | Phase::Suspending));
         futures::future::join_all(starting.map(|s| self.settle(s))).await;
         let mut taken = Vec::new();
         let mut instances = Vec::new();

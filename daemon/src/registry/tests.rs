@@ -511,7 +511,7 @@ async fn reaper_looks_only_at_due_instances() {
         .map(|i| {
             let mut s = svc(&format!("s{i}"), 0);
             s.ip = Ipv4Addr::from(0x0a4d_0100 + i);
-            s.idle_timeout = Duration::from_secs(60);
+            s.idle_timeout = Duration::from_secs(3600);
             s
         })
         .collect();
