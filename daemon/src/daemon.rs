@@ -53,7 +53,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let fd_budget = start_fd_budget()?;
-    let _ = &fd_budget;
     let metrics = Arc::new(Metrics::new());
 
     let nl = Netlink::connect().context("netlink")?;
@@ -92,6 +91,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
         metrics.clone(),
     );
+    registry.set_fd_capacity(fd_budget.instance_capacity());
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
         &config,
         reload::next_serial(0),

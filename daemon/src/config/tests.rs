@@ -357,3 +357,31 @@ fn memory_budget_is_mib_of_at_least_two() {
     let p = one_error(&with("\"lots\""));
     assert_eq!(p.line, Some(11), "{p}");
 }
+
+#[test]
+fn max_instances_beyond_the_fd_budget_is_an_error() {
+    let cap = crate::fds::capacity_after_raise().expect("getrlimit");
+    let fits = base(&format!(
+        "\n[limits]\nmax_instances = {cap}\n{}",
+        service("")
+    ));
+    assert_eq!(
+        Config::parse(&fits, Path::new("/"))
+            .unwrap()
+            .limits
+            .max_instances as u64,
+        cap
+    );
+    let over = base(&format!(
+        "\n[limits]\nmax_instances = {}\n{}",
+        cap + 1,
+        service("")
+    ));
+    let p = one_error(&over);
+    assert_eq!((p.line, p.column), (Some(11), Some(17)), "{p}");
+    assert!(
+        p.message
+            .contains(&format!("file descriptor budget, which holds {cap}")),
+        "{p}"
+    );
+}

@@ -240,6 +240,12 @@ impl Registry {
         v
     }
 
+    /// How many live instances the process's fd budget holds; beyond, boots are refused with
+    /// `Limit::Fds` instead of failing on an unrelated errno.
+    pub fn set_fd_capacity(&self, instances: u64) {
+        self.shared.admission.set_fd_capacity(instances);
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
     }

@@ -96,6 +96,14 @@ impl Registry {
                         let admitted = match self.shared.admission.try_admit(cfg.memory_mib) {
                             Ok(a) => a,
                             Err(l) => {
+                                if l == limits::Limit::Fds {
+                                    tracing::warn!(
+                                        service = %slot.name,
+                                        capacity = self.shared.admission.fd_capacity(),
+                                        "boot refused: the file descriptor budget holds {} instances and all are live (RLIMIT_NOFILE; raise LimitNOFILE to run more)",
+                                        self.shared.admission.fd_capacity()
+                                    );
+                                }
                                 if l == limits::Limit::Memory {
                                     let m = self.shared.admission.memory();
                                     tracing::warn!(

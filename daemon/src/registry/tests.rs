@@ -647,3 +647,29 @@ async fn a_query_during_a_stop_boots_a_fresh_instance_after_it() {
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
     assert_eq!(f.plumbing.live.lock().unwrap().len(), 1);
 }
+
+/// Beyond the fd budget a boot is refused at once with `Limit::Fds` (reason `limit`), never
+/// tried until the tap creation fails with EMFILE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_beyond_the_fd_budget_are_refused_as_limit() {
+    let f = fixture(
+        vec![svc("a", 10), svc("b", 11)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    f.reg.set_fd_capacity(1);
+    let a = f.reg.get("a").unwrap();
+    let b = f.reg.get("b").unwrap();
+    f.reg.summon(&a).await.unwrap();
+    let e = f.reg.summon(&b).await.unwrap_err();
+    assert_eq!(e, SummonError::Limit(Limit::Fds));
+    assert_eq!(e.result_label(), "limit");
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+    assert!(f
+        .reg
+        .metrics()
+        .render()
+        .contains("summon_summons_total{result=\"limit\",service=\"b\"} 1"));
+    assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
+    f.reg.summon(&b).await.unwrap();
+}
