@@ -96,6 +96,26 @@ fn proc_stat(pid: i32) -> ProcStat {
     }
 }
 
+/// The process's threads counted by name, most frequent first.
+fn thread_names(pid: i32) -> String {
+    let mut by_name = std::collections::BTreeMap::<String, usize>::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            // vCPU threads are named after their instance: count them as one kind.
+            let name = comm.trim().trim_end_matches(|c: char| c.is_ascii_digit());
+            *by_name.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    let mut v: Vec<_> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.iter()
+        .take(6)
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -141,6 +161,8 @@ fn count_lines(d: &Daemon, args: &[&str], needle: &str) -> usize {
 
 struct Run {
     n: usize,
+    /// Instances summond's fd budget holds, when fewer than `n`.
+    fd_cap: Option<u64>,
     served: usize,
     failed: usize,
     errors: Vec<String>,
@@ -157,12 +179,46 @@ struct Run {
     left: String,
 }
 
+/// The config for `n` services. The memory budget counts configured guest memory (8 MiB each),
+/// not touched memory, so it is set to hold them all; `max_instances` is what summond's fd
+/// budget holds when that is fewer (`summond check-config` says so), and the summons beyond
+/// it are refused with reason `limit` and counted as failed.
+fn density_config(n: usize) -> (String, Option<u64>) {
+    let make = |max: u64| {
+        let limits = format!(
+            "[limits]\nmax_instances = {max}\nmax_concurrent_boots = 8\nmemory_budget = {}\n",
+            n * 8 + 1024
+        );
+        config(3600, &[], &limits, &services(n))
+    };
+    let cfg = make(n as u64 + 16);
+    let path = std::env::temp_dir().join(format!("summon-density-{}.toml", std::process::id()));
+    std::fs::write(&path, &cfg).unwrap();
+    let out = std::process::Command::new(summond())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("summond check-config");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let holds = text
+        .split("which holds ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+    match holds {
+        Some(cap) if !out.status.success() => (make(cap), Some(cap)),
+        _ => {
+            assert!(out.status.success(), "check-config: {text}");
+            (cfg, None)
+        }
+    }
+}
+
 fn run(n: usize, idle_window: Duration) -> Run {
-    let limits = format!(
-        "[limits]\nmax_instances = {}\nmax_concurrent_boots = 8\n",
-        n + 16
-    );
-    let cfg = config(3600, &[], &limits, &services(n));
+    let (cfg, fd_cap) = density_config(n);
+    if let Some(cap) = fd_cap {
+        eprintln!("  the fd budget holds {cap} instances: max_instances = {cap}");
+    }
     let mut d = Daemon::start_in(NetNs::new("dens"), &cfg);
     let pid = d.pid();
     // Settle: the prewarm pool fills right after start.
@@ -208,6 +264,7 @@ fn run(n: usize, idle_window: Duration) -> Run {
 
     std::thread::sleep(Duration::from_secs(1));
     let live = proc_stat(pid);
+    eprintln!("  threads by name: {}", thread_names(pid));
     let avail_live = mem_available_kib();
     // Idle: everything up, nobody asks.
     let t0 = Instant::now();
@@ -242,6 +299,7 @@ fn run(n: usize, idle_window: Duration) -> Run {
     drop(d);
     Run {
         n,
+        fd_cap,
         served,
         failed,
         errors,
@@ -314,6 +372,12 @@ fn main() {
     for r in &runs {
         let ratio =
             quantile(&r.last, 0.5).as_secs_f64() / quantile(&r.first, 0.5).as_secs_f64().max(1e-9);
+        if let Some(cap) = r.fd_cap {
+            println!(
+                "N = {}: summond's fd budget (RLIMIT_NOFILE hard limit) holds {cap} instances; the rest were refused with reason limit",
+                r.n
+            );
+        }
         println!(
             "goals at N = {}: served {} failed {} (0); idle CPU {:.2} % (<= 2); last/first p50 {:.2} (<= 1.25); host {:.0} KiB/inst (<= 1024); SIGTERM {:.2} s (<= 10)",
             r.n,
