@@ -108,7 +108,7 @@ fn thread_names(pid: i32) -> String {
         }
     }
     let mut v: Vec<_> = by_name.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
     v.iter()
         .take(6)
         .map(|(n, c)| format!("{n} {c}"))
