@@ -477,12 +477,13 @@ async fn reaper_counts_only_traffic_towards_the_guest() {
     let slot = f.reg.get("talk").unwrap();
     let reaper = crate::reaper::spawn(f.reg.clone());
     f.reg.summon(&slot).await.unwrap();
+    let mut quiet = std::time::Instant::now();
     for _ in 0..10 {
         c.rx_frames.fetch_add(1, Ordering::Relaxed);
+        quiet = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     assert_eq!(slot.phase(), Phase::Running, "frames to the guest keep it");
-    let quiet = std::time::Instant::now();
     let chatter = {
         let c = c.clone();
         tokio::spawn(async move {
