@@ -11,8 +11,7 @@
 //! which inherits it: the host's default of 20,000 fds does not hold 10,000 instances
 //! (docs/benchmarks.md, "Density").
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -2,7 +2,7 @@
 //! instances, running and suspended, stops them all and leaves no tap, route, neighbour entry or
 //! address behind.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
