@@ -98,6 +98,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
         metrics.clone(),
     );
+    registry.set_fd_capacity(fd_budget.instance_capacity());
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
         &config,
         reload::next_serial(0),
@@ -189,7 +190,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     systemd::stopping();
     reaper.abort();
     tcp_servers.abort_all();
+    let t = std::time::Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
     registry.stop_all().await;
     backends.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {

@@ -165,6 +165,13 @@ impl FdBudget {
     }
 }
 
+/// Instances summond's fd budget will hold once it has raised its soft limit to the hard one
+/// (what `check-config` compares `limits.max_instances` with); `None` when unknown.
+pub fn capacity_after_raise() -> Option<u64> {
+    let hard = getrlimit().ok()?.rlim_max;
+    Some(FdBudget::from_limit(hard).instance_capacity())
+}
+
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }

@@ -450,11 +450,14 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
         }
     }
 
-    async fn packets(&self, tap: &str, index: u32) -> Option<u64> {
-        if index == 0 {
-            return None;
-        }
-        <NetPlumber as Plumbing>::packets(&self.inner, tap, index).await
+    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
+        <NetPlumber as Plumbing>::teardown_all(&self.inner, leases).await
+    }
+
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        // Index 0 is an existing domain's NIC, which the daemon does not know.
+        let links: Vec<u32> = links.iter().copied().filter(|&i| i != 0).collect();
+        <NetPlumber as Plumbing>::towards_guest(&self.inner, &links).await
     }
 }
 

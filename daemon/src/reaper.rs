@@ -1,19 +1,25 @@
-//! Periodically stops or suspends idle instances (see `Registry::reap_idle`).
+//! Runs reaper passes (`Registry::reap_idle`) when the earliest idle deadline comes, and sleeps
+//! otherwise: nothing runs per tick, whatever the number of live instances.
 
 use std::time::Duration;
 
 use crate::registry::Registry;
 
-/// Often enough that reaping happens well within `idle_timeout` + 1 s.
-pub const PERIOD: Duration = Duration::from_millis(250);
+/// The longest sleep without a deadline; a backstop only (a new earlier deadline wakes the
+/// reaper at once).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 pub fn spawn(registry: Registry) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            registry.reap_idle().await;
+            let next = registry.reap_idle().await;
+            let until = next.unwrap_or_else(|| std::time::Instant::now() + MAX_SLEEP);
+            // A deadline armed during the pass left a permit (`Notify::notify_one`), so this
+            // returns at once rather than missing it.
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = registry.reap_changed() => {}
+            }
         }
     })
 }

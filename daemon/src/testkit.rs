@@ -42,8 +42,8 @@ impl Plumbing for NoPlumbing {
         ))
     }
     async fn teardown(&self, _: NetLease) {}
-    async fn packets(&self, _: &str, _: u32) -> Option<u64> {
-        None
+    async fn towards_guest(&self, _: &[u32]) -> std::collections::HashMap<u32, u64> {
+        Default::default()
     }
 }
 

@@ -140,6 +140,10 @@ pub trait Backend: Send + Sync {
 pub trait Instance: Send + Sync {
     /// Ends the instance, even a guest spinning in an endless loop; idempotent.
     fn stop(&self) -> Result<(), BackendError>;
+    /// Asks the instance to end without waiting for it; a later [`Instance::stop`] waits. Lets
+    /// a caller stopping thousands of instances have them all wind down at once. Backends that
+    /// cannot ask without waiting do nothing here.
+    fn request_stop(&self) {}
     /// Pauses the instance, keeping its memory.
     fn suspend(&self) -> Result<(), BackendError>;
     /// Resumes a paused instance without re-booting it.

@@ -2,7 +2,7 @@
 //! daemon (which creates a tap per instance), the embedded VMM (which opens or adopts one) and
 //! the tests.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -70,14 +70,26 @@ pub fn set_persistent(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The interface index of `name` in the calling thread's network namespace.
+///
+/// Through our own socket and SIOCGIFINDEX rather than `if_nametoindex`: when the process is out
+/// of fds, glibc's helper socket fails and `if_nametoindex` leaves a misleading errno (ENOENT),
+/// while this reports the EMFILE itself.
 pub fn index(name: &str) -> io::Result<u32> {
-    let cname = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: cname is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if index == 0 {
+    let mut req = ifreq_named(name)?;
+    // SAFETY: plain socket(2); the result is checked and then owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(index)
+    // SAFETY: `raw` was just created and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: SIOCGIFINDEX reads the name and writes ifru_ifindex of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
+    let index = unsafe { req.ifr_ifru.ifru_ifindex };
+    u32::try_from(index).map_err(|_| io::Error::other(format!("bad interface index {index}")))
 }
 
 /// Makes a handed-over fd non-blocking and checks that it is a tap; returns its interface name.

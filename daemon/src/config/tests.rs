@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::error::LineIndex;
 use super::*;
 
 fn image() -> String {
@@ -331,6 +332,55 @@ fn zero_or_mistyped_rates_are_rejected_with_position() {
 }
 
 #[test]
+fn duplicate_names_and_colliding_interface_names_are_errors() {
+    let dup = base(&format!(
+        "{}{}",
+        service(""),
+        service("").replace("10.77.0.10", "10.77.0.11")
+    ));
+    let p = one_error(&dup);
+    assert!(
+        p.message
+            .contains("duplicate service \"web\" (first defined on line 10)")
+            && p.line == Some(16),
+        "{p}"
+    );
+    // Both shorten to sm-servic-3e3e2 (the 20-bit hash meets).
+    let a = service("").replace("\"web\"", "\"service-1888xxxx\"");
+    let b = service("")
+        .replace("\"web\"", "\"service-4894xxxx\"")
+        .replace("10.77.0.10", "10.77.0.11");
+    assert_eq!(
+        crate::net::tap_name("service-1888xxxx"),
+        crate::net::tap_name("service-4894xxxx")
+    );
+    let p = one_error(&base(&format!("{a}{b}")));
+    assert!(
+        p.message
+            .contains("interface name sm-servic-3e3e2, like service \"service-1888xxxx\""),
+        "{p}"
+    );
+}
+
+#[test]
+fn line_index_matches_a_plain_scan() {
+    let src = "ab\nçd\n\nlast";
+    let plain = |offset: usize| {
+        let before = &src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        (line, before[start..].chars().count() + 1)
+    };
+    let idx = LineIndex::new(src);
+    for offset in (0..=src.len()).filter(|&o| src.is_char_boundary(o)) {
+        assert_eq!(idx.line_col(offset), plain(offset), "offset {offset}");
+    }
+    // Inside a multi-byte character and past the end: clamped, never a panic.
+    assert_eq!(idx.line_col(4), (2, 1));
+    assert_eq!(idx.line_col(999), (4, 5));
+}
+
+#[test]
 fn dns_hardening_keys_default_parse_and_are_checked() {
     let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
     assert_eq!(cfg.dns.tcp_max_clients, DEFAULT_TCP_MAX_CLIENTS);
@@ -463,4 +513,32 @@ fn memory_budget_is_mib_of_at_least_two() {
     assert!(p.message.contains("limits.memory_budget"), "{p}");
     let p = one_error(&with("\"lots\""));
     assert_eq!(p.line, Some(11), "{p}");
+}
+
+#[test]
+fn max_instances_beyond_the_fd_budget_is_an_error() {
+    let cap = crate::fds::capacity_after_raise().expect("getrlimit");
+    let fits = base(&format!(
+        "\n[limits]\nmax_instances = {cap}\n{}",
+        service("")
+    ));
+    assert_eq!(
+        Config::parse(&fits, Path::new("/"))
+            .unwrap()
+            .limits
+            .max_instances as u64,
+        cap
+    );
+    let over = base(&format!(
+        "\n[limits]\nmax_instances = {}\n{}",
+        cap + 1,
+        service("")
+    ));
+    let p = one_error(&over);
+    assert_eq!((p.line, p.column), (Some(11), Some(17)), "{p}");
+    assert!(
+        p.message
+            .contains(&format!("file descriptor budget, which holds {cap}")),
+        "{p}"
+    );
 }

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use summon_launcher::MacAddr;
 use toml::Spanned;
 
+use super::error::LineIndex;
 use super::model::{RawConfig, RawRrl, RawService, ReplyMode, StopMode};
 use super::{
     AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, Limits,
@@ -16,18 +17,31 @@ use super::{
 };
 
 struct Checker<'a> {
-    src: &'a str,
+    lines: LineIndex<'a>,
     problems: Vec<Problem>,
+    /// Whether each image path is a file, asked once per path: thousands of services usually
+    /// share a few images.
+    images: HashMap<PathBuf, bool>,
 }
 
 impl Checker<'_> {
     fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
         self.problems
-            .push(Problem::at(self.src, Some(at.span()), msg.into()));
+            .push(Problem::at_index(&self.lines, Some(at.span()), msg.into()));
     }
 
     fn err_plain(&mut self, msg: impl Into<String>) {
-        self.problems.push(Problem::at(self.src, None, msg.into()));
+        self.problems
+            .push(Problem::at_index(&self.lines, None, msg.into()));
+    }
+
+    fn is_file(&mut self, p: &Path) -> bool {
+        if let Some(&known) = self.images.get(p) {
+            return known;
+        }
+        let known = p.is_file();
+        self.images.insert(p.to_path_buf(), known);
+        known
     }
 
     fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
@@ -193,8 +207,9 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         }
     };
     let mut c = Checker {
-        src,
+        lines: LineIndex::new(src),
         problems: Vec::new(),
+        images: HashMap::new(),
     };
 
     // [network]
@@ -392,8 +407,17 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut limits = Limits::default();
     if let Some(l) = &raw.limits {
         if let Some(v) = &l.max_instances {
+            let capacity = crate::fds::capacity_after_raise();
             if *v.get_ref() == 0 {
                 c.err(v, "limits.max_instances: expected at least 1");
+            } else if let Some(cap) = capacity.filter(|&cap| u64::from(*v.get_ref()) > cap) {
+                c.err(
+                    v,
+                    format!(
+                        "limits.max_instances: {} instances do not fit in summond's file descriptor budget, which holds {cap} (RLIMIT_NOFILE hard limit; raise LimitNOFILE or lower max_instances)",
+                        v.get_ref()
+                    ),
+                );
             } else {
                 limits.max_instances = *v.get_ref();
             }
@@ -451,13 +475,14 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut services = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut taps: HashMap<String, String> = HashMap::new();
     let ns_label = nameserver
         .strip_suffix(&format!(".{zone}"))
         .map(str::to_string);
     for s in &raw.services {
         if let Some(svc) = check_service(&mut c, s, base, &network, network_ok, &limits) {
-            let (nl, _) = super::line_col(src, s.span().start);
-            if let Some(prev) = names.insert(svc.name.clone(), nl) {
+            if let Some(prev) = names.insert(svc.name.clone(), s.span().start) {
+                let (prev, _) = c.lines.line_col(prev);
                 c.err(
                     &s.get_ref().name,
                     format!(
@@ -474,6 +499,20 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                         svc.name
                     ),
                 );
+            }
+            // Long names are shortened with a 20-bit hash to fit IFNAMSIZ; among thousands of
+            // services two can meet, and the second would fail every boot with EBUSY.
+            let tap = crate::net::tap_name(&svc.name);
+            if let Some(other) = taps.get(&tap).filter(|o| **o != svc.name) {
+                c.err(
+                    &s.get_ref().name,
+                    format!(
+                        "service.name: {:?} gets the interface name {tap}, like service {other:?}; rename one of them",
+                        svc.name
+                    ),
+                );
+            } else {
+                taps.insert(tap, svc.name.clone());
             }
             if let Some(other) = ips.insert(svc.ip, svc.name.clone()) {
                 c.err(
@@ -621,7 +660,7 @@ fn check_service(
             } else {
                 base.join(p)
             };
-            if !p.is_file() {
+            if !c.is_file(&p) {
                 c.err(img, format!("service.image: no such file: {}", p.display()));
             }
             p

@@ -6,6 +6,7 @@ mod netlink;
 mod plumb_error;
 mod tap;
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
@@ -14,7 +15,7 @@ use summon_launcher::MacAddr;
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
-pub use tap::{tap_name, Tap, TAP_PREFIX};
+pub use tap::{tap_name, Tap, TAP_GROUP, TAP_PREFIX};
 
 /// An instance's host-side network: the open tap with its route and neighbour entry.
 /// Dropping it closes the daemon's fd; [`NetPlumber::teardown`] also deletes the link.
@@ -146,13 +147,31 @@ impl crate::registry::Plumbing for NetPlumber {
         }
     }
 
-    async fn packets(&self, tap: &str, index: u32) -> Option<u64> {
-        match self.nl.counters(index).await {
-            Ok(Some(c)) => Some(c.rx_packets + c.tx_packets),
-            Ok(None) => None,
+    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
+        // Links first, in one batch, then the fds: closing the last fd of a tap unregisters it
+        // on its own, one device (and one RCU grace period) at a time.
+        let batch = self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await;
+        if !matches!(batch, Ok(true)) {
+            if let Err(e) = batch {
+                tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
+            }
+            futures::future::join_all(
+                leases
+                    .into_iter()
+                    .map(|l| crate::registry::Plumbing::teardown(self, l)),
+            )
+            .await;
+            return;
+        }
+        drop(leases);
+    }
+
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        match self.nl.tx_packets(links).await {
+            Ok(counts) => counts,
             Err(e) => {
-                tracing::debug!(%tap, error = %e, "reading tap counters");
-                None
+                tracing::debug!(error = %e, "reading tap counters");
+                HashMap::new()
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The host side of an instance's point-to-point link, through rtnetlink.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
@@ -39,6 +40,9 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
         _ => false,
     }
 }
+
+/// Above this many links, one dump of every link is cheaper than one request each.
+const DUMP_ABOVE: usize = 16;
 
 #[derive(Clone)]
 pub struct Netlink {
@@ -82,6 +86,7 @@ impl Netlink {
                     .up()
                     .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
                     .append_extra_attribute(LinkAttribute::IfAlias(mark.to_string()))
+                    .append_extra_attribute(LinkAttribute::Group(super::TAP_GROUP))
                     .build(),
             )
             .execute()
@@ -138,6 +143,41 @@ impl Netlink {
         }
     }
 
+    /// Deletes every link of interface group `group` in one request (the kernel unregisters
+    /// them as one batch), if every link of the group carries the alias `mark`; returns whether
+    /// it did. Another daemon's (or an operator's) link in the group makes it refuse.
+    pub async fn delete_group_if_marked(&self, group: u32, mark: &str) -> Result<bool, NetError> {
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl("listing links"))? {
+            let mut in_group = false;
+            let mut ours = false;
+            for a in &msg.attributes {
+                match a {
+                    LinkAttribute::Group(g) => in_group = *g == group,
+                    LinkAttribute::IfAlias(a) => ours = a == mark,
+                    _ => {}
+                }
+            }
+            if in_group && !ours {
+                return Ok(false);
+            }
+        }
+        self.delete_group(group).await?;
+        Ok(true)
+    }
+
+    async fn delete_group(&self, group: u32) -> Result<(), NetError> {
+        let mut req = self.handle.link().del(0);
+        req.message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("deleting the links of group {group}"))(e)),
+        }
+    }
+
     /// All links whose name starts with `prefix` and whose alias is `mark`, as (index, name).
     pub async fn marked_links(
         &self,
@@ -155,6 +195,31 @@ impl Netlink {
                 if name.starts_with(prefix) && alias == Some(mark) {
                     out.push((msg.header.index, name));
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tx packet counters (host → guest on a tap) of these links: one request each when
+    /// they are few, one dump of every link otherwise. Links that are gone are missing.
+    pub async fn tx_packets(&self, links: &[u32]) -> Result<HashMap<u32, u64>, NetError> {
+        let mut out = HashMap::with_capacity(links.len());
+        if links.len() > DUMP_ABOVE {
+            let wanted: HashSet<u32> = links.iter().copied().collect();
+            let mut dump = self.handle.link().get().execute();
+            while let Some(msg) = dump.try_next().await.map_err(nl("listing links"))? {
+                if wanted.contains(&msg.header.index) {
+                    out.insert(msg.header.index, link_counters(&msg).tx_packets);
+                }
+            }
+            return Ok(out);
+        }
+        let reads = links
+            .iter()
+            .map(|&i| async move { (i, self.counters(i).await) });
+        for (index, r) in futures::future::join_all(reads).await {
+            if let Some(c) = r? {
+                out.insert(index, c.tx_packets);
             }
         }
         Ok(out)

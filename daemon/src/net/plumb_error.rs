@@ -38,10 +38,11 @@ impl fmt::Display for PlumbStep {
     }
 }
 
-/// The error of [`crate::registry::Plumbing::setup`]. Its text (step, tap and the source's
-/// text) is what the logs, the SERVFAIL reason and `/v1/instances` `last_error` show.
+/// The error of [`crate::registry::Plumbing::setup`]. Its text (step, tap, the source's text
+/// and what its errno means here) is what the logs, the SERVFAIL reason and `/v1/instances`
+/// `last_error` show.
 #[derive(Debug, thiserror::Error)]
-#[error("{tap}: {step}: {source}")]
+#[error("{tap}: {step}: {source}{}", meaning_suffix(*.step, .source))]
 pub struct PlumbError {
     pub step: PlumbStep,
     /// The interface name.
@@ -51,7 +52,55 @@ pub struct PlumbError {
     pub source: Box<NetError>,
 }
 
+/// What an errno means when setting up an instance's network, in the operator's terms: the
+/// bare `strerror` text names neither the limit nor the fix.
+pub fn errno_meaning(step: PlumbStep, errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::EMFILE => {
+            "summond is out of file descriptors (RLIMIT_NOFILE): fewer instances fit than \
+             configured; raise LimitNOFILE or lower limits.max_instances"
+        }
+        libc::ENFILE => "the host is out of file descriptors (fs.file-max)",
+        libc::ENOENT | libc::ENODEV | libc::ENXIO if step == PlumbStep::TapOpen => {
+            "/dev/net/tun is missing or the tun module is not loaded (modprobe tun)"
+        }
+        libc::EBUSY if step == PlumbStep::TapOpen => {
+            "the interface name is in use: another process holds a tap of this name"
+        }
+        libc::EINVAL if step == PlumbStep::TapOpen => "a link of this name exists and is not a tap",
+        libc::EPERM | libc::EACCES => {
+            "not permitted: summond needs CAP_NET_ADMIN (and access to /dev/net/tun)"
+        }
+        libc::ENOMEM | libc::ENOBUFS => "the kernel is out of memory for network state",
+        libc::EEXIST => "it exists already (a leftover, or another daemon's)",
+        _ => return None,
+    })
+}
+
+fn errno_of(e: &NetError) -> Option<i32> {
+    match e {
+        NetError::Io { source, .. } => source.raw_os_error(),
+        NetError::Netlink {
+            source: rtnetlink::Error::NetlinkError(m),
+            ..
+        } => Some(-m.raw_code()),
+        NetError::Netlink { .. } => None,
+    }
+}
+
+fn meaning_suffix(step: PlumbStep, e: &NetError) -> String {
+    errno_of(e)
+        .and_then(|errno| errno_meaning(step, errno))
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default()
+}
+
 impl PlumbError {
+    /// The errno underneath, when there is one.
+    pub fn errno(&self) -> Option<i32> {
+        errno_of(&self.source)
+    }
+
     pub fn new(step: PlumbStep, tap: impl Into<String>, source: NetError) -> PlumbError {
         PlumbError {
             step,
@@ -84,5 +133,45 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         assert!(matches!(*e.source, NetError::Io { .. }));
         assert_eq!(e.step, PlumbStep::TapOpen);
+        assert!(
+            text.ends_with(
+                "(the interface name is in use: another process holds a tap of this name)"
+            ),
+            "{text}"
+        );
+    }
+
+    fn io(step: PlumbStep, errno: i32) -> String {
+        PlumbError::new(
+            step,
+            "sm-a",
+            NetError::Io {
+                what: "x".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn errnos_say_what_they_mean() {
+        assert!(io(PlumbStep::TapOpen, libc::EMFILE).contains("RLIMIT_NOFILE"));
+        assert!(io(PlumbStep::LauncherFd, libc::EMFILE).contains("LimitNOFILE"));
+        assert!(io(PlumbStep::TapOpen, libc::ENFILE).contains("fs.file-max"));
+        assert!(io(PlumbStep::TapOpen, libc::ENOENT).contains("/dev/net/tun"));
+        assert!(io(PlumbStep::TapOpen, libc::ENODEV).contains("modprobe tun"));
+        assert!(io(PlumbStep::TapOpen, libc::EPERM).contains("CAP_NET_ADMIN"));
+        // ENOENT elsewhere is not about /dev/net/tun: no invented meaning.
+        assert!(!io(PlumbStep::Route, libc::ENOENT).contains("/dev/net/tun"));
+        assert!(io(PlumbStep::Route, libc::ENOENT).ends_with("(os error 2)"));
+        let e = PlumbError::new(
+            PlumbStep::TapOpen,
+            "sm-a",
+            NetError::Io {
+                what: "x".into(),
+                source: std::io::Error::from_raw_os_error(libc::EMFILE),
+            },
+        );
+        assert_eq!(e.errno(), Some(libc::EMFILE));
     }
 }

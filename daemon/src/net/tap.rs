@@ -8,6 +8,11 @@ use summon_launcher::tap;
 
 /// Every interface summond creates starts with this, so leftovers can be found after a crash.
 pub const TAP_PREFIX: &str = "sm-";
+/// The interface group (IFLA_GROUP) of every link summond creates: one RTM_DELLINK for the
+/// group removes them all in one kernel batch at exit, instead of one request (and one RCU
+/// grace period) per link. Used only after checking that every link of the group carries this
+/// daemon's mark (`Netlink::delete_group_if_marked`).
+pub const TAP_GROUP: u32 = 0x736d; // "sm"
 
 /// The interface name for a service: `sm-NAME`, or `sm-PREFIX-HASH` when that would not fit
 /// in IFNAMSIZ (15 bytes plus NUL). Deterministic, so a restarted daemon finds the same name.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use summon_launcher::Instance;
+use summon_launcher::{Instance, InstanceCounters};
 
 use super::NetLease;
 
@@ -74,8 +74,14 @@ pub struct Inner {
     pub started_at: Option<Instant>,
     /// When the launcher's start returned (the `boot` stage runs from here to NetReady).
     pub launched_at: Option<Instant>,
+    /// When traffic towards the guest was last seen (see `reap.rs`).
     pub last_traffic: Instant,
-    pub last_packets: Option<u64>,
+    /// The traffic counter at the last look; `None` before the first.
+    pub last_rx: Option<u64>,
+    /// The launcher's live counters, when it keeps them (read by the reaper without a syscall).
+    pub counters: Option<Arc<InstanceCounters>>,
+    /// The reaper entry that is current for this instance; 0 when none.
+    pub reap_seq: u64,
     pub boots: u64,
     pub removed: bool,
     /// Guest memory this live instance holds of the admission's budget (given back when it
@@ -100,7 +106,9 @@ impl Inner {
             started_at: None,
             launched_at: None,
             last_traffic: now,
-            last_packets: None,
+            last_rx: None,
+            counters: None,
+            reap_seq: 0,
             boots: 0,
             removed: false,
             admitted_mib: 0,

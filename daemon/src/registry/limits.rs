@@ -16,6 +16,8 @@ pub struct Admission {
     /// MiB of guest memory live instances may have together, and have now.
     memory_budget: AtomicU64,
     memory_live: AtomicU64,
+    /// Live instances the fd budget holds (`FdBudget::instance_capacity`); unlimited until set.
+    fd_capacity: AtomicU32,
 }
 
 /// Which limit refused a start.
@@ -24,6 +26,8 @@ pub enum Limit {
     Instances,
     Boots,
     Memory,
+    /// The process's fd budget holds no more instances (`crate::fds`).
+    Fds,
 }
 
 impl Limit {
@@ -33,13 +37,14 @@ impl Limit {
             Limit::Instances => "max_instances",
             Limit::Boots => "max_concurrent_boots",
             Limit::Memory => "memory_budget",
+            Limit::Fds => "fd_budget",
         }
     }
 
     /// The `result` label of `summon_summons_total` for a summon this limit refused.
     pub fn result_label(self) -> &'static str {
         match self {
-            Limit::Instances | Limit::Boots => "limit",
+            Limit::Instances | Limit::Boots | Limit::Fds => "limit",
             Limit::Memory => "memory",
         }
     }
@@ -100,6 +105,7 @@ impl Admission {
             boots_max: AtomicU32::new(max_boots),
             memory_budget: AtomicU64::new(memory_budget_mib),
             memory_live: AtomicU64::new(0),
+            fd_capacity: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -107,11 +113,18 @@ impl Admission {
     /// `memory_mib` of the budget until [`Admission::release`].
     pub fn try_admit(&self, memory_mib: u64) -> Result<Admitted, Limit> {
         let max = self.max_instances.load(Ordering::Relaxed);
+        let fds = self.fd_capacity.load(Ordering::Relaxed);
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n < max.min(fds)).then_some(n + 1)
             })
-            .map_err(|_| Limit::Instances)?;
+            .map_err(|n| {
+                if n >= max {
+                    Limit::Instances
+                } else {
+                    Limit::Fds
+                }
+            })?;
         let budget = self.memory_budget.load(Ordering::Relaxed);
         if self
             .memory_live
@@ -130,6 +143,18 @@ impl Admission {
                 Err(Limit::Boots)
             }
         }
+    }
+
+    /// How many live instances the process's fd budget holds.
+    pub fn set_fd_capacity(&self, instances: u64) {
+        self.fd_capacity.store(
+            u32::try_from(instances).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn fd_capacity(&self) -> u32 {
+        self.fd_capacity.load(Ordering::Relaxed)
     }
 
     /// One live instance of `memory_mib` fewer.

@@ -41,8 +41,13 @@ pub trait Plumbing: Send + Sync + 'static {
     /// the launcher (`None` for backends that do not take one).
     async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError>;
     async fn teardown(&self, lease: NetLease);
-    /// rx + tx packets through the tap so far, `None` when unknown.
-    async fn packets(&self, tap: &str, index: u32) -> Option<u64>;
+    /// Removes every instance network the daemon made, `leases` and any other (daemon exit).
+    async fn teardown_all(&self, leases: Vec<NetLease>) {
+        futures::future::join_all(leases.into_iter().map(|l| self.teardown(l))).await;
+    }
+    /// Packets the host has sent into each of these links (towards the guest: a tap's tx
+    /// counter), by link index; links it cannot read are missing. At most one netlink dump.
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64>;
 }
 
 /// The host side of an instance's network, owned by the registry while the instance lives.
@@ -155,6 +160,7 @@ struct Shared {
     gen: AtomicU64,
     epoch: Instant,
     events: mpsc::UnboundedSender<(String, u64, InstanceEvent)>,
+    reap: reap::ReapQueue,
 }
 
 /// All services, by lower-case name.
@@ -175,6 +181,7 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Registry {
         let (tx, rx) = mpsc::unbounded_channel();
+        let epoch = Instant::now();
         let reg = Registry {
             slots: Arc::new(RwLock::new(HashMap::new())),
             shared: Arc::new(Shared {
@@ -191,8 +198,9 @@ impl Registry {
                 limits: RwLock::new(limits),
                 ttl: AtomicU32::new(ttl),
                 gen: AtomicU64::new(0),
-                epoch: Instant::now(),
+                epoch,
                 events: tx,
+                reap: reap::ReapQueue::new(epoch),
             }),
         };
         for s in services {
@@ -230,6 +238,12 @@ impl Registry {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// How many live instances the process's fd budget holds; beyond, boots are refused with
+    /// `Limit::Fds` instead of failing on an unrelated errno.
+    pub fn set_fd_capacity(&self, instances: u64) {
+        self.shared.admission.set_fd_capacity(instances);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -117,8 +117,8 @@ impl Registry {
         };
         match inst.resume() {
             Ok(()) => {
-                g.last_traffic = Instant::now();
                 self.transition(slot, g, Phase::Running);
+                self.arm_reaper(slot, g);
                 Ok((cfg.ip, Served::Resumed))
             }
             Err(e) => {
@@ -166,6 +166,14 @@ impl Registry {
         let admitted = match self.shared.admission.try_admit(cfg.memory_mib) {
             Ok(a) => a,
             Err(l) => {
+                if l == limits::Limit::Fds {
+                    let capacity = self.shared.admission.fd_capacity();
+                    tracing::warn!(
+                        service = %slot.name,
+                        capacity,
+                        "boot refused: the file descriptor budget holds {capacity} instances and all are live (RLIMIT_NOFILE; raise LimitNOFILE to run more)"
+                    );
+                }
                 if l == limits::Limit::Memory {
                     let m = self.shared.admission.memory();
                     tracing::warn!(
@@ -314,6 +322,10 @@ impl Registry {
             if g.gen != gen || g.phase != Phase::Starting {
                 Some(Ok((inst, lease)))
             } else {
+                // Counters start at zero with the instance, so every frame after this counts;
+                // a tap's counter is only known from the first look on.
+                g.counters = inst.counters();
+                g.last_rx = g.counters.as_ref().map(|_| 0);
                 g.instance = Some(inst);
                 g.net = Some(lease);
                 let now = Instant::now();
@@ -321,10 +333,9 @@ impl Registry {
                 let publish = now.saturating_duration_since(launch_end);
                 self.shared.metrics.cold_stage("publish", publish);
                 tracing::debug!(service = %slot.name, publish_us = publish.as_micros() as u64, "cold instance published");
-                g.last_traffic = Instant::now();
-                g.last_packets = None;
                 let early = g.early_exit.take();
                 self.transition(&slot, &mut g, Phase::Running);
+                self.arm_reaper(&slot, &mut g);
                 early.map(Err)
             }
         };

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use summon_launcher::{
-    Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, InstanceState,
+    Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceEvent, InstanceSpec,
+    InstanceState,
 };
 
 use super::*;
@@ -53,8 +54,9 @@ struct FakeBackend {
     fail_resume: Arc<AtomicBool>,
     /// The limits of the last spec started.
     last_limits: Mutex<Option<summon_launcher::GuestLimits>>,
-    /// The counters of the last instance started.
-    last_counters: Mutex<Option<Arc<summon_launcher::InstanceCounters>>>,
+    /// Live counters the instances report, like the embedded launcher's (`None`: none, like
+    /// libvirt's).
+    counters: Mutex<Option<Arc<InstanceCounters>>>,
 }
 
 struct FakeInstance {
@@ -64,13 +66,10 @@ struct FakeInstance {
     stops: Arc<AtomicU32>,
     resumes: Arc<AtomicU64>,
     fail_resume: Arc<AtomicBool>,
-    counters: Arc<summon_launcher::InstanceCounters>,
+    counters: Option<Arc<InstanceCounters>>,
 }
 
 impl Instance for FakeInstance {
-    fn counters(&self) -> Option<Arc<summon_launcher::InstanceCounters>> {
-        Some(self.counters.clone())
-    }
     fn stop(&self) -> Result<(), BackendError> {
         if !self.stopped.swap(true, Ordering::SeqCst) {
             self.stops.fetch_add(1, Ordering::SeqCst);
@@ -99,6 +98,9 @@ impl Instance for FakeInstance {
         self.paused.store(false, Ordering::SeqCst);
         self.resumes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        self.counters.clone()
     }
     fn state(&self) -> InstanceState {
         if self.stopped.load(Ordering::SeqCst) {
@@ -136,16 +138,14 @@ impl Backend for FakeBackend {
                 _ => {}
             }
         });
-        let counters = Arc::new(summon_launcher::InstanceCounters::default());
-        *self.last_counters.lock().unwrap() = Some(counters.clone());
         Ok(Box::new(FakeInstance {
-            counters,
             suspend: self.suspend.clone(),
             paused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             stops: self.stops.clone(),
             resumes: RESUMES.get_or_init(Default::default).clone(),
             fail_resume: self.fail_resume.clone(),
+            counters: self.counters.lock().unwrap().clone(),
         }))
     }
 }
@@ -154,6 +154,8 @@ impl Backend for FakeBackend {
 struct FakePlumbing {
     live: Mutex<Vec<String>>,
     packets: AtomicU64,
+    /// Calls of `towards_guest` (netlink reads, in the real plumbing).
+    reads: AtomicU64,
     /// Makes teardown slow, so that a test can act while an instance is Stopping.
     teardown_delay_ms: AtomicU64,
 }
@@ -188,8 +190,10 @@ impl Plumbing for FakePlumbing {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         self.live.lock().unwrap().retain(|t| *t != lease.tap);
     }
-    async fn packets(&self, _tap: &str, _index: u32) -> Option<u64> {
-        Some(self.packets.load(Ordering::SeqCst))
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let n = self.packets.load(Ordering::SeqCst);
+        links.iter().map(|&i| (i, n)).collect()
     }
 }
 
@@ -226,7 +230,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         boot_delay: Duration::from_millis(30),
         fail_resume: Arc::new(AtomicBool::new(false)),
         last_limits: Mutex::new(None),
-        last_counters: Mutex::new(None),
+        counters: Mutex::new(None),
     });
     let plumbing = Arc::new(FakePlumbing::default());
     let reg = Registry::new(
@@ -303,11 +307,16 @@ async fn guest_counters_are_live_plus_the_totals_of_ended_instances() {
     let slot = f.reg.get("web").unwrap();
     let line =
         |v: u64| format!("summon_guest_console_dropped_bytes_total{{service=\"web\"}} {v}\n");
+    // Each instance gets counters of its own, as the launcher's do.
+    let fresh = || {
+        *f.backend.counters.lock().unwrap() = Some(Arc::new(InstanceCounters::default()));
+    };
     let set = |v: u64| {
-        let c = f.backend.last_counters.lock().unwrap().clone().unwrap();
+        let c = f.backend.counters.lock().unwrap().clone().unwrap();
         c.console_dropped_bytes.store(v, Ordering::Relaxed);
         c.exits_throttled.store(v * 10, Ordering::Relaxed);
     };
+    fresh();
     f.reg.summon(&slot).await.unwrap();
     set(5);
     assert!(f.reg.render_metrics().contains(&line(5)));
@@ -315,6 +324,7 @@ async fn guest_counters_are_live_plus_the_totals_of_ended_instances() {
     // Ended: kept in the totals.
     let text = f.reg.render_metrics();
     assert!(text.contains(&line(5)), "{text}");
+    fresh();
     f.reg.summon(&slot).await.unwrap();
     set(3);
     let text = f.reg.render_metrics();
@@ -489,18 +499,106 @@ async fn reaper_stops_idle_and_spares_busy() {
     let f = fixture(vec![svc("idle", 14)], Limits::default(), Script::Healthy);
     let slot = f.reg.get("idle").unwrap();
     f.reg.summon(&slot).await.unwrap();
-    // Traffic keeps it alive past idle_timeout.
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    // Traffic keeps it alive past idle_timeout (300 ms).
     for _ in 0..8 {
         f.plumbing.packets.fetch_add(3, Ordering::SeqCst);
-        f.reg.reap_idle().await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
+    f.plumbing.packets.fetch_add(3, Ordering::SeqCst);
+    let last_traffic = std::time::Instant::now();
     assert_eq!(slot.phase(), Phase::Running);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    f.reg.reap_idle().await;
-    assert_eq!(slot.phase(), Phase::Stopped);
+    // Never before idle_timeout after the last traffic...
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(slot.phase(), Phase::Running);
+    // ...and within idle_timeout + 1/8 of it + the 40 ms grid (350 ms), with slack for a busy
+    // machine.
+    wait_phase(&slot, Phase::Stopped).await;
+    assert!(
+        last_traffic.elapsed() < Duration::from_millis(700),
+        "reaped {:?} after the last traffic",
+        last_traffic.elapsed()
+    );
     assert!(f.plumbing.live.lock().unwrap().is_empty());
     assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+    reaper.abort();
+}
+
+/// With the launcher's counters, only frames delivered to the guest keep it alive; what the
+/// guest sends does not, and no netlink read is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaper_counts_only_traffic_towards_the_guest() {
+    let f = fixture(vec![svc("talk", 14)], Limits::default(), Script::Healthy);
+    let c = Arc::new(InstanceCounters::default());
+    *f.backend.counters.lock().unwrap() = Some(c.clone());
+    let slot = f.reg.get("talk").unwrap();
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    f.reg.summon(&slot).await.unwrap();
+    let mut quiet = std::time::Instant::now();
+    for _ in 0..10 {
+        c.rx_frames.fetch_add(1, Ordering::Relaxed);
+        quiet = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(slot.phase(), Phase::Running, "frames to the guest keep it");
+    let chatter = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                c.tx_frames.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_phase(&slot, Phase::Stopped).await;
+    chatter.abort();
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert_eq!(f.plumbing.reads.load(Ordering::SeqCst), 0);
+    reaper.abort();
+}
+
+/// Running instances cost the reaper nothing until their deadline: no reads, one heap entry
+/// each, and re-arming does not pile up entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaper_looks_only_at_due_instances() {
+    let services: Vec<_> = (0..200u32)
+        .map(|i| {
+            let mut s = svc(&format!("s{i}"), 0);
+            s.ip = Ipv4Addr::from(0x0a4d_0100 + i);
+            s.idle_timeout = Duration::from_secs(3600);
+            s
+        })
+        .collect();
+    let f = fixture(
+        services,
+        Limits {
+            max_instances: 500,
+            max_concurrent_boots: 500,
+            ..Limits::default()
+        },
+        Script::Healthy,
+    );
+    let reaper = crate::reaper::spawn(f.reg.clone());
+    for i in 0..200 {
+        f.reg
+            .summon(&f.reg.get(&format!("s{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.plumbing.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(f.reg.shared.reap.len(), 200);
+    // Suspend and resume one: its old entry lapses, the new one replaces it when due.
+    let s0 = f.reg.get("s0").unwrap();
+    assert!(f.reg.stop(&s0, StopMode::Suspend, "test").await);
+    assert_eq!(f.reg.summon(&s0).await.unwrap().1, Served::Resumed);
+    assert_eq!(f.reg.shared.reap.len(), 201);
+    assert_eq!(f.reg.reap_idle().await.map(|_| ()), Some(()));
+    reaper.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,4 +704,30 @@ async fn a_query_during_a_stop_boots_a_fresh_instance_after_it() {
     assert_eq!(slot.phase(), Phase::Running);
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
     assert_eq!(f.plumbing.live.lock().unwrap().len(), 1);
+}
+
+/// Beyond the fd budget a boot is refused at once with `Limit::Fds` (reason `limit`), never
+/// tried until the tap creation fails with EMFILE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_beyond_the_fd_budget_are_refused_as_limit() {
+    let f = fixture(
+        vec![svc("a", 10), svc("b", 11)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    f.reg.set_fd_capacity(1);
+    let a = f.reg.get("a").unwrap();
+    let b = f.reg.get("b").unwrap();
+    f.reg.summon(&a).await.unwrap();
+    let e = f.reg.summon(&b).await.unwrap_err();
+    assert_eq!(e, SummonError::Limit(Limit::Fds));
+    assert_eq!(e.result_label(), "limit");
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+    assert!(f
+        .reg
+        .metrics()
+        .render()
+        .contains("summon_summons_total{result=\"limit\",service=\"b\"} 1"));
+    assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
+    f.reg.summon(&b).await.unwrap();
 }

@@ -345,6 +345,10 @@ impl Instance for KvmInstance {
         Ok(())
     }
 
+    fn request_stop(&self) {
+        drop(self.control.request_stop());
+    }
+
     fn suspend(&self) -> Result<(), BackendError> {
         self.control.suspend(&self.name)
     }
