@@ -55,7 +55,7 @@ fn unit_file_verifies_without_warnings() {
         assert!(text.contains(needed), "unit lacks {needed}");
     }
     // verify wants the ExecStart binary to exist: point it at the one just built.
-    let text = text.replace("/usr/local/bin/summond", summond().to_str().unwrap());
+    let text = text.replace("/usr/bin/summond", summond().to_str().unwrap());
     let (ok, stderr) = verify(&text);
     assert!(
         ok && stderr.trim().is_empty(),
