@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{BackendKind, Config};
 use crate::dns::{DnsFront, Zone};
+use crate::fds::{self, FdBudget};
 use crate::metrics::Metrics;
 use crate::net::{remove_leftovers, NetPlumber, Netlink};
 use crate::registry::Registry;
@@ -18,8 +19,33 @@ use crate::{admin, backend, reaper, reload, systemd};
 /// Idle TCP DNS connections are closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Raises the soft RLIMIT_NOFILE and splits it (see [`crate::fds`]). A failed raise is logged
+/// and the budget follows the limit the process has.
+fn start_fd_budget() -> anyhow::Result<FdBudget> {
+    match fds::raise_nofile() {
+        Ok(n) => tracing::info!(
+            before = n.before,
+            soft = n.soft,
+            hard = n.hard,
+            "RLIMIT_NOFILE"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE"),
+    }
+    let budget = FdBudget::current()?;
+    tracing::info!(
+        limit = budget.limit(),
+        client_fds = budget.client_fds(),
+        instance_fds = budget.instance_fds(),
+        instance_capacity = budget.instance_capacity(),
+        "file descriptor budget"
+    );
+    Ok(budget)
+}
+
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut config = Config::load(&config_path)?;
+    let fd_budget = start_fd_budget()?;
+    let _ = &fd_budget;
     let metrics = Arc::new(Metrics::new());
 
     let nl = Netlink::connect().context("netlink")?;

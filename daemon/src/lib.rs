@@ -3,7 +3,8 @@
 //!
 //! Where things live: [`config`] (TOML → checked config), [`dns`] (the hickory-server front),
 //! [`registry`] (services, instance state machine, backoff, limits), [`net`] (taps, routes,
-//! neighbours over netlink), [`reaper`], [`metrics`], [`admin`], [`systemd`], [`reload`].
+//! neighbours over netlink), [`reaper`], [`fds`] (the descriptor budget), [`metrics`], [`logging`],
+//! [`admin`], [`systemd`], [`reload`].
 
 pub mod admin;
 pub mod backend;
@@ -11,7 +12,9 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod fds;
 pub mod libvirt;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod reaper;

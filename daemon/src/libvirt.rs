@@ -401,9 +401,6 @@ impl<P> LibvirtPlumbing<P> {
     }
 }
 
-/// `_IOW('T', 203, int)`
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-
 #[async_trait::async_trait]
 impl Plumbing for LibvirtPlumbing<NetPlumber> {
     async fn setup(
@@ -424,16 +421,14 @@ impl Plumbing for LibvirtPlumbing<NetPlumber> {
             ));
         }
         let net = NetPlumber::setup(&self.inner, &svc.name, svc.ip, svc.mac).await?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: TUNSETPERSIST takes an int argument by value on a tap fd we own.
-        let rc = unsafe { libc::ioctl(net.tap.fd.as_raw_fd(), TUNSETPERSIST as _, 1) };
+        use std::os::fd::AsFd;
+        let persisted = summon_launcher::tap::set_persistent(net.tap.fd.as_fd());
         let lease = crate::registry::NetLease {
             tap: net.tap.name.clone(),
             index: net.tap.index,
             inner: None,
         };
-        if rc < 0 {
-            let source = std::io::Error::last_os_error();
+        if let Err(source) = persisted {
             let tap = lease.tap.clone();
             <NetPlumber as Plumbing>::teardown(&self.inner, lease).await;
             return Err(PlumbError::new(

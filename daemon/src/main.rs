@@ -1,7 +1,6 @@
 use clap::Parser;
 use summon_daemon::cli::{status_table, Cli, Command};
 use summon_daemon::config::Config;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -43,16 +42,24 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {
-                    EnvFilter::new("info,hickory_server=warn,netlink_packet_route=error")
-                }))
-                .with_writer(std::io::stderr)
-                .init();
+            let log = summon_daemon::logging::init()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(summon_daemon::daemon::run(config))
+            let result = rt.block_on(summon_daemon::daemon::run(config));
+            // Blocking tasks (an instance's stop) must not hold the exit hostage.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if let Err(e) = &result {
+                tracing::error!("{e:#}");
+            }
+            // Bounded: a stalled log reader delays exit by at most this much.
+            log.flush(summon_daemon::logging::EXIT_FLUSH);
+            match result {
+                Ok(()) => Ok(()),
+                // Already logged through the queue; printing it again to stderr synchronously
+                // could block on the very sink that is stalled.
+                Err(_) => std::process::exit(1),
+            }
         }
     }
 }

@@ -97,6 +97,9 @@ impl Metrics {
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
+        registry
+            .register(Box::new(crate::logging::dropped_counter().clone()))
+            .expect("unique metric");
         for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
             registry
                 .register(Box::new(c.clone()))

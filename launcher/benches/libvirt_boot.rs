@@ -138,7 +138,7 @@ fn boot_once(dir: &Path, kernel: &Path, v: &Variant, i: usize) -> (f64, f64) {
     let mut doc = backend.render(&gen, &spec).unwrap();
     if let Variant::Qboot(Nic::LibvirtTap) = v {
         doc.nic = Some(NicXml {
-            mac: [2, 0x53, 0x4d, 0, 0, 9],
+            mac: [2, 0x53, 0x4d, 0, 0, 9].into(),
             tap: "LIBVIRT".into(),
         });
     }

@@ -22,7 +22,7 @@ pub struct NetSpec {
     pub name: String,
     pub tap: TapSource,
     /// Random (locally administered) when `None`.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<crate::MacAddr>,
 }
 
 /// A block device to attach, matched to the image's manifest entry `name`.
@@ -146,6 +146,7 @@ pub trait Instance: Send + Sync {
 pub enum BackendError {
     #[error(transparent)]
     Kvm(#[from] crate::kvm::KvmError),
+    #[cfg(feature = "libvirt")]
     #[error(transparent)]
     Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("instance {0} is not in a state that allows {1}")]

@@ -190,7 +190,7 @@ fn transient_domain_boots_pvh_guest_suspends_resumes_and_goes() {
     s.nets.push(NetSpec {
         name: "service".into(),
         tap: TapSource::Name(tap.0.clone()),
-        mac: Some([0x02, 0x53, 0x4d, 0, 0, 0x31]),
+        mac: Some([0x02, 0x53, 0x4d, 0, 0, 0x31].into()),
     });
     let (sink, rx) = channel_sink();
     let inst = backend.start(s, sink).expect("transient domain starts");

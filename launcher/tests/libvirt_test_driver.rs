@@ -314,7 +314,7 @@ fn generated_transient_domain_lives_and_goes() {
     s.nets.push(NetSpec {
         name: "service".into(),
         tap: TapSource::Name("smv-lvtgen".into()),
-        mac: Some([0x02, 0, 0, 0, 0, 7]),
+        mac: Some([0x02, 0, 0, 0, 0, 7].into()),
     });
     let (sink, _) = recorder();
     let inst = backend.start(s, sink).unwrap();

@@ -19,7 +19,7 @@ fn doc(kind: GuestKind) -> DomainXml {
         console_log: (kind == GuestKind::Kvm)
             .then(|| PathBuf::from("/var/log/libvirt/qemu/summon-web.console.log")),
         nic: Some(NicXml {
-            mac: [0x02, 0x53, 0x4d, 0, 0, 0x14],
+            mac: [0x02, 0x53, 0x4d, 0, 0, 0x14].into(),
             tap: "smv-web".into(),
         }),
     }

@@ -13,10 +13,10 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use summon_launcher::{InstanceEvent, TapSource};
+use summon_launcher::{tap, InstanceEvent, TapSource};
 use summon_tests::guest::{self, Guest, GUEST_MAC};
 use summon_tests::netns::NetNs;
-use summon_tests::{image, require, tap};
+use summon_tests::{image, require};
 
 const ARGS: &[&str] = &[
     "--ipv4=10.0.0.2/24",
@@ -115,7 +115,7 @@ fn which(name: &str) -> Result<(), String> {
 fn open_tap_retrying() -> OwnedFd {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match tap::open("tap0") {
+        match tap::open("tap0", tap::Blocking::No) {
             Ok(fd) => return fd,
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_micros(200));

@@ -20,11 +20,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use summon_launcher::{tap, MacAddr};
 use summon_tests::netns::NetNs;
 use summon_tests::qemu::{self, Machine, Nic, Options, Vm};
-use summon_tests::{require, tap, virtio_image};
+use summon_tests::{require, virtio_image};
 
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x5e, 0x00, 0x02];
+const MAC: MacAddr = MacAddr::new([0x52, 0x54, 0x00, 0x5e, 0x00, 0x02]);
 const END: Duration = Duration::from_secs(60);
 
 fn main() {
@@ -72,7 +73,7 @@ fn main() {
     let ns = NetNs::new("vq-bench");
     ns.add_tap("tap0", "10.0.0.1/24");
     ns.add_neighbour("tap0", "10.0.0.2", MAC);
-    let fd = ns.run(|| tap::open("tap0").expect("open tap0"));
+    let fd = ns.run(|| tap::open("tap0", tap::Blocking::No).expect("open tap0"));
     std::thread::sleep(Duration::from_secs(1));
     for machine in [Machine::PcQboot, Machine::PcSeabios] {
         let n = if machine == Machine::PcSeabios {

@@ -5,14 +5,14 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
-use crate::tap;
 use summon_launcher::kvm::KvmBackend;
+use summon_launcher::{tap, MacAddr};
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
 };
 
 /// The MAC the tests give guests (locally administered).
-pub const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+pub const GUEST_MAC: MacAddr = MacAddr::new([0x02, 0x00, 0x00, 0x00, 0x00, 0x02]);
 
 /// One backend per test process: it caches CPUID and parsed images, as the daemon's does.
 pub fn backend() -> &'static KvmBackend {
@@ -111,7 +111,7 @@ impl Guest {
 /// there: a tap is found by name only in its own namespace.
 pub fn start_on_tap(ns: &NetNs, dev: &str, name: &str, image_name: &str, args: &[&str]) -> Guest {
     ns.run(|| {
-        let fd = tap::open(dev).unwrap_or_else(|e| panic!("open {dev}: {e:?}"));
+        let fd = tap::open(dev, tap::Blocking::No).unwrap_or_else(|e| panic!("open {dev}: {e:?}"));
         Guest::start(spec(
             name,
             &crate::image(image_name),

@@ -8,7 +8,6 @@ pub mod netns;
 pub mod qemu;
 pub mod require;
 pub mod rng;
-pub mod tap;
 pub mod tcp;
 
 use std::path::PathBuf;

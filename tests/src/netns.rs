@@ -4,6 +4,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use summon_launcher::MacAddr;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -48,12 +49,8 @@ impl NetNs {
     }
 
     /// A permanent neighbour entry (as the daemon installs): no ARP round trip for the guest.
-    pub fn add_neighbour(&self, dev: &str, addr: &str, mac: [u8; 6]) {
-        let mac = mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+    pub fn add_neighbour(&self, dev: &str, addr: &str, mac: MacAddr) {
+        let mac = mac.to_string();
         ip(&[
             "-n",
             &self.name,

@@ -53,7 +53,7 @@ pub struct Options {
     /// Add `-device isa-debug-exit` (QEMU then exits with `status * 2 + 1`).
     pub debug_exit: bool,
     /// A legacy-capable virtio-net-pci NIC.
-    pub nic: Option<(Nic, [u8; 6])>,
+    pub nic: Option<(Nic, summon_launcher::MacAddr)>,
     /// More QEMU arguments, appended as they are.
     pub extra: Vec<String>,
 }
@@ -111,11 +111,6 @@ pub fn args(image: &Path, o: &Options) -> Vec<String> {
         a.push("isa-debug-exit".into());
     }
     if let Some((nic, mac)) = &o.nic {
-        let mac = mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
         a.push("-netdev".into());
         a.push(match nic {
             Nic::Tap(tap) => format!("tap,id=n0,ifname={tap},script=no,downscript=no"),

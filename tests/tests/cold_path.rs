@@ -7,7 +7,7 @@
 
 mod daemon_support;
 
-#[path = "../../launcher/tests/common/elfgen.rs"]
+#[path = "../../image/tests/common/elfgen.rs"]
 mod elfgen;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -18,6 +18,7 @@ use daemon_support::cold::{cold_request, ColdSample};
 use daemon_support::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use summon_launcher::{tap, MacAddr};
 use summon_tests::netns::NetNs;
 
 /// ≥ this is a retransmitted SYN (or request), whatever the load.
@@ -244,7 +245,7 @@ fn a_tap_holds_txqueuelen_early_packets_and_drops_the_excess() {
     let name = ns.name().to_string();
     // Opened first, like the daemon does: an unattached tap has no carrier and drops everything.
     let fd: OwnedFd = ns
-        .run(|| summon_tests::tap::open("smq0"))
+        .run(|| tap::open("smq0", tap::Blocking::No))
         .expect("open tap");
     summon_tests::netns::ip(&[
         "-n",
@@ -268,7 +269,11 @@ fn a_tap_holds_txqueuelen_early_packets_and_drops_the_excess() {
         "src",
         "10.78.0.1",
     ]);
-    ns.add_neighbour("smq0", "10.78.0.2", [0x02, 0x53, 10, 78, 0, 2]);
+    ns.add_neighbour(
+        "smq0",
+        "10.78.0.2",
+        MacAddr::new([0x02, 0x53, 10, 78, 0, 2]),
+    );
     let sent_errors = ns.run(|| {
         let s = UdpSocket::bind("10.78.0.1:0").unwrap();
         (0..SENT)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use daemon_support::*;
 use hickory_proto::rr::RecordType;
+use summon_launcher::MacAddr;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 30);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 31);
@@ -113,7 +114,7 @@ fn instances_cannot_see_each_others_traffic() {
     // what a guest's driver writes, without any test hook in the daemon.
     let tap_fd = duplicate_tap_fd(d.pid(), "sm-alpha");
     let tap_mac = read_in_ns(&d, "/sys/class/net/sm-alpha/address");
-    let dst_mac = parse_mac(&tap_mac);
+    let dst_mac = tap_mac.trim().parse::<MacAddr>().unwrap().octets();
     let guest_mac = [0x02, 0x53, 10, 77, 0, 30];
     let port = 47_001u16;
     let dropped0 = rp_filter_drops(&d);
@@ -208,14 +209,6 @@ fn write_frame(fd: &std::os::fd::OwnedFd, frame: &[u8]) {
         "tap write: {}",
         std::io::Error::last_os_error()
     );
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
 }
 
 /// Ethernet + IPv4 + UDP (source port 12345, no UDP checksum) carrying `payload`.

@@ -6,12 +6,13 @@
 use std::process::Command;
 use std::time::Duration;
 
+use summon_launcher::MacAddr;
 use summon_tests::netns::NetNs;
 use summon_tests::qemu::{self, Machine, Nic, Options, Vm};
 use summon_tests::{require, virtio_image};
 
 const END: Duration = Duration::from_secs(60);
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x5e, 0x00, 0x02];
+const MAC: MacAddr = MacAddr::new([0x52, 0x54, 0x00, 0x5e, 0x00, 0x02]);
 
 fn qemu_ok() -> bool {
     require::check("QEMU with KVM", qemu::available())

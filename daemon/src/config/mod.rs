@@ -10,6 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use summon_launcher::MacAddr;
+
 pub use error::{line_col, ConfigError, Problem};
 pub use model::{ReplyMode, StopMode};
 
@@ -113,7 +115,7 @@ pub struct ServiceConfig {
     pub backend: BackendKind,
     pub image: PathBuf,
     pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub memory_mib: u64,
     /// The full guest command line, network arguments included when `net_args` is on.
     pub args: Vec<String>,
@@ -147,18 +149,4 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
-}
-
-/// A locally administered unicast MAC derived from the IPv4 address (02:53:a:b:c:d),
-/// so a guest keeps its MAC across restarts without the operator picking one.
-pub fn mac_from_ip(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0x53, o[0], o[1], o[2], o[3]]
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

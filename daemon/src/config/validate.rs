@@ -5,12 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use summon_launcher::MacAddr;
 use toml::Spanned;
 
 use super::model::{RawConfig, RawService, ReplyMode, StopMode};
 use super::{
-    mac_from_ip, BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem,
-    ServiceConfig, MAX_PREWARM,
+    BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem, ServiceConfig,
+    MAX_PREWARM,
 };
 
 struct Checker<'a> {
@@ -100,21 +101,6 @@ fn normalise_fqdn(s: &str) -> Option<String> {
         return None;
     }
     Some(format!("{body}."))
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (slot, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *slot = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
 }
 
 pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
@@ -454,13 +440,13 @@ fn check_service(
         }
     }
     let mac = match &r.mac {
-        Some(m) => match parse_mac(m.get_ref()) {
-            Some(mac) if mac[0] & 1 == 0 && mac != [0; 6] => mac,
-            Some(_) => {
+        Some(m) => match m.get_ref().parse::<MacAddr>() {
+            Ok(mac) if mac.is_unicast() => mac,
+            Ok(_) => {
                 c.err(m, "service.mac: expected a unicast MAC (first octet even)");
-                [0; 6]
+                MacAddr::new([0; 6])
             }
-            None => {
+            Err(_) => {
                 c.err(
                     m,
                     format!(
@@ -468,10 +454,10 @@ fn check_service(
                         m.get_ref()
                     ),
                 );
-                [0; 6]
+                MacAddr::new([0; 6])
             }
         },
-        None => mac_from_ip(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        None => MacAddr::from_ipv4(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
     };
     let memory_mib = match &r.memory_mib {
         Some(m) if !(2..=4096).contains(m.get_ref()) => {

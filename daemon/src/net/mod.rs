@@ -9,6 +9,8 @@ mod tap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
+use summon_launcher::MacAddr;
+
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
@@ -64,7 +66,7 @@ impl NetPlumber {
         &self,
         service: &str,
         guest: Ipv4Addr,
-        mac: [u8; 6],
+        mac: MacAddr,
     ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
         let tap = Tap::open(&name).map_err(|source| {

@@ -8,6 +8,8 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use summon_launcher::MacAddr;
+
 use super::PlumbStep;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ impl Netlink {
         index: u32,
         gateway: Ipv4Addr,
         guest: Ipv4Addr,
-        mac: [u8; 6],
+        mac: MacAddr,
         txqueuelen: u32,
     ) -> Result<(), (PlumbStep, NetError)> {
         self.handle
@@ -115,7 +117,7 @@ impl Netlink {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(guest))
-            .link_local_address(&mac)
+            .link_local_address(&mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
             .execute()

@@ -1,31 +1,18 @@
 //! Taps opened by the daemon itself through /dev/net/tun, so that the interface exists and
 //! queues packets before the guest (and even the DNS answer) is there.
 
-use std::ffi::CString;
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use summon_launcher::tap;
 
 /// Every interface summond creates starts with this, so leftovers can be found after a crash.
 pub const TAP_PREFIX: &str = "sm-";
-const IFNAMSIZ: usize = 16;
-
-/// `_IOW('T', 202, int)`
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
 
 /// The interface name for a service: `sm-NAME`, or `sm-PREFIX-HASH` when that would not fit
 /// in IFNAMSIZ (15 bytes plus NUL). Deterministic, so a restarted daemon finds the same name.
 pub fn tap_name(service: &str) -> String {
-    let max = IFNAMSIZ - 1;
+    let max = tap::MAX_NAME_LEN;
     if TAP_PREFIX.len() + service.len() <= max {
         return format!("{TAP_PREFIX}{service}");
     }
@@ -51,44 +38,12 @@ pub struct Tap {
 impl Tap {
     /// Creates (or attaches to) the tap `name` as IFF_TAP | IFF_NO_PI.
     pub fn open(name: &str) -> io::Result<Tap> {
-        if name.is_empty() || name.len() >= IFNAMSIZ {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "interface name {name:?} does not fit in {} bytes",
-                    IFNAMSIZ - 1
-                ),
-            ));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI,
-            _pad: [0; 22],
-        };
-        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which IfReq mirrors in size
-        // and layout (40 bytes); the fd is a freshly opened /dev/net/tun.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let cname =
-            CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: cname is a valid NUL-terminated string.
-        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = tap::open(name, tap::Blocking::Yes)?;
+        let index = tap::index(name)?;
         Ok(Tap {
             name: name.to_string(),
             index,
-            fd: file.into(),
+            fd,
         })
     }
 

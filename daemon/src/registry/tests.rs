@@ -156,7 +156,7 @@ fn svc(name: &str, last_octet: u8) -> ServiceConfig {
         backend: BackendKind::Kvm,
         image: PathBuf::from("/nonexistent"),
         ip: Ipv4Addr::new(10, 77, 0, last_octet),
-        mac: [2, 0, 0, 0, 0, last_octet],
+        mac: [2, 0, 0, 0, 0, last_octet].into(),
         memory_mib: 16,
         args: vec![],
         idle_timeout: Duration::from_millis(300),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::image_error::ImageError;
+use summon_image::ImageError;
 
 /// Errors of the embedded KVM backend.
 #[derive(Debug, thiserror::Error)]

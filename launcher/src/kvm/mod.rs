@@ -9,13 +9,10 @@
 mod boot_info;
 mod cpuid;
 pub mod devices;
-pub mod elf;
 mod error;
 mod hypercall;
-pub mod image_error;
 mod instance;
 mod layout;
-pub mod manifest;
 mod memory;
 mod regs;
 mod vcpu;
@@ -31,10 +28,9 @@ use kvm_ioctls::Kvm;
 
 use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
 
-pub use elf::ElfImage;
 pub use error::KvmError;
-pub use image_error::ImageError;
 pub use instance::KvmInstance;
+pub use summon_image::{ElfImage, ImageError};
 
 use devices::Devices;
 use memory::GuestMemory;

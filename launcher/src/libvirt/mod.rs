@@ -81,7 +81,7 @@ pub struct DomainInfo {
     pub uuid: String,
     pub state: crate::backend::InstanceState,
     /// MACs of its interfaces, in XML order: the daemon needs the guest's MAC for the SYN hold.
-    pub macs: Vec<[u8; 6]>,
+    pub macs: Vec<crate::MacAddr>,
     /// The serial console's log file, when the domain writes one.
     pub console_log: Option<PathBuf>,
 }
@@ -259,7 +259,7 @@ impl LibvirtBackend {
             None => None,
             Some(net) => match &net.tap {
                 TapSource::Name(tap) => Some(NicXml {
-                    mac: net.mac.unwrap_or_else(crate::kvm::devices::net::random_mac),
+                    mac: net.mac.unwrap_or_else(crate::MacAddr::random_local),
                     tap: tap.clone(),
                 }),
                 TapSource::Fd(_) => {

@@ -18,7 +18,7 @@ pub enum GuestKind {
 /// The guest's network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicXml {
-    pub mac: [u8; 6],
+    pub mac: crate::MacAddr,
     /// A tap the daemon created (qemu: `type='ethernet'`, `managed='no'`) or the vif name (Xen).
     pub tap: String,
 }
@@ -107,7 +107,7 @@ impl DomainXml {
         }
         if let Some(nic) = &self.nic {
             x.push_str("    <interface type='ethernet'>\n");
-            let _ = writeln!(x, "      <mac address='{}'/>", mac_string(&nic.mac));
+            let _ = writeln!(x, "      <mac address='{}'/>", nic.mac);
             match self.kind {
                 GuestKind::Kvm => {
                     let _ = writeln!(x, "      <target dev='{}' managed='no'/>", esc(&nic.tap));
@@ -128,30 +128,8 @@ impl DomainXml {
     }
 }
 
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    let m = mac;
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// The MAC addresses of a domain's network interfaces, in the order of its XML.
-pub fn interface_macs(xml: &str) -> Result<Vec<[u8; 6]>, String> {
+pub fn interface_macs(xml: &str) -> Result<Vec<crate::MacAddr>, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
     let mut macs = Vec::new();
     for iface in doc.descendants().filter(|n| {
@@ -162,7 +140,7 @@ pub fn interface_macs(xml: &str) -> Result<Vec<[u8; 6]>, String> {
             .find(|n| n.has_tag_name("mac"))
             .and_then(|n| n.attribute("address"))
         {
-            macs.push(parse_mac(addr).ok_or_else(|| format!("bad MAC address {addr:?}"))?);
+            macs.push(addr.parse().map_err(|e| format!("{e}"))?);
         }
     }
     Ok(macs)

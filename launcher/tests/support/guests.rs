@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn guests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
+    // Through the workspace root: summon-run's tests include this file too.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../launcher/tests/guests")
 }
 
 /// Assembles and links `tests/guests/NAME.S` into an hvt image and returns its path.

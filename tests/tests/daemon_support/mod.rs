@@ -80,6 +80,18 @@ pub fn config(ttl: u32, upstream: &[&str], limits: &str, services: &str) -> Stri
     )
 }
 
+/// Tests run several daemons at once, each in its own network namespace but all in the host's
+/// file system: each gets its own lock file in its test folder unless the config names one.
+pub fn with_own_lock(config_text: &str, dir: &Path) -> String {
+    if config_text.lines().any(|l| l.trim() == "[daemon]") {
+        return config_text.to_string();
+    }
+    format!(
+        "[daemon]\nlock_file = \"{}\"\n\n{config_text}",
+        dir.join("summond.lock").display()
+    )
+}
+
 /// A running summond in its own namespace. Killed (and the namespace deleted) on drop.
 pub struct Daemon {
     pub ns: NetNs,
@@ -101,6 +113,17 @@ impl Daemon {
     }
 
     pub fn start_env(ns: NetNs, config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_opts(ns, config_text, env, None)
+    }
+
+    /// Like [`Daemon::start_env`]; `stderr` replaces the log file as summond's stderr (then
+    /// [`Daemon::log`] is empty).
+    pub fn start_opts(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Option<Stdio>,
+    ) -> Daemon {
         let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -112,19 +135,21 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let log = dir.join("summond.log");
+        let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into());
         let child = ns
             .command(summond().to_str().unwrap())
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock)
-            .envs(env.iter().copied())
             .env(
                 "SUMMOND_LOG",
                 "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
             )
+            // After the default, so that a test's own SUMMOND_LOG wins.
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(stderr)
             .spawn()
             .expect("spawn summond");
         let mut d = Daemon {

@@ -3,7 +3,6 @@
 pub mod block;
 pub mod console;
 pub mod net;
-pub mod tap;
 
 use std::os::fd::AsRawFd;
 
@@ -15,7 +14,7 @@ use summon_hvt_abi::{
 use crate::backend::{BlockSpec, NetSpec};
 
 use super::error::KvmError;
-use super::manifest::{DeviceKind, Manifest};
+use summon_image::{DeviceKind, Manifest};
 
 pub use block::BlockDevice;
 pub use console::Console;
@@ -151,7 +150,7 @@ impl Devices {
             e[68..72].copy_from_slice(&kind.to_le_bytes());
             match &self.entries[i + 1] {
                 Some(Device::Net(net)) => {
-                    e[72..78].copy_from_slice(&net.mac);
+                    e[72..78].copy_from_slice(&net.mac.octets());
                     e[78..80].copy_from_slice(&net.mtu.to_le_bytes());
                     e[88..96].copy_from_slice(&(net.fd.as_raw_fd() as u64).to_le_bytes());
                 }

@@ -6,11 +6,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::backend::{NetSpec, TapSource};
 use crate::kvm::error::KvmError;
 
-use super::tap;
+use crate::tap;
+use crate::MacAddr;
 
 pub struct NetDevice {
     pub fd: OwnedFd,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub mtu: u16,
 }
 
@@ -20,12 +21,12 @@ impl NetDevice {
         let NetSpec { name, tap, mac } = spec;
         let (fd, mtu) = match tap {
             TapSource::Name(iface) => {
-                let fd = tap::open_tap(&iface).map_err(|source| KvmError::Tap {
+                let fd = tap::open(&iface, tap::Blocking::No).map_err(|source| KvmError::Tap {
                     name: name.clone(),
                     iface: iface.clone(),
                     source,
                 })?;
-                let mtu = tap::interface_mtu(&iface).map_err(|source| KvmError::Tap {
+                let mtu = tap::mtu(&iface).map_err(|source| KvmError::Tap {
                     name: name.clone(),
                     iface,
                     source,
@@ -33,15 +34,15 @@ impl NetDevice {
                 (fd, mtu)
             }
             TapSource::Fd(fd) => {
-                let iface = tap::adopt_tap_fd(fd.as_raw_fd())
+                let iface = tap::adopt_fd(fd.as_raw_fd())
                     .map_err(|source| KvmError::TapFd { name, source })?;
-                let mtu = tap::interface_mtu(&iface).unwrap_or(tap::DEFAULT_MTU);
+                let mtu = tap::mtu(&iface).unwrap_or(tap::DEFAULT_MTU);
                 (fd, mtu)
             }
         };
         Ok(NetDevice {
             fd,
-            mac: mac.unwrap_or_else(random_mac),
+            mac: mac.unwrap_or_else(MacAddr::random_local),
             mtu,
         })
     }
@@ -70,22 +71,4 @@ impl NetDevice {
         }
         Ok(n as usize == frame.len())
     }
-}
-
-/// A random unicast, locally administered MAC.
-pub fn random_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        // getrandom on 6 bytes does not fail after boot; fall back to time and pid anyway.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()) << 32;
-        mac.copy_from_slice(&t.to_le_bytes()[..6]);
-    }
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
 }

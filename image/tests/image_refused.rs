@@ -9,7 +9,7 @@ use elfgen::{
     PF_X, PT_LOAD, PT_NOTE,
 };
 use summon_hvt_abi as abi;
-use summon_launcher::kvm::elf::{ElfImage, ImageError};
+use summon_image::{ElfImage, ImageError};
 
 const MEM: u64 = 32 << 20;
 

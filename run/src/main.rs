@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use summon_launcher::kvm::KvmBackend;
+use summon_launcher::MacAddr;
 use summon_launcher::{
     BlockSpec, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
 };
@@ -29,7 +30,7 @@ const DEFAULT_MEM_MIB: u64 = 512;
 struct Options {
     mem_mib: Option<u64>,
     nets: BTreeMap<String, String>,
-    macs: BTreeMap<String, [u8; 6]>,
+    macs: BTreeMap<String, MacAddr>,
     blocks: BTreeMap<String, PathBuf>,
     sector_sizes: BTreeMap<String, u32>,
     image: PathBuf,
@@ -45,22 +46,6 @@ fn name_value<'a>(flag: &str, rest: &'a str) -> Result<(&'a str, &'a str)> {
         bail!("{flag}:{rest}: expected {flag}:NAME=VALUE");
     }
     Ok((name, value))
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        bail!("malformed MAC address {s:?} (expected xx:xx:xx:xx:xx:xx)");
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            bail!("malformed MAC address {s:?} (expected xx:xx:xx:xx:xx:xx)");
-        }
-        *m = u8::from_str_radix(p, 16)
-            .map_err(|_| anyhow!("malformed MAC address {s:?} (expected xx:xx:xx:xx:xx:xx)"))?;
-    }
-    Ok(mac)
 }
 
 fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Options> {
@@ -88,7 +73,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Options> {
             }
         } else if let Some(rest) = arg.strip_prefix("--net-mac:") {
             let (n, v) = name_value("--net-mac", rest)?;
-            o.macs.insert(n.into(), parse_mac(v)?);
+            o.macs.insert(n.into(), v.parse()?);
         } else if let Some(rest) = arg.strip_prefix("--block:") {
             let (n, v) = name_value("--block", rest)?;
             if o.blocks.insert(n.into(), v.into()).is_some() {

@@ -2,8 +2,12 @@
 //! returns a raw Ethernet frame the test sends from the host side of the tap.
 //!
 //! One test runs `summon-run --net:service0=TAP` under `ip netns exec` (a tap opened by name);
-//! the other hands an already-open tap fd to `KvmBackend` in-process (the daemon's way).
+//! the other hands an already-open tap fd to `KvmBackend` in-process (the daemon's way). Both
+//! live in summon-run's crate, the only one whose tests can run the summon-run binary, so that
+//! they share the namespace and packet-socket helpers.
 
+// The launcher tests' helpers (KVM check, hand-written guests) until they are a library.
+#[path = "../../launcher/tests/support/mod.rs"]
 mod support;
 
 use std::ffi::CString;
@@ -13,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use summon_launcher::kvm::KvmBackend;
-use summon_launcher::{InstanceEvent, InstanceSpec, NetSpec, TapSource};
+use summon_launcher::{tap, InstanceEvent, InstanceSpec, NetSpec, TapSource};
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x2a];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -130,21 +134,7 @@ fn packet_socket(iface: &str) -> OwnedFd {
 
 /// Opens tap `iface` as the daemon would hand it over (call inside the namespace).
 fn open_tap(iface: &str) -> OwnedFd {
-    // SAFETY: plain open(2); checked below.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero ifreq is valid; TUNSETIFF reads it.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF with a valid ifreq.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &req) };
-    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
-    fd
+    tap::open(iface, tap::Blocking::Yes).unwrap_or_else(|e| panic!("TUNSETIFF {iface}: {e}"))
 }
 
 fn test_frame() -> Vec<u8> {
@@ -246,7 +236,7 @@ fn handed_over_tap_fd_echoes_and_reports_net_ready() {
         nets: vec![NetSpec {
             name: "service0".into(),
             tap: TapSource::Fd(tap),
-            mac: Some(GUEST_MAC),
+            mac: Some(GUEST_MAC.into()),
         }],
         blocks: vec![],
         args: vec![],

@@ -8,7 +8,7 @@ mod elfgen;
 
 use elfgen::{mft_desc, mft_desc_raw, note, ImageBuilder, RawEntry, CODE_GPA};
 use summon_hvt_abi as abi;
-use summon_launcher_fuzz::kvm::elf::ElfImage;
+use summon_image::ElfImage;
 
 fn main() {
     let dir = std::env::args()

@@ -1,6 +1,8 @@
 //! `summon-run` as a drop-in for `solo5-hvt`: exit statuses, console output, flag and image
 //! errors.
 
+// The launcher tests' helpers (KVM check, hand-written guests) until they are a library.
+#[path = "../../launcher/tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Output};

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use elfgen::{mft_desc, note, ImageBuilder, CODE_GPA, PF_R, PF_W, PT_LOAD};
 use summon_hvt_abi as abi;
-use summon_launcher::kvm::elf::{ElfImage, Segment};
-use summon_launcher::kvm::manifest::{DeviceKind, Manifest, ManifestDevice};
+use summon_image::{DeviceKind, Manifest, ManifestDevice};
+use summon_image::{ElfImage, Segment};
 
 fn parse(b: &ImageBuilder) -> ElfImage {
     ElfImage::parse(b.to_bytes()).unwrap_or_else(|e| panic!("valid image refused: {e}"))

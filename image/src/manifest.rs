@@ -3,8 +3,8 @@
 
 use summon_hvt_abi as abi;
 
-use super::elf::{read_array, read_u32};
-use super::image_error::ImageError;
+use crate::elf::{read_array, read_u32};
+use crate::error::ImageError;
 
 /// Size of one `struct mft_entry` in the file.
 const ENTRY_SIZE: usize = core::mem::size_of::<abi::MftEntry>();

@@ -1,22 +1,23 @@
-//! Tap interfaces through `/dev/net/tun`: open one by name, learn the name and MTU of one that
-//! was handed over as an fd.
+//! Tap interfaces through `/dev/net/tun`: the one place that speaks the tun ioctls, for the
+//! daemon (which creates a tap per instance), the embedded VMM (which opens or adopts one) and
+//! the tests.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// MTU assumed when a handed-over tap's MTU cannot be read.
 pub const DEFAULT_MTU: u16 = 1500;
 
+/// Longest interface name the kernel takes (IFNAMSIZ without the NUL).
+pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
+
 fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
     let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "interface name must be 1 to {} bytes without NUL",
-                libc::IFNAMSIZ - 1
-            ),
+            format!("interface name {name:?} must be 1 to {MAX_NAME_LEN} bytes without NUL"),
         ));
     }
     // SAFETY: ifreq is plain C data for which all-zero is a valid value.
@@ -27,31 +28,60 @@ fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
-/// Opens the existing tap `name` (IFF_TAP | IFF_NO_PI), non-blocking.
-pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+/// Whether reads and writes on the returned fd may block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocking {
+    Yes,
+    No,
+}
+
+/// Creates the tap `name` in the calling thread's network namespace, or attaches to the
+/// existing one, as IFF_TAP | IFF_NO_PI (close-on-exec). Without TUNSETPERSIST the interface
+/// lives as long as an fd on it.
+pub fn open(name: &str, blocking: Blocking) -> io::Result<OwnedFd> {
     let mut req = ifreq_named(name)?;
     req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let mut flags = libc::O_RDWR | libc::O_CLOEXEC;
+    if blocking == Blocking::No {
+        flags |= libc::O_NONBLOCK;
+    }
     // SAFETY: a plain open(2) of a NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c"/dev/net/tun".as_ptr(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: TUNSETIFF reads an ifreq, which `req` is and which outlives the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &req) } < 0 {
+    // SAFETY: TUNSETIFF reads (and may write back) one ifreq, which `req` is and which
+    // outlives the call; `fd` is an open /dev/net/tun.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
 }
 
+/// Makes the interface outlive its fds (for backends that open the tap by name themselves).
+pub fn set_persistent(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an int by value; on a non-tun fd it fails with an error.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The interface index of `name` in the calling thread's network namespace.
+pub fn index(name: &str) -> io::Result<u32> {
+    let cname = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: cname is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
 /// Makes a handed-over fd non-blocking and checks that it is a tap; returns its interface name.
-pub fn adopt_tap_fd(fd: RawFd) -> io::Result<String> {
+pub fn adopt_fd(fd: RawFd) -> io::Result<String> {
     // SAFETY: fcntl on an fd we were given; results are checked.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
@@ -61,9 +91,9 @@ pub fn adopt_tap_fd(fd: RawFd) -> io::Result<String> {
     if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: all-zero is a valid ifreq; TUNGETIFF fills it in and outlives nothing.
+    // SAFETY: all-zero is a valid ifreq.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    // SAFETY: TUNGETIFF writes one ifreq into `req`.
+    // SAFETY: TUNGETIFF writes one ifreq into `req`, which outlives the call.
     if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -87,7 +117,7 @@ pub fn adopt_tap_fd(fd: RawFd) -> io::Result<String> {
 }
 
 /// The MTU of interface `name` in the current network namespace.
-pub fn interface_mtu(name: &str) -> io::Result<u16> {
+pub fn mtu(name: &str) -> io::Result<u16> {
     let mut req = ifreq_named(name)?;
     // SAFETY: a plain socket(2); the result is checked and owned below.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -96,11 +126,25 @@ pub fn interface_mtu(name: &str) -> io::Result<u16> {
     }
     // SAFETY: `s` was just created and is owned by nobody else.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: SIOCGIFMTU reads the name and writes the MTU into `req`.
+    // SAFETY: SIOCGIFMTU reads the name and writes the MTU into `req`, which outlives the call.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel filled in the mtu member of the union.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     u16::try_from(mtu).map_err(|_| io::Error::other(format!("MTU {mtu} out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_any_syscall() {
+        for bad in ["", "sixteen-bytes-xx", "a\0b"] {
+            let e = open(bad, Blocking::No).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {e}");
+        }
+        assert!(ifreq_named("fifteen-bytes-x").is_ok());
+    }
 }

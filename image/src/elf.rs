@@ -22,8 +22,8 @@ use std::path::Path;
 
 use summon_hvt_abi as abi;
 
-pub use super::image_error::ImageError;
-use super::manifest::Manifest;
+use crate::error::ImageError;
+use crate::manifest::Manifest;
 
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;

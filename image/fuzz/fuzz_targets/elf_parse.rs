@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use summon_launcher_fuzz::kvm::elf::ElfImage;
+use summon_image::ElfImage;
 
 fuzz_target!(|data: &[u8]| {
     let img = match ElfImage::parse(data.to_vec()) {
