@@ -340,7 +340,10 @@ fn the_deb_builds_installs_into_a_throwaway_root_and_its_summond_checks_its_conf
     );
     for (doc, page) in [
         ("man:summond(8)", "usr/share/man/man8/summond.8.gz"),
-        ("man:summond.toml(5)", "usr/share/man/man5/summond.toml.5.gz"),
+        (
+            "man:summond.toml(5)",
+            "usr/share/man/man5/summond.toml.5.gz",
+        ),
     ] {
         assert!(unit.contains(doc), "Documentation= lacks {doc}");
         if require::tool("man").is_ok() {

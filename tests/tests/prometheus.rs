@@ -417,4 +417,34 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
             "label_values({metric}, {label}) is empty"
         );
     }
+    // With SUMMON_DASHBOARD_PNG=PATH: three minutes of traffic (cold and warm summons,
+    // failed boots, NXDOMAIN), then scripts/plot-dashboard draws the panels into PATH.
+    if let Some(png) = std::env::var_os("SUMMON_DASHBOARD_PNG") {
+        let end = Instant::now() + Duration::from_secs(180);
+        let mut i = 0u32;
+        while Instant::now() < end {
+            for name in ["web", "web", "web", "nothing"] {
+                d.query(&format!("{name}.svc.test."), RecordType::A);
+            }
+            if i % 5 == 0 {
+                d.query("broken.svc.test.", RecordType::A);
+            }
+            i += 1;
+            // Every third pause outlasts web's idle timeout: it is reaped and boots again.
+            std::thread::sleep(Duration::from_millis(if i % 3 == 0 { 3500 } else { 400 }));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/plot-dashboard");
+        let out =
+            d.ns.command("python3")
+                .arg(script)
+                .args(["--minutes", "3.5", "--rate", "20s", "--out"])
+                .arg(&png)
+                .output()
+                .expect("run scripts/plot-dashboard");
+        assert!(
+            out.status.success(),
+            "plot-dashboard: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
