@@ -185,7 +185,7 @@ fn the_deb_builds_installs_into_a_throwaway_root_and_its_summond_checks_its_conf
     }
     let depends = info
         .lines()
-        .find_map(|l| l.strip_prefix("Depends: "))
+        .find_map(|l| l.trim_start().strip_prefix("Depends: "))
         .unwrap_or_else(|| panic!("no Depends:\n{info}"));
     for dep in ["libc6", "systemd", "init-system-helpers"] {
         assert!(depends.contains(dep), "Depends lacks {dep}: {depends}");
@@ -204,6 +204,7 @@ fn the_deb_builds_installs_into_a_throwaway_root_and_its_summond_checks_its_conf
         "./usr/share/summon/images/hello.hvt",
         "./usr/share/man/man8/summond.8.gz",
         "./usr/share/man/man5/summond.toml.5.gz",
+        "./usr/share/man/man1/summon-run.1.gz",
         "./usr/lib/sysusers.d/summon.conf",
         "./usr/share/doc/summon/copyright",
         "./usr/share/doc/summon/changelog.Debian.gz",
@@ -305,6 +306,29 @@ fn the_deb_builds_installs_into_a_throwaway_root_and_its_summond_checks_its_conf
         !check.status.success() && stderr.contains("http.hvt"),
         "check-config without the image: {stderr}"
     );
+
+    // summon-run(1) is written by hand: it describes every flag of the installed summon-run's
+    // usage line.
+    let usage = in_chroot(&root, false, "/usr/bin/summon-run", &[]);
+    let usage = String::from_utf8_lossy(&usage.stderr).into_owned();
+    let flags: Vec<&str> = usage
+        .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.split(['=', ':']).next().unwrap())
+        .collect();
+    assert!(flags.len() >= 5, "usage: {usage}");
+    let page = stdout(
+        Command::new("gzip")
+            .args(["-dc"])
+            .arg(root.join("usr/share/man/man1/summon-run.1.gz")),
+    );
+    for flag in flags {
+        let roff = format!("\\fB{}", flag.replace('-', "\\-"));
+        assert!(
+            page.contains(&roff),
+            "summon-run(1) does not describe {flag}"
+        );
+    }
 
     // The installed summon-run boots the installed hello image (it prints and exits 0).
     if require::kvm().is_ok() {
