@@ -232,9 +232,12 @@ fn grafana_expr(expr: &str) -> String {
         .replace("$stage", ".*")
 }
 
+/// A template variable's `label_values(METRIC, LABEL)`: (metric, label).
+type LabelValues = (String, String);
+
 /// Checks the dashboard's structure the way Grafana's importer needs it; returns every
 /// panel's (title, expr) and every template variable's `label_values(METRIC, LABEL)`.
-fn dashboard() -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn dashboard() -> (Vec<(String, String)>, Vec<LabelValues>) {
     let text = read("grafana-dashboard.json");
     let d: Value = serde_json::from_str(&text).expect("dashboard is JSON");
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
@@ -426,12 +429,16 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
             for name in ["web", "web", "web", "nothing"] {
                 d.query(&format!("{name}.svc.test."), RecordType::A);
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 d.query("broken.svc.test.", RecordType::A);
             }
             i += 1;
             // Every third pause outlasts web's idle timeout: it is reaped and boots again.
-            std::thread::sleep(Duration::from_millis(if i % 3 == 0 { 3500 } else { 400 }));
+            std::thread::sleep(Duration::from_millis(if i.is_multiple_of(3) {
+                3500
+            } else {
+                400
+            }));
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/plot-dashboard");
         let out =
