@@ -35,9 +35,8 @@ pub enum Command {
     CheckConfig { file: PathBuf },
     /// Print the instances of a running daemon as a table.
     Status {
-        /// The daemon's admin.listen address.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -45,10 +44,43 @@ pub enum Command {
     /// Stop (destroy) a service's instance now; the next query boots it again.
     Stop {
         service: String,
-        /// The daemon's admin.listen address.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
+}
+
+/// How `status` and `stop` reach the admin API: flags first, then `--config`'s `[admin]`.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The daemon's admin.listen address (default: the config's, else 127.0.0.1:9100).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// A file with the admin bearer token (default: the config's admin.token_file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin listener's address and token for a client command.
+pub fn admin_target(
+    args: &AdminArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(SocketAddr, Option<String>)> {
+    let cfg = match config {
+        Some(path) => crate::config::Config::load(path)?.admin,
+        None => None,
+    };
+    let addr = args
+        .admin
+        .or(cfg.as_ref().map(|a| a.listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| cfg.and_then(|a| a.token_file));
+    let token = token_file
+        .map(|p| crate::admin::read_token(&p))
+        .transpose()?;
+    Ok((addr, token))
 }
 
 /// Renders `/v1/instances` JSON as a table.

@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{BackendKind, Config};
 use crate::dns::{DnsFront, Zone};
 use crate::fds::{self, FdBudget};
+use crate::hostlock::HostLock;
 use crate::metrics::Metrics;
 use crate::net::{remove_leftovers, NetPlumber, Netlink};
 use crate::registry::Registry;
@@ -44,12 +45,19 @@ fn start_fd_budget() -> anyhow::Result<FdBudget> {
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut config = Config::load(&config_path)?;
+    // Before anything on the host is touched: a second daemon on the same state stops here.
+    let lock = HostLock::acquire(&config.daemon.lock_file)?;
+    let mark = lock.link_mark();
+    let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(path) => Some(admin::read_token(path)?),
+        None => None,
+    };
     let fd_budget = start_fd_budget()?;
     let _ = &fd_budget;
     let metrics = Arc::new(Metrics::new());
 
     let nl = Netlink::connect().context("netlink")?;
-    match remove_leftovers(&nl).await {
+    match remove_leftovers(&nl, &mark).await {
         Ok(removed) if !removed.is_empty() => {
             tracing::warn!(?removed, "removed interfaces left by an earlier summond")
         }
@@ -60,6 +68,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         nl.clone(),
         config.network.gateway,
         config.network.txqueuelen,
+        mark.clone(),
     );
 
     let backend =
@@ -103,11 +112,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, 64);
     }
-    if let Some(addr) = config.admin {
-        let l = admin::bind(addr)
+    if let Some(a) = &config.admin {
+        let l = admin::bind(a.listen)
             .await
-            .with_context(|| format!("binding admin {addr}"))?;
-        tokio::spawn(admin::serve(l, registry.clone()));
+            .with_context(|| format!("binding admin {}", a.listen))?;
+        tokio::spawn(admin::serve(l, registry.clone(), admin_token));
     }
     let reaper = reaper::spawn(registry.clone());
 
@@ -116,7 +125,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
 
     tracing::info!(
-        zone = %config.dns.zone, listen = ?config.dns.listen, admin = ?config.admin,
+        zone = %config.dns.zone, listen = ?config.dns.listen,
+        admin = ?config.admin.as_ref().map(|a| a.listen), lock = %lock.path().display(),
         services = config.services.len(), "summond ready"
     );
     systemd::ready(&format!("serving {} services", config.services.len()));
@@ -151,11 +161,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     registry.stop_all().await;
     backends.shutdown();
-    match remove_leftovers(&nl).await {
+    match remove_leftovers(&nl, &mark).await {
         Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "final interface cleanup"),
     }
     tracing::info!("stopped");
+    drop(lock);
     Ok(())
 }

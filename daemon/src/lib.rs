@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod fds;
+pub mod hostlock;
 pub mod libvirt;
 pub mod logging;
 pub mod metrics;

@@ -11,7 +11,7 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,10 +135,9 @@ fn writer_loop(rx: Receiver<Vec<u8>>, mut sink: impl Write, shared: &Shared) {
                     // A report that itself fails is not counted: it would report itself forever.
                     let _ = write_line(&mut sink, msg.as_bytes());
                 }
-                match rx.recv_timeout(Duration::from_secs(1)) {
+                match rx.recv() {
                     Ok(line) => line,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 }
             }
         };
@@ -226,7 +225,12 @@ pub fn queue() -> Option<&'static LogQueue> {
 /// Installs the tracing subscriber (filter from `SUMMOND_LOG`) over a queue to stderr, and a
 /// panic hook that goes through the same queue. Call once, before anything logs.
 pub fn init() -> io::Result<&'static LogQueue> {
-    let q = LogQueue::start(io::stderr(), QUEUE_BYTES, dropped_counter().clone())?;
+    init_with(io::stderr())
+}
+
+/// [`init`] with another sink (tests).
+pub fn init_with(sink: impl Write + Send + 'static) -> io::Result<&'static LogQueue> {
+    let q = LogQueue::start(sink, QUEUE_BYTES, dropped_counter().clone())?;
     let q = QUEUE.get_or_init(|| q);
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("SUMMOND_LOG").unwrap_or_else(|_| {

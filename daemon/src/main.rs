@@ -1,5 +1,5 @@
 use clap::Parser;
-use summon_daemon::cli::{status_table, Cli, Command};
+use summon_daemon::cli::{admin_target, status_table, Cli, Command};
 use summon_daemon::config::Config;
 
 fn main() -> anyhow::Result<()> {
@@ -16,10 +16,15 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Some(Command::Status { admin, json }) => {
+            let (addr, token) = admin_target(&admin, cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let body = rt.block_on(summon_daemon::admin::get(admin, "/v1/instances"))?;
+            let body = rt.block_on(summon_daemon::admin::get(
+                addr,
+                "/v1/instances",
+                token.as_deref(),
+            ))?;
             if json {
                 print!("{body}");
             } else {
@@ -28,13 +33,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Stop { service, admin }) => {
+            let (addr, token) = admin_target(&admin, cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let path = format!("/v1/instances/{service}/stop");
             print!(
                 "{}",
-                rt.block_on(summon_daemon::admin::request(admin, "POST", &path))?
+                rt.block_on(summon_daemon::admin::request(
+                    addr,
+                    "POST",
+                    &path,
+                    token.as_deref()
+                ))?
             );
             Ok(())
         }

@@ -34,7 +34,7 @@ impl Metrics {
         let summons = IntCounterVec::new(
             Opts::new(
                 "summon_summons_total",
-                "A queries for services, by outcome (warm, cold, resumed, failed, backoff, limit, timeout)",
+                "A queries for services, by outcome (warm, cold, resumed, failed, backoff, limit, memory, timeout)",
             ),
             &["service", "result"],
         )

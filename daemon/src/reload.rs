@@ -47,7 +47,10 @@ pub async fn reload(
         )));
     }
     if new.dns.listen != current.dns.listen || new.admin != current.admin {
-        tracing::warn!("dns.listen and admin.listen changes take effect after a restart");
+        tracing::warn!("dns.listen and [admin] changes take effect after a restart");
+    }
+    if new.daemon != current.daemon {
+        tracing::warn!("[daemon] lock_file changes take effect after a restart");
     }
     if new.kvm != current.kvm {
         tracing::warn!("kvm.prewarm changes take effect after a restart");

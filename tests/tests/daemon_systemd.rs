@@ -53,6 +53,11 @@ fn unit_file_verifies_without_warnings() {
         "DeviceAllow=/dev/net/tun rw",
         "CAP_NET_ADMIN",
         "ProtectSystem=strict",
+        // The default daemon.lock_file, /run/summond/summond.lock, lives here.
+        "RuntimeDirectory=summond\n",
+        "MemoryMax=80%\n",
+        "TasksMax=",
+        "LimitNOFILE=",
     ] {
         assert!(text.contains(needed), "unit lacks {needed}");
     }
@@ -178,7 +183,8 @@ fn sigterm_stops_everything_and_leaves_nothing() {
             "stop = \"suspend\"\nidle_timeout = \"1s\"",
         );
     let ns = NetNs::new("term");
-    // A leftover of a crashed daemon: removed at start-up.
+    // A leftover of a crashed daemon on the same host state (marked with its lock's alias):
+    // removed at start-up.
     summon_tests::netns::ip(&[
         "-n",
         ns.name(),
@@ -188,6 +194,16 @@ fn sigterm_stops_everything_and_leaves_nothing() {
         "sm-stale",
         "mode",
         "tap",
+    ]);
+    summon_tests::netns::ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "set",
+        "dev",
+        "sm-stale",
+        "alias",
+        &link_mark(ns.name()),
     ]);
     let mut d = Daemon::start_in(ns, &config(0, &[], "", &services));
     assert!(

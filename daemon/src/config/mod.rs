@@ -20,10 +20,36 @@ pub use model::{ReplyMode, StopMode};
 pub struct Config {
     pub dns: DnsConfig,
     pub network: NetworkConfig,
-    pub admin: Option<SocketAddr>,
+    pub daemon: DaemonConfig,
+    pub admin: Option<AdminConfig>,
     pub limits: Limits,
     pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// Where summond keeps its host state's lock (`[daemon]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub lock_file: PathBuf,
+}
+
+/// The lock of the host state when `[daemon] lock_file` is not set (`RuntimeDirectory=summond`).
+pub const DEFAULT_LOCK_FILE: &str = "/run/summond/summond.lock";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
+        }
+    }
+}
+
+/// The admin HTTP listener (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, the bearer token in it guards everything but `GET /metrics` and `/healthz`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The embedded KVM launcher.
@@ -87,6 +113,9 @@ pub struct Limits {
     pub max_concurrent_boots: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// MiB of guest memory that live instances may have together; `None`: the default share
+    /// of the host's memory ([`crate::registry::default_memory_budget_mib`]).
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for Limits {
@@ -96,6 +125,7 @@ impl Default for Limits {
             max_concurrent_boots: 8,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            memory_budget_mib: None,
         }
     }
 }

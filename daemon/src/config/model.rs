@@ -10,6 +10,8 @@ pub struct RawConfig {
     pub dns: RawDns,
     pub network: RawNetwork,
     #[serde(default)]
+    pub daemon: Option<RawDaemon>,
+    #[serde(default)]
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub limits: Option<RawLimits>,
@@ -47,8 +49,19 @@ pub struct RawNetwork {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// The lock that makes one summond per host state (taps, instances).
+    #[serde(default)]
+    pub lock_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+    /// A file holding the bearer token every request but /metrics and /healthz needs.
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +75,9 @@ pub struct RawLimits {
     pub backoff_initial: Option<Spanned<String>>,
     #[serde(default)]
     pub backoff_max: Option<Spanned<String>>,
+    /// MiB of guest memory all live instances together may have.
+    #[serde(default)]
+    pub memory_budget: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -242,3 +242,68 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
     let src = base(&format!("\n[kvm]\npool = 2\n{}", service("")));
     assert!(!errors(&src).is_empty());
 }
+
+#[test]
+fn admin_off_loopback_needs_a_token_file() {
+    let with = |admin: &str| base(&format!("\n[admin]\n{admin}\n{}", service("")));
+    // Loopback (v4 and v6) needs no token.
+    for listen in ["127.0.0.1:9100", "[::1]:9100", "127.0.0.2"] {
+        let cfg = Config::parse(
+            &with(&format!("listen = \"{listen}\"")),
+            Path::new("/etc/summond"),
+        )
+        .unwrap();
+        assert!(cfg.admin.unwrap().token_file.is_none());
+    }
+    // Anything else without a token: an error at the address.
+    let p = one_error(&with("listen = \"0.0.0.0:9100\""));
+    assert_eq!((p.line, p.column), (Some(11), Some(10)), "{p}");
+    assert!(
+        p.message.contains("not a loopback address") && p.message.contains("admin.token_file"),
+        "{p}"
+    );
+    // With one it is accepted; a relative token path is relative to the config's folder.
+    let cfg = Config::parse(
+        &with("listen = \"10.0.0.1:9100\"\ntoken_file = \"admin.token\""),
+        Path::new("/etc/summond"),
+    )
+    .unwrap();
+    let admin = cfg.admin.unwrap();
+    assert_eq!(
+        admin.token_file.as_deref(),
+        Some(Path::new("/etc/summond/admin.token"))
+    );
+}
+
+#[test]
+fn lock_file_must_be_an_absolute_path() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.daemon.lock_file, Path::new(DEFAULT_LOCK_FILE));
+    let src = format!(
+        "[daemon]\nlock_file = \"/tmp/x/summond.lock\"\n\n{}",
+        base(&service(""))
+    );
+    let cfg = Config::parse(&src, Path::new("/")).unwrap();
+    assert_eq!(cfg.daemon.lock_file, Path::new("/tmp/x/summond.lock"));
+    let p = one_error(&format!(
+        "[daemon]\nlock_file = \"summond.lock\"\n\n{}",
+        base(&service(""))
+    ));
+    assert_eq!((p.line, p.column), (Some(2), Some(13)), "{p}");
+    assert!(
+        p.message.contains("daemon.lock_file: expected an absolute"),
+        "{p}"
+    );
+}
+
+#[test]
+fn memory_budget_is_mib_of_at_least_two() {
+    let with = |v: &str| base(&format!("\n[limits]\nmemory_budget = {v}\n{}", service("")));
+    let cfg = Config::parse(&with("512"), Path::new("/")).unwrap();
+    assert_eq!(cfg.limits.memory_budget_mib, Some(512));
+    let p = one_error(&with("1"));
+    assert_eq!((p.line, p.column), (Some(11), Some(17)), "{p}");
+    assert!(p.message.contains("limits.memory_budget"), "{p}");
+    let p = one_error(&with("\"lots\""));
+    assert_eq!(p.line, Some(11), "{p}");
+}

@@ -10,8 +10,8 @@ use toml::Spanned;
 
 use super::model::{RawConfig, RawService, ReplyMode, StopMode};
 use super::{
-    BackendKind, Config, DnsConfig, KvmConfig, Limits, NetworkConfig, Problem, ServiceConfig,
-    MAX_PREWARM,
+    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, KvmConfig, Limits, NetworkConfig,
+    Problem, ServiceConfig, MAX_PREWARM,
 };
 
 struct Checker<'a> {
@@ -237,11 +237,49 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         None => network.gateway,
     };
 
+    // [daemon]
+    let mut daemon = DaemonConfig::default();
+    if let Some(l) = raw.daemon.as_ref().and_then(|d| d.lock_file.as_ref()) {
+        let p = Path::new(l.get_ref().as_str());
+        if p.is_absolute() && p.file_name().is_some() {
+            daemon.lock_file = p.to_path_buf();
+        } else {
+            c.err(
+                l,
+                format!(
+                    "daemon.lock_file: expected an absolute file path like \"/run/summond/summond.lock\", found {:?}",
+                    l.get_ref()
+                ),
+            );
+        }
+    }
+
     // [admin]
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| c.socket(&a.listen, "admin.listen", 9100));
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let listen = c.socket(&a.listen, "admin.listen", 9100)?;
+        let token_file = a.token_file.as_ref().map(|t| {
+            let p = Path::new(t.get_ref().as_str());
+            if t.get_ref().trim().is_empty() {
+                c.err(t, "admin.token_file: expected a file path");
+            }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        });
+        // Anyone who reaches the admin API can stop every instance: off the host, only with
+        // a token.
+        if !listen.ip().is_loopback() && token_file.is_none() {
+            c.err(
+                &a.listen,
+                format!(
+                    "admin.listen: {listen} is not a loopback address; set admin.token_file to expose the admin API beyond this host"
+                ),
+            );
+        }
+        Some(AdminConfig { listen, token_file })
+    });
 
     // [kvm]
     let mut kvm = KvmConfig::default();
@@ -279,6 +317,16 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits.backoff_initial,
         );
         limits.backoff_max = c.duration(&l.backoff_max, "limits.backoff_max", limits.backoff_max);
+        if let Some(v) = &l.memory_budget {
+            if *v.get_ref() < 2 {
+                c.err(
+                    v,
+                    "limits.memory_budget: expected MiB of guest memory, at least 2",
+                );
+            } else {
+                limits.memory_budget_mib = Some(*v.get_ref());
+            }
+        }
     }
 
     // [[service]]
@@ -336,6 +384,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                 nameserver_ip,
             },
             network,
+            daemon,
             admin,
             limits,
             kvm,

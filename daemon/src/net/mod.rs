@@ -45,14 +45,17 @@ pub struct NetPlumber {
     nl: Netlink,
     gateway: Ipv4Addr,
     txqueuelen: u32,
+    /// Alias set on every link we create ([`crate::hostlock::HostLock::link_mark`]).
+    mark: String,
 }
 
 impl NetPlumber {
-    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32) -> NetPlumber {
+    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32, mark: String) -> NetPlumber {
         NetPlumber {
             nl,
             gateway,
             txqueuelen,
+            mark,
         }
     }
 
@@ -83,7 +86,7 @@ impl NetPlumber {
         let index = tap.index;
         if let Err((step, e)) = self
             .nl
-            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen)
+            .setup_p2p(index, self.gateway, guest, mac, self.txqueuelen, &self.mark)
             .await
         {
             let _ = self.nl.delete_link(index).await;

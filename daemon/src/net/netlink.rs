@@ -63,7 +63,7 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Link up with a queue long enough to hold a client's first burst while the guest boots;
+    /// Link up, marked as ours by its alias, with a queue long enough to hold a client's first burst while the guest boots;
     /// the gateway as /32 on the host side; a /32 route and a permanent neighbour entry for the
     /// guest, so the first SYN is queued in the tap without an ARP round trip.
     pub async fn setup_p2p(
@@ -73,6 +73,7 @@ impl Netlink {
         guest: Ipv4Addr,
         mac: MacAddr,
         txqueuelen: u32,
+        mark: &str,
     ) -> Result<(), (PlumbStep, NetError)> {
         self.handle
             .link()
@@ -80,6 +81,7 @@ impl Netlink {
                 LinkUnspec::new_with_index(index)
                     .up()
                     .append_extra_attribute(LinkAttribute::TxQueueLen(txqueuelen))
+                    .append_extra_attribute(LinkAttribute::IfAlias(mark.to_string()))
                     .build(),
             )
             .execute()
@@ -136,13 +138,21 @@ impl Netlink {
         }
     }
 
-    /// All links whose name starts with `prefix`, as (index, name).
-    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>, NetError> {
+    /// All links whose name starts with `prefix` and whose alias is `mark`, as (index, name).
+    pub async fn marked_links(
+        &self,
+        prefix: &str,
+        mark: &str,
+    ) -> Result<Vec<(u32, String)>, NetError> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(nl("listing links"))? {
+            let alias = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(a) => Some(a.as_str()),
+                _ => None,
+            });
             if let Some(name) = link_name(&msg) {
-                if name.starts_with(prefix) {
+                if name.starts_with(prefix) && alias == Some(mark) {
                     out.push((msg.header.index, name));
                 }
             }

@@ -16,9 +16,13 @@ impl Registry {
             .limits
             .write()
             .unwrap_or_else(|p| p.into_inner()) = limits;
-        self.shared
-            .admission
-            .set_limits(limits.max_instances, limits.max_concurrent_boots);
+        self.shared.admission.set_limits(
+            limits.max_instances,
+            limits.max_concurrent_boots,
+            limits
+                .memory_budget_mib
+                .unwrap_or_else(super::limits::default_memory_budget_mib),
+        );
         let current = self.slots();
         for slot in &current {
             match services.iter().find(|s| s.name == slot.name) {

@@ -76,7 +76,7 @@ impl Registry {
                     g.early_exit = Some(reason);
                     return;
                 }
-                Phase::Running | Phase::Suspended => {}
+                Phase::Running | Phase::Suspending | Phase::Suspended => {}
                 _ => return,
             }
             let failed = !g.net_ready;

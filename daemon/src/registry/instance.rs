@@ -13,6 +13,8 @@ pub enum Phase {
     Stopped,
     Starting,
     Running,
+    /// A suspend is under way (its acknowledgement awaited off the tokio workers).
+    Suspending,
     Suspended,
     Stopping,
     /// The last boot failed; no new boot before the backoff expires.
@@ -20,10 +22,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Stopped,
         Phase::Starting,
         Phase::Running,
+        Phase::Suspending,
         Phase::Suspended,
         Phase::Stopping,
         Phase::Failed,
@@ -34,6 +37,7 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Suspending => "suspending",
             Phase::Suspended => "suspended",
             Phase::Stopping => "stopping",
             Phase::Failed => "failed",
@@ -44,7 +48,11 @@ impl Phase {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            Phase::Starting | Phase::Running | Phase::Suspended | Phase::Stopping
+            Phase::Starting
+                | Phase::Running
+                | Phase::Suspending
+                | Phase::Suspended
+                | Phase::Stopping
         )
     }
 }
@@ -70,6 +78,9 @@ pub struct Inner {
     pub last_packets: Option<u64>,
     pub boots: u64,
     pub removed: bool,
+    /// Guest memory this live instance holds of the admission's budget (given back when it
+    /// leaves the live phases; the service's config may have changed meanwhile).
+    pub admitted_mib: u64,
 }
 
 impl Inner {
@@ -92,6 +103,7 @@ impl Inner {
             last_packets: None,
             boots: 0,
             removed: false,
+            admitted_mib: 0,
         }
     }
 }

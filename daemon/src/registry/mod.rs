@@ -90,7 +90,7 @@ impl SummonError {
         match self {
             SummonError::BootFailed(_) => "failed",
             SummonError::BackingOff => "backoff",
-            SummonError::Limit(_) => "limit",
+            SummonError::Limit(l) => l.result_label(),
             SummonError::Timeout => "timeout",
             SummonError::Gone => "gone",
         }
@@ -181,7 +181,13 @@ impl Registry {
                 backend,
                 plumbing,
                 metrics,
-                admission: Admission::new(limits.max_instances, limits.max_concurrent_boots),
+                admission: Admission::new(
+                    limits.max_instances,
+                    limits.max_concurrent_boots,
+                    limits
+                        .memory_budget_mib
+                        .unwrap_or_else(limits::default_memory_budget_mib),
+                ),
                 limits: RwLock::new(limits),
                 ttl: AtomicU32::new(ttl),
                 gen: AtomicU64::new(0),
@@ -248,7 +254,9 @@ impl Registry {
             return;
         }
         if old.is_live() && !new.is_live() {
-            self.shared.admission.release();
+            self.shared
+                .admission
+                .release(std::mem::take(&mut g.admitted_mib));
         }
         g.phase = new;
         g.since = Instant::now();

@@ -74,7 +74,7 @@ impl Registry {
                             }
                         }
                     }
-                    Phase::Starting | Phase::Stopping => {}
+                    Phase::Starting | Phase::Stopping | Phase::Suspending => {}
                     Phase::Failed | Phase::Stopped => {
                         if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
                             break Err(SummonError::BootFailed(
@@ -93,10 +93,24 @@ impl Registry {
                         if g.backoff_until.is_some_and(|u| Instant::now() < u) {
                             break Err(SummonError::BackingOff);
                         }
-                        let admitted = match self.shared.admission.try_admit() {
+                        let admitted = match self.shared.admission.try_admit(cfg.memory_mib) {
                             Ok(a) => a,
-                            Err(l) => break Err(SummonError::Limit(l)),
+                            Err(l) => {
+                                if l == limits::Limit::Memory {
+                                    let m = self.shared.admission.memory();
+                                    tracing::warn!(
+                                        service = %slot.name,
+                                        memory_mib = cfg.memory_mib,
+                                        live_mib = m.live_mib,
+                                        budget_mib = m.budget_mib,
+                                        "boot refused: {} MiB more would exceed the memory budget ({} of {} MiB in use)",
+                                        cfg.memory_mib, m.live_mib, m.budget_mib
+                                    );
+                                }
+                                break Err(SummonError::Limit(l));
+                            }
                         };
+                        g.admitted_mib = cfg.memory_mib;
                         // `transition` releases on the way out of a live phase; the admission
                         // above is that live phase's share.
                         g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
@@ -123,10 +137,10 @@ impl Registry {
                         ));
                     }
                 }
-                // An instance on its way out is not the one this query waits for: wait for
-                // the stop to finish, then boot a fresh one (a query racing the reaper must
-                // not get SERVFAIL).
-                if g.phase != Phase::Stopping {
+                // An instance on its way out (or into suspension) is not the one this query
+                // waits for: wait for the stop or suspend to finish, then boot a fresh one or
+                // resume it (a query racing the reaper must not get SERVFAIL).
+                if !matches!(g.phase, Phase::Stopping | Phase::Suspending) {
                     waited_gen = Some(g.gen);
                 }
                 slot.changed.subscribe()

@@ -27,8 +27,26 @@ enum Script {
     Silent,
 }
 
+/// What the fake instance's suspend does.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum SuspendScript {
+    Ack,
+    /// Blocks (like a vCPU that does not answer) until the script changes.
+    Hold,
+    /// Returns an error (the launcher's "not acknowledged").
+    Fail,
+}
+
+type SuspendGate = Arc<(Mutex<SuspendScript>, std::sync::Condvar)>;
+
+fn set_suspend(gate: &SuspendGate, to: SuspendScript) {
+    *gate.0.lock().unwrap() = to;
+    gate.1.notify_all();
+}
+
 struct FakeBackend {
     script: Mutex<Script>,
+    suspend: SuspendGate,
     starts: AtomicU32,
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
@@ -36,6 +54,7 @@ struct FakeBackend {
 }
 
 struct FakeInstance {
+    suspend: SuspendGate,
     paused: AtomicBool,
     stopped: AtomicBool,
     stops: Arc<AtomicU32>,
@@ -51,6 +70,17 @@ impl Instance for FakeInstance {
         Ok(())
     }
     fn suspend(&self) -> Result<(), BackendError> {
+        let (m, cv) = &*self.suspend;
+        let mut script = m.lock().unwrap();
+        while *script == SuspendScript::Hold {
+            script = cv.wait(script).unwrap();
+        }
+        if *script == SuspendScript::Fail {
+            return Err(BackendError::InvalidState(
+                "fake".into(),
+                "suspend (no ack)",
+            ));
+        }
         self.paused.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -98,6 +128,7 @@ impl Backend for FakeBackend {
             }
         });
         Ok(Box::new(FakeInstance {
+            suspend: self.suspend.clone(),
             paused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             stops: self.stops.clone(),
@@ -176,6 +207,7 @@ struct Fixture {
 fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixture {
     let backend = Arc::new(FakeBackend {
         script: Mutex::new(script),
+        suspend: Arc::new((Mutex::new(SuspendScript::Ack), std::sync::Condvar::new())),
         starts: AtomicU32::new(0),
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
@@ -333,6 +365,62 @@ async fn suspend_and_resume_without_reboot() {
     );
     assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Resumed);
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
+}
+
+// One worker: if the suspend's wait ran on it, nothing below could make progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_suspend_waiting_for_its_ack_blocks_no_worker_and_no_slot_lock() {
+    let mut a = svc("sleepy", 20);
+    a.stop = StopMode::Suspend;
+    let f = fixture(
+        vec![a, svc("other", 21)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    let slot = f.reg.get("sleepy").unwrap();
+    let other = f.reg.get("other").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    set_suspend(&f.backend.suspend, SuspendScript::Hold);
+    let stop = {
+        let (reg, slot) = (f.reg.clone(), slot.clone());
+        tokio::spawn(async move { reg.stop(&slot, StopMode::Suspend, "test").await })
+    };
+    // The slot's lock is free (phase() takes it) and timers run while the suspend waits.
+    wait_phase(&slot, Phase::Suspending).await;
+    // A query for it waits for the outcome instead of being answered by a pausing guest...
+    let waiting = {
+        let (reg, slot) = (f.reg.clone(), slot.clone());
+        tokio::spawn(async move { reg.summon(&slot).await })
+    };
+    // ...while another service boots and answers on the same single worker.
+    let cold = tokio::time::timeout(Duration::from_secs(5), f.reg.summon(&other))
+        .await
+        .expect("another service's summon hung behind a blocked suspend");
+    assert_eq!(cold.unwrap().1, Served::Cold);
+    assert!(f.reg.instances().iter().any(|i| i.state == "suspending"));
+    assert!(!waiting.is_finished() && !stop.is_finished());
+    set_suspend(&f.backend.suspend, SuspendScript::Ack);
+    assert!(stop.await.unwrap());
+    // The waiting query resumes the now suspended instance; no second boot.
+    assert_eq!(waiting.await.unwrap().unwrap().1, Served::Resumed);
+    assert_eq!(slot.phase(), Phase::Running);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_suspend_destroys_the_instance() {
+    let mut a = svc("noack", 22);
+    a.stop = StopMode::Suspend;
+    let f = fixture(vec![a], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("noack").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    set_suspend(&f.backend.suspend, SuspendScript::Fail);
+    assert!(f.reg.stop(&slot, StopMode::Suspend, "idle").await);
+    assert_eq!(slot.phase(), Phase::Stopped);
+    assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+    assert!(f.plumbing.live.lock().unwrap().is_empty(), "tap left");
+    // Its memory and place are given back: the next query boots it afresh.
+    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

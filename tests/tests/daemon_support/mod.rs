@@ -83,13 +83,25 @@ pub fn config(ttl: u32, upstream: &[&str], limits: &str, services: &str) -> Stri
 /// Tests run several daemons at once, each in its own network namespace but all in the host's
 /// file system: each gets its own lock file in its test folder unless the config names one.
 pub fn with_own_lock(config_text: &str, dir: &Path) -> String {
+    let lock = dir.join("summond.lock");
     if config_text.lines().any(|l| l.trim() == "[daemon]") {
         return config_text.to_string();
     }
     format!(
         "[daemon]\nlock_file = \"{}\"\n\n{config_text}",
-        dir.join("summond.lock").display()
+        lock.display()
     )
+}
+
+/// The folder of the daemon test in namespace `ns` (config, log, lock).
+pub fn test_dir(ns: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("summond-test-{ns}"))
+}
+
+/// The alias summond marks its links with when its lock is the harness's default one for
+/// namespace `ns` (see `summon_daemon::hostlock::link_mark`).
+pub fn link_mark(ns: &str) -> String {
+    format!("summond:{}", test_dir(ns).join("summond.lock").display())
 }
 
 /// A running summond in its own namespace. Killed (and the namespace deleted) on drop.
@@ -124,11 +136,11 @@ impl Daemon {
         env: &[(&str, &str)],
         stderr: Option<Stdio>,
     ) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("summond-test-{}", ns.name()));
+        let dir = test_dir(ns.name());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("summond.toml");
-        std::fs::write(&config, config_text).unwrap();
+        std::fs::write(&config, with_own_lock(config_text, &dir)).unwrap();
         let sock = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&sock).unwrap();
         notify
@@ -222,7 +234,7 @@ impl Daemon {
 
     /// Replaces the config file and sends SIGHUP; waits for the daemon's READY after reload.
     pub fn reload(&mut self, config_text: &str) {
-        std::fs::write(&self.config, config_text).unwrap();
+        std::fs::write(&self.config, with_own_lock(config_text, &self.dir)).unwrap();
         self.signal(libc::SIGHUP);
         self.wait_notify("RELOADING=1", Duration::from_secs(10));
         self.wait_notify("READY=1", Duration::from_secs(30));
