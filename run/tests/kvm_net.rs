@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use summon_launcher::kvm::KvmBackend;
-use summon_launcher::{tap, InstanceEvent, InstanceSpec, NetSpec, TapSource};
+use summon_launcher::{
+    tap, GuestLimits, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
+};
 
 const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x2a];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -252,4 +254,75 @@ fn handed_over_tap_fd_echoes_and_reports_net_ready() {
     let (_, end) = support::wait_end(&rx, Duration::from_secs(20));
     assert_eq!(end, InstanceEvent::Exited(0));
     inst.join();
+    // The frames the guest read (ours, and whatever else the kernel sent on the tap) and the
+    // one it wrote back.
+    let c = inst.counters().expect("the KVM backend keeps counters");
+    assert!(c.rx_frames.load(Ordering::Relaxed) >= 1);
+    assert!(c.rx_bytes.load(Ordering::Relaxed) >= 60);
+    assert_eq!(c.tx_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(c.tx_bytes.load(Ordering::Relaxed), 60);
+    assert_eq!(c.tx_dropped_frames.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn frame_flood_is_cut_to_the_tx_limit_as_a_lossy_link_would() {
+    if !net_tools_available() {
+        return;
+    }
+    const LIMIT: u64 = 10;
+    let ns = Netns::with_tap("tap2");
+    let (sock, tap) = ns.run_in(|| (packet_socket("tap2"), open_tap("tap2")));
+    let backend = KvmBackend::new().unwrap();
+    let (sink, rx) = support::event_channel();
+    let spec = InstanceSpec {
+        name: "flood".into(),
+        image: support::guests::build("flood"),
+        memory_mib: 16,
+        nets: vec![NetSpec {
+            name: "service0".into(),
+            tap: TapSource::Fd(tap),
+            mac: Some(GUEST_MAC.into()),
+        }],
+        blocks: vec![],
+        args: vec![],
+        limits: GuestLimits {
+            tx_frames_per_sec: Some(LIMIT),
+            tx_bytes_per_sec: Some(1_000_000),
+            ..Default::default()
+        },
+    };
+    let started = Instant::now();
+    let inst = backend.start_kvm(spec, sink).unwrap();
+    let (_, end) = support::wait_end(&rx, Duration::from_secs(20));
+    let elapsed = started.elapsed();
+    // Every NET_WRITE returned OK, dropped or not: the guest halts with 0.
+    assert_eq!(end, InstanceEvent::Exited(0));
+    inst.join();
+    let c = inst.counters().unwrap();
+    let sent = c.tx_frames.load(Ordering::Relaxed);
+    let dropped = c.tx_dropped_frames.load(Ordering::Relaxed);
+    assert_eq!(sent + dropped, 100);
+    assert!(
+        sent <= LIMIT + (elapsed.as_secs_f64() * LIMIT as f64) as u64 + 1,
+        "{sent} frames passed in {elapsed:?}"
+    );
+    assert!(dropped > 0);
+    assert_eq!(c.tx_bytes.load(Ordering::Relaxed), sent * 60);
+    // What the guest sends is not traffic towards it.
+    assert_eq!(c.rx_frames.load(Ordering::Relaxed), 0);
+    // Exactly the frames that passed reached the wire.
+    let mut buf = [0u8; 2048];
+    let mut seen = 0;
+    loop {
+        // SAFETY: receives into `buf`, which outlives the call; 100 ms SO_RCVTIMEO.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            break;
+        }
+        let got = &buf[..n as usize];
+        if got.len() >= 14 && got[6..12] == GUEST_MAC && got[12..14] == ETHERTYPE {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, sent);
 }

@@ -89,6 +89,14 @@ pub enum KvmError {
     },
     #[error("cannot start the vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("cannot confine the vCPU thread with seccomp: {0}")]
+    Seccomp(String),
+    #[error("instance {name}: the vCPU thread did not acknowledge the {request} within {waited:?}; the request was withdrawn")]
+    Unacknowledged {
+        name: String,
+        request: &'static str,
+        waited: std::time::Duration,
+    },
 }
 
 impl KvmError {

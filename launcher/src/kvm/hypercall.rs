@@ -7,6 +7,7 @@
 
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use summon_hvt_abi::{hc, nr, ret, HYPERCALL_PIO_BASE};
@@ -112,7 +113,12 @@ impl VcpuRunner {
             .mem
             .slice(r.data, r.len)
             .map_err(|e| access(nr::PUTS, "data", r.data, r.len, e, self.mem.size()))?;
-        self.console.write(data, &self.events);
+        let dropped = self.console.write(data, &self.events);
+        if dropped > 0 {
+            self.counters
+                .console_dropped_bytes
+                .fetch_add(dropped, Relaxed);
+        }
         Ok(None)
     }
 
@@ -187,8 +193,21 @@ impl VcpuRunner {
             self.put(gpa, ret_at, ret::EINVAL);
             return Ok(None);
         };
+        if let Some(limit) = &mut self.tx_limit {
+            if !limit.admit(r.len, Instant::now()) {
+                // Dropped as a lossy link drops: the guest was told OK and its network stack
+                // retransmits or gives up, as it would on a congested wire.
+                self.counters.tx_dropped_frames.fetch_add(1, Relaxed);
+                self.put(gpa, ret_at, ret::OK);
+                return Ok(None);
+            }
+        }
         let rc = match dev.write_frame(data) {
-            Ok(true) => ret::OK,
+            Ok(true) => {
+                self.counters.tx_frames.fetch_add(1, Relaxed);
+                self.counters.tx_bytes.fetch_add(r.len, Relaxed);
+                ret::OK
+            }
             Ok(false) => ret::EUNSPEC,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => ret::AGAIN,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => ret::EINVAL,
@@ -214,6 +233,8 @@ impl VcpuRunner {
         self.net_ready();
         match result {
             Ok(Some(n)) => {
+                self.counters.rx_frames.fetch_add(1, Relaxed);
+                self.counters.rx_bytes.fetch_add(n as u64, Relaxed);
                 self.put(gpa, offset_of!(hc::Net, len), n as u64);
                 self.put(gpa, ret_at, ret::OK);
             }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::{BackendError, Instance, InstanceState};
+use crate::backend::{BackendError, Instance, InstanceCounters, InstanceState};
 
 use super::error::KvmError;
 
@@ -106,8 +106,13 @@ impl Control {
         self.lock().immediate_exit
     }
 
+    /// Records the vCPU thread for kicks, unless it has already ended (then nothing may signal
+    /// it: its id may name another thread by now).
     pub(super) fn set_thread(&self, thread: libc::pthread_t) {
-        self.lock().thread = Some(thread);
+        let mut inner = self.lock();
+        if !inner.immediate_exit.is_null() {
+            inner.thread = Some(thread);
+        }
     }
 
     pub(super) fn wake_fd(&self) -> libc::c_int {
@@ -151,22 +156,27 @@ impl Control {
         }
     }
 
-    /// vCPU thread: the guest is over and the vCPU is about to be dropped.
-    pub(super) fn finish(&self) {
+    /// vCPU thread: the guest is over and the vCPU is about to be dropped. Only called through
+    /// [`FinishOnDrop`], so that it runs on every way out of the thread. Cannot panic: the lock
+    /// ignores poisoning, the rest are stores and a notify.
+    fn finish(&self) {
         let mut inner = self.lock();
         inner.state = InstanceState::Stopped;
         inner.immediate_exit = std::ptr::null();
+        inner.thread = None;
         self.cond.notify_all();
     }
 
     fn kick(&self, inner: &Inner) {
         if !inner.immediate_exit.is_null() {
-            // SAFETY: non-null means the vCPU thread still has kvm_run mapped (see `finish`);
+            // SAFETY: non-null means the vCPU thread still has kvm_run mapped: the thread nulls
+            // it under this lock in `finish`, which `FinishOnDrop` runs before the vCPU fd (and
+            // so kvm_run) is dropped, on every path out of the thread, unwinding included.
             // immediate_exit is a byte the kernel reads on KVM_RUN entry.
             unsafe { (*inner.immediate_exit).store(1, Ordering::SeqCst) };
             if let Some(t) = inner.thread {
-                // SAFETY: the thread is joinable (its JoinHandle lives in KvmInstance) and still
-                // inside its run loop, so `t` names a live thread; the signal's handler is empty.
+                // SAFETY: `finish` clears `thread` under this lock before the thread can end, so
+                // a `Some` names a live thread; the signal's handler is empty.
                 unsafe { libc::pthread_kill(t, kick_signal()) };
             }
         }
@@ -217,10 +227,27 @@ impl Control {
         }
         self.desired.store(PAUSE, Ordering::SeqCst);
         self.kick(&inner);
-        drop(self.wait_while(inner, |i| {
+        let inner = self.wait_while(inner, |i| {
             i.state == InstanceState::Running && self.desired.load(Ordering::SeqCst) == PAUSE
-        }));
-        Ok(())
+        });
+        match inner.state {
+            InstanceState::Paused => Ok(()),
+            InstanceState::Stopped => Err(BackendError::InvalidState(name.to_string(), "suspend")),
+            InstanceState::Running => {
+                // Withdraw the request, or the guest would pause later while the caller
+                // believes it runs. A resume or stop that came meanwhile stays as it is.
+                let _ =
+                    self.desired
+                        .compare_exchange(PAUSE, RUN, Ordering::SeqCst, Ordering::SeqCst);
+                self.cond.notify_all();
+                Err(KvmError::Unacknowledged {
+                    name: name.to_string(),
+                    request: "suspend",
+                    waited: ACK_TIMEOUT,
+                }
+                .into())
+            }
+        }
     }
 
     pub(super) fn resume(&self, name: &str) -> Result<(), BackendError> {
@@ -238,6 +265,24 @@ impl Control {
     }
 }
 
+/// Held by the vCPU thread from before anything on it can panic: marks the guest finished (and
+/// `immediate_exit` null) when dropped, whichever way the thread ends. It must be dropped before
+/// the vCPU fd, whose kvm_run mapping `immediate_exit` points into.
+pub(super) struct FinishOnDrop(pub Arc<Control>);
+
+impl FinishOnDrop {
+    /// Marks the guest finished now (the drop does it again, harmlessly).
+    pub(super) fn now(&self) {
+        self.0.finish();
+    }
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// A guest started by [`super::KvmBackend`]. Dropping the handle stops the guest.
 pub struct KvmInstance {
     pub(super) name: String,
@@ -245,6 +290,7 @@ pub struct KvmInstance {
     pub(super) mem: (u64, u64),
     pub(super) control: Arc<Control>,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) counters: Arc<InstanceCounters>,
 }
 
 impl KvmInstance {
@@ -270,8 +316,9 @@ impl KvmInstance {
         let pages = size.div_ceil(4096) as usize;
         let mut vec = vec![0u8; pages];
         // SAFETY: mincore only reads page-table state of the range and writes one byte per page
-        // into `vec`, which has room for all of them; should the range have been unmapped
-        // meanwhile it fails with ENOMEM and touches nothing.
+        // into `vec`, which has room for all of them. Should the vCPU thread have unmapped the
+        // range meanwhile, it fails with ENOMEM (or, if the addresses were mapped again, counts
+        // another mapping's pages): a wrong figure at worst, never an access to that memory.
         let rc =
             unsafe { libc::mincore(base as *mut libc::c_void, size as usize, vec.as_mut_ptr()) };
         if rc != 0 {
@@ -306,6 +353,10 @@ impl Instance for KvmInstance {
 
     fn state(&self) -> InstanceState {
         self.control.state()
+    }
+
+    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+        Some(self.counters.clone())
     }
 }
 

@@ -13,8 +13,10 @@ mod error;
 mod hypercall;
 mod instance;
 mod layout;
+mod limit;
 mod memory;
 mod regs;
+mod seccomp;
 mod vcpu;
 mod vm;
 mod warm;
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
 
-use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceSpec};
+use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
 pub use error::KvmError;
 pub use instance::KvmInstance;
@@ -96,6 +98,7 @@ impl KvmBackend {
         drop(vcpu);
         drop(probe);
         instance::install_kick_handler();
+        seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
             kvm,
             cpuid,
@@ -169,7 +172,7 @@ impl KvmBackend {
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host, mem_size, false)?,
+            None => WarmVcpu::prepare(&self.host, mem_size, false, false)?,
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {
@@ -177,6 +180,7 @@ impl KvmBackend {
         }
         let mem = loaded?;
         let mem_range = (mem.host_base(), mem.size());
+        let counters = Arc::new(InstanceCounters::default());
         let WarmVcpu {
             vm,
             mem: _,
@@ -192,6 +196,8 @@ impl KvmBackend {
             events,
             control: control.clone(),
             regs: regs::initial_regs(image.entry, mem_size),
+            limits: spec.limits,
+            counters: counters.clone(),
         });
         if job_sent.is_err() {
             // The parked thread is gone (its pre-run failed after all): nothing ran yet.
@@ -205,6 +211,7 @@ impl KvmBackend {
             mem: mem_range,
             control,
             thread: Mutex::new(Some(thread)),
+            counters,
         })
     }
 }

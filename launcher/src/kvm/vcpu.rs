@@ -3,25 +3,36 @@
 //! Every way a guest can end other than HALT is a fault of that guest alone: the thread reports
 //! it with the exit's name, RIP and address, tears the VM down and returns. Nothing a guest does
 //! can make this thread panic or touch memory outside the guest's mapping.
+//!
+//! Should the launcher itself panic on this thread (a bug, or an event sink that panics), the
+//! guest still ends as `Faulted("vCPU thread panicked: ...")` and the control block is marked
+//! finished by a drop guard, so `stop`/`suspend` from other threads neither wait for nor kick a
+//! thread that is gone.
 
+use std::any::Any;
 use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::{EventSink, InstanceEvent};
+use crate::backend::{EventSink, InstanceCounters, InstanceEvent};
 
 use super::devices::{Console, Devices};
-use super::instance::{Control, End};
+use super::error::KvmError;
+use super::instance::{kick_signal, Control, End, FinishOnDrop};
+use super::limit::{ExitLimit, TxLimit};
 use super::memory::GuestMemory;
+use super::seccomp;
 use super::warm::Job;
 
-/// Everything the vCPU thread owns. Field order is drop order: the vCPU and the VM go before
-/// the memory they map.
+/// Everything the vCPU thread owns. Field order is drop order: `finish` goes first, so that
+/// nobody can kick into kvm_run once the vCPU fd (and with it kvm_run) is closed; the vCPU and
+/// the VM go before the memory they map.
 pub(super) struct VcpuRunner {
-    /// Instance name, for the thread name.
-    pub name: String,
+    finish: FinishOnDrop,
     pub vcpu: VcpuFd,
     /// Never used after start, but must outlive `vcpu` and be closed before `mem` is unmapped.
     #[allow(dead_code)]
@@ -35,6 +46,10 @@ pub(super) struct VcpuRunner {
     /// Created on the first POLL, so guests that never poll never pay for it.
     pub epoll: Option<OwnedFd>,
     pub net_ready_sent: bool,
+    /// Shared with the instance handle; only this thread writes them.
+    pub counters: Arc<InstanceCounters>,
+    pub tx_limit: Option<TxLimit>,
+    pub exit_limit: Option<ExitLimit>,
 }
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
@@ -66,57 +81,137 @@ enum Exit {
 }
 
 impl VcpuRunner {
-    /// The parked thread's entry once it has a guest: set the registers, then run.
-    pub fn start(vcpu: VcpuFd, job: Job) {
-        let set = vcpu.set_regs(&job.regs);
+    /// The parked thread's entry once it has a guest: end its setup stage, set the registers,
+    /// then run. `finish` was created by the thread before it could panic; `confined` is how
+    /// its stage-one seccomp filter went, `None` if it has none yet (see `seccomp.rs`).
+    pub fn start(
+        vcpu: VcpuFd,
+        job: Job,
+        finish: FinishOnDrop,
+        confined: Option<Result<(), KvmError>>,
+    ) {
+        set_thread_name(&job.name);
+        let limits = job.limits;
         let runner = VcpuRunner {
-            name: job.name,
+            finish,
             vcpu,
             vm: job.vm,
             mem: job.mem,
             devices: job.devices,
-            console: Console::default(),
+            console: Console::new(limits.console_bytes_per_sec),
             events: job.events,
             immediate_exit: job.control.immediate_exit_ptr(),
             control: job.control,
             epoll: None,
             net_ready_sent: false,
+            counters: job.counters,
+            tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),
+            exit_limit: ExitLimit::new(limits.exits_per_sec),
         };
-        match set {
+        // Placing this thread in the guest's CPU cgroup belongs here: after naming, before
+        // `end_setup` or `confine_running_thread` (which refuse the file calls it needs).
+        let ready = match confined {
+            Some(stage_one) => stage_one.and_then(|()| seccomp::end_setup()),
+            None => seccomp::confine_running_thread(kick_signal()),
+        };
+        let ready = ready.map_err(|e| e.to_string()).and_then(|()| {
+            runner
+                .vcpu
+                .set_regs(&job.regs)
+                .map_err(|e| format!("KVM_SET_REGS failed before the guest ran: {e}"))
+        });
+        match ready {
             Ok(()) => runner.run(),
-            Err(e) => {
-                (runner.events)(InstanceEvent::Faulted(format!(
-                    "KVM_SET_REGS failed before the guest ran: {e}"
-                )));
-                runner.control.finish();
-            }
+            Err(reason) => runner.end(Ok(End::Fault(reason))),
         }
     }
 
     /// The thread body: run the guest to its end, report it, release everything.
-    pub fn run(mut self) {
-        set_thread_name(&self.name);
-        // A panic here would be a launcher bug (or a panicking event sink); it must still end
-        // with `finish`, or stop() would wait for a guest that is no longer run.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    fn run(mut self) {
+        // A panic here would be a launcher bug (or a panicking event sink): the guest ends as a
+        // fault, and `finish` still runs (also on any panic outside this, through its guard).
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             let end = self.run_loop();
             self.console.flush(&self.events);
-            let event = match end {
-                End::Halt(status) => InstanceEvent::Exited(status),
-                End::Fault(reason) => InstanceEvent::Faulted(reason),
-                End::Stop => InstanceEvent::Stopped,
-            };
-            (self.events)(event);
+            end
         }));
-        if outcome.is_err() {
-            tracing::error!(instance = %self.name, "vCPU thread panicked; guest ended");
+        self.end(outcome);
+    }
+
+    /// Reports how the guest ended, marks it finished and releases everything.
+    fn end(self, outcome: std::thread::Result<End>) {
+        let event = match outcome {
+            Ok(End::Halt(status)) => InstanceEvent::Exited(status),
+            Ok(End::Fault(reason)) => InstanceEvent::Faulted(reason),
+            Ok(End::Stop) => InstanceEvent::Stopped,
+            Err(payload) => {
+                let what = panic_message(payload.as_ref());
+                drop_payload(payload);
+                InstanceEvent::Faulted(format!("vCPU thread panicked: {what}"))
+            }
+        };
+        // A sink that panics on the final event has nobody left to tell; the guest is over
+        // either way. No logging here: a broken log sink is one way to get here.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.events)(event))) {
+            drop_payload(payload);
         }
-        self.control.finish();
+        self.finish.now();
         // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
         // thread rather than on anybody's start or stop path, and at a lower priority: nothing
         // waits for it, while starts and running guests on the same cores do.
         // SAFETY: setpriority on this thread's own id (Linux nice values are per thread).
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    }
+
+    /// Charges one exit to `exits_per_sec`; a guest out of budget waits here, on the wake
+    /// eventfd, so that stop and suspend still reach it at once.
+    fn charge_exit(&mut self) -> Option<End> {
+        // Until the exit is paid for: the wait only brings the budget back.
+        loop {
+            let wait = self.exit_limit.as_mut()?.charge(Instant::now())?;
+            self.counters
+                .exits_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(end) = self.throttle_wait(wait) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// Waits `wait` on the wake eventfd; `Some` when a stop came meanwhile.
+    fn throttle_wait(&self, wait: Duration) -> Option<End> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.control.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd and a timespec, both alive for the call; no signal mask change.
+            let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            if n > 0 {
+                self.control.drain_wake();
+            }
+            let interrupted = n > 0
+                || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
+            if interrupted && self.control.requested() {
+                if let Some(end) = self.control.handle_request() {
+                    return Some(end);
+                }
+            } else if n < 0 && !interrupted {
+                // ppoll on our own eventfd does not fail; should it, retrying at once would
+                // spin, so sleep out the wait (in short steps, to see requests).
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+        }
     }
 
     fn clear_immediate_exit(&self) {
@@ -126,6 +221,13 @@ impl VcpuRunner {
 
     fn run_loop(&mut self) -> End {
         loop {
+            // Set by the SIGSYS handler when something on this thread (a hypercall handler or the
+            // event sink) made a syscall the filter refuses; the call itself returned EPERM.
+            if let Some(nr) = seccomp::take_violation() {
+                return End::Fault(format!(
+                    "seccomp: disallowed syscall {nr} on the vCPU thread"
+                ));
+            }
             if self.control.requested() {
                 if let Some(end) = self.control.handle_request() {
                     return end;
@@ -147,6 +249,11 @@ impl VcpuRunner {
                 }
                 Err(e) => return self.fault("KVM_RUN failed", e.to_string()),
             };
+            if !matches!(exit, Exit::Intr) {
+                if let Some(end) = self.charge_exit() {
+                    return end;
+                }
+            }
             match exit {
                 Exit::IoOut { port, data, len } => {
                     if len != 4 {
@@ -239,6 +346,24 @@ impl VcpuRunner {
 
     pub(super) fn emit(&self, e: InstanceEvent) {
         (self.events)(e)
+    }
+}
+
+/// The text of a panic payload (`panic!` makes a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Drops a panic payload whose own drop might panic again (leaking it then).
+fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
     }
 }
 

@@ -18,13 +18,14 @@ use std::thread::JoinHandle;
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::EventSink;
+use crate::backend::{EventSink, GuestLimits, InstanceCounters};
 
 use super::devices::Devices;
 use super::error::KvmError;
-use super::instance::Control;
+use super::instance::{self, Control, FinishOnDrop};
 use super::layout;
 use super::memory::GuestMemory;
+use super::seccomp;
 use super::vcpu::VcpuRunner;
 use super::vm;
 
@@ -59,6 +60,8 @@ pub(super) struct Job {
     pub events: EventSink,
     pub control: Arc<Control>,
     pub regs: kvm_regs,
+    pub limits: GuestLimits,
+    pub counters: Arc<InstanceCounters>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
@@ -89,8 +92,15 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
 impl WarmVcpu {
     /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
-    /// prewarm pool, not on a start path).
-    pub fn prepare(host: &HostInfo, mem_size: u64, pre_run_it: bool) -> Result<WarmVcpu, KvmError> {
+    /// prewarm pool, not on a start path). `pooled`: the thread confines itself (seccomp stage
+    /// one) while it waits for a guest; otherwise, prepared on a start path, it attaches a single
+    /// filter once its guest has arrived (two attaches there would only compete with the start).
+    pub fn prepare(
+        host: &HostInfo,
+        mem_size: u64,
+        pre_run_it: bool,
+        pooled: bool,
+    ) -> Result<WarmVcpu, KvmError> {
         let vm = host
             .kvm
             .create_vm()
@@ -120,10 +130,16 @@ impl WarmVcpu {
         }
         let (job, jobs) = channel::<Job>();
         let (ran_tx, ran) = channel::<Result<(), String>>();
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("vcpu".into())
             .stack_size(VCPU_STACK)
             .spawn(move || {
+                // Declared in this order so that `finish` is dropped first: `immediate_exit`
+                // points into the vCPU's kvm_run and must be nulled before the vCPU fd closes,
+                // whichever way this thread ends.
+                let mut vcpu = vcpu;
+                let finish = FinishOnDrop(thread_control);
                 if pre_run_it {
                     let r = pre_run(&mut vcpu);
                     let failed = r.is_err();
@@ -132,9 +148,13 @@ impl WarmVcpu {
                         return;
                     }
                 }
+                // Here rather than on the start path: attaching the filter is the costly part
+                // of confining the thread. A failure is the fault of the guest it gets.
+                let confined =
+                    pooled.then(|| seccomp::confine_prepared_thread(instance::kick_signal()));
                 // Dropped unused (pool shut down) when the sender goes away.
                 if let Ok(job) = jobs.recv() {
-                    VcpuRunner::start(vcpu, job);
+                    VcpuRunner::start(vcpu, job, finish, confined);
                 }
             })
             .map_err(KvmError::Thread)?;
@@ -228,14 +248,14 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
-            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works);
+            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works, true);
             if pre_run_works && prepared.is_err() {
                 // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
                 pre_run_works = false;
                 if let Err(e) = &prepared {
                     tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
                 }
-                prepared = WarmVcpu::prepare(host, mem_size, false);
+                prepared = WarmVcpu::prepare(host, mem_size, false, true);
             }
             match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),
