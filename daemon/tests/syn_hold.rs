@@ -25,6 +25,7 @@ fn tools_ok() -> bool {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
+        // SAFETY: geteuid has no preconditions and cannot fail.
         && unsafe { libc::geteuid() } == 0;
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {

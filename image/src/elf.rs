@@ -137,7 +137,10 @@ impl ElfImage {
                 max: MAX_IMAGE_SIZE,
             });
         }
-        let mut bytes = Vec::new();
+        // Sized once from the metadata: growing by doubling would copy the image several times
+        // and touch each new allocation's pages (page faults cost whole microseconds on a
+        // nested host). One spare byte lets `read_to_end` see the end without growing.
+        let mut bytes = Vec::with_capacity(size as usize + 1);
         // `take` bounds the read even if the file grows after the metadata call.
         file.take(MAX_IMAGE_SIZE.saturating_add(1))
             .read_to_end(&mut bytes)

@@ -1,8 +1,7 @@
 //! Every refusal of `docs/hvt-abi.md` section 1: a generated image broken in exactly one way is
 //! refused with its own error variant, and the message names the offending value.
 
-#[path = "common/elfgen.rs"]
-mod elfgen;
+use summon_test_support::elfgen;
 
 use elfgen::{
     abi_desc, mft_desc, mft_desc_raw, note, Elf, ImageBuilder, RawEntry, CODE_GPA, PF_R, PF_W,

@@ -1,8 +1,7 @@
 //! Valid hvt images parse to the right entry point, segments, `kernel_end` and manifest: images
 //! from the in-memory generator, and images made by the real GNU assembler and linker.
 
-#[path = "common/elfgen.rs"]
-mod elfgen;
+use summon_test_support::elfgen;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,8 +9,7 @@
 //! (d) teardown: final event to the vCPU thread having closed the VM and unmapped memory;
 //! plus stop() of a spinning guest, and the RSS an idle 16 MiB guest adds to the process.
 
-#[path = "../tests/support/guests.rs"]
-mod guests;
+use summon_test_support::guests;
 
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};

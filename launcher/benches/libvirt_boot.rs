@@ -12,22 +12,19 @@
 //! Run: `cargo bench -p summon-launcher --bench libvirt_boot` (needs libvirtd: scripts/setup-host).
 //! Runs per variant: SUMMON_BENCH_RUNS (default 30; SeaBIOS gets a fifth of them, at least 3).
 
-#[path = "../tests/support/pvh_ticker.rs"]
-mod pvh_ticker;
-#[path = "support/stats.rs"]
-mod stats;
+use summon_test_support::pvh_ticker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stats::{ms, pct};
 use summon_launcher::kvm::KvmBackend;
 use summon_launcher::libvirt::{
     Conn, DomainSource, Generated, GuestKind, LibvirtBackend, LibvirtConfig, NicXml, StopMode,
 };
 use summon_launcher::{Backend, InstanceEvent, InstanceSpec, NetSpec, TapSource};
+use summon_test_support::stats::{ms, pct};
 
 const URI: &str = "qemu:///system";
 

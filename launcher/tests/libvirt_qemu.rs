@@ -4,8 +4,7 @@
 //!
 //! Fails under CI=true when libvirtd is not reachable; skips with a reason otherwise.
 
-#[path = "support/pvh_ticker.rs"]
-mod pvh_ticker;
+use summon_test_support::pvh_ticker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

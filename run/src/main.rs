@@ -16,9 +16,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use summon_launcher::kvm::KvmBackend;
 use summon_launcher::MacAddr;
-use summon_launcher::{
-    BlockSpec, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
-};
+use summon_launcher::{BlockSpec, EventSink, InstanceEvent, InstanceSpec, NetSpec, TapSource};
 
 const USAGE: &str = "usage: summon-run [--mem=MiB] [--net:NAME=IFACE] [--net-mac:NAME=MAC] \
 [--block:NAME=PATH] [--block-sector-size:NAME=N] [--] IMAGE [ARGS...]";
@@ -137,10 +135,11 @@ fn spec(o: Options) -> InstanceSpec {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a thread-less way to wait for them.
+/// Blocks SIGINT and SIGTERM in this (the only) thread, so that every thread started from here
+/// on (the vCPU thread) inherits the block and they can only reach this one.
 fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this (the only) thread
-    // before any other thread exists, so all threads inherit the mask.
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for the calling thread
+    // with a valid set and no old-set output.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -151,18 +150,57 @@ fn block_termination_signals() -> libc::sigset_t {
     }
 }
 
-fn run() -> Result<i32> {
+/// SIGINT/SIGTERM: ends the process with status 1 as the reference tender does; the kernel
+/// frees the VM with the process. Only async-signal-safe calls.
+extern "C" fn on_termination_signal(_: libc::c_int) {
+    const MSG: &[u8] = b"summon-run: terminated by signal\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer of MSG.len()
+    // bytes.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::_exit(1);
+    }
+}
+
+/// Installs [`on_termination_signal`] and unblocks the signals in this thread only: the vCPU
+/// thread keeps them blocked (its seccomp filter would refuse the handler's exit).
+fn handle_termination_signals(set: &libc::sigset_t) {
+    // SAFETY: a zeroed sigaction with a valid `extern "C"` handler and an empty mask is a valid
+    // argument; `set` is an initialized signal set; no old action or mask is asked for.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_termination_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut());
+    }
+}
+
+/// Ends the process with `status` as its exit status (a byte, as for the reference tender:
+/// HALT 255 -> 255), after the console output.
+fn exit(status: i32) -> ! {
+    let _ = std::io::stdout().lock().flush();
+    std::process::exit(status & 0xff)
+}
+
+/// Starts the guest and ends the process with its final event. This thread waits for that event
+/// and handles SIGINT/SIGTERM; the guest's vCPU thread, confined by seccomp, only hands the event
+/// over (a futex wake).
+fn run() -> Result<()> {
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("summon-run: {e:#}\n{USAGE}");
-            return Ok(1);
+            exit(1);
         }
     };
     let sigset = block_termination_signals();
-    let backend = KvmBackend::new().context("cannot use KVM")?;
-    let (tx, rx) = mpsc::channel::<Option<InstanceEvent>>();
-    let tx_events = std::sync::Mutex::new(tx.clone());
+    // One guest per process: no prepared-vCPU pool, whose VMs would only be created and torn
+    // down unused; the guest runs on the one VM the backend probes.
+    let backend = KvmBackend::with_prewarm(0).context("cannot use KVM")?;
+    let (tx, rx) = mpsc::channel::<InstanceEvent>();
+    let tx = std::sync::Mutex::new(tx);
     let sink: EventSink = Arc::new(move |e| match e {
         InstanceEvent::Console(line) => {
             let mut out = std::io::stdout().lock();
@@ -172,48 +210,29 @@ fn run() -> Result<i32> {
         }
         InstanceEvent::NetReady => {}
         end => {
-            let _ = tx_events.lock().unwrap().send(Some(end));
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(end);
         }
     });
     let image = opts.image.clone();
-    let instance = backend
+    let _instance = backend
         .start_kvm(spec(opts), sink)
         .with_context(|| format!("cannot start {}", image.display()))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: waits for one of the signals blocked above; `sig` receives its number.
-            unsafe { libc::sigwait(&sigset, &mut sig) };
-            let _ = tx.send(None);
-        })
-        .context("cannot start the signal thread")?;
-    let status = match rx.recv() {
-        Ok(Some(InstanceEvent::Exited(status))) => status,
-        Ok(Some(InstanceEvent::Faulted(reason))) => {
+    handle_termination_signals(&sigset);
+    match rx.recv() {
+        Ok(InstanceEvent::Exited(status)) => exit(status),
+        Ok(InstanceEvent::Faulted(reason)) => {
             eprintln!("summon-run: guest fault: {reason}");
-            1
+            exit(1)
         }
-        Ok(Some(_)) => 1,
-        Ok(None) | Err(_) => {
-            let _ = instance.stop();
-            eprintln!("summon-run: terminated by signal");
-            1
-        }
-    };
-    Ok(status)
+        Ok(_) | Err(_) => exit(1),
+    }
 }
 
 fn main() {
-    let code = match run() {
-        Ok(status) => status,
-        Err(e) => {
-            eprintln!("summon-run: {e:#}");
-            1
-        }
-    };
-    // Exit status is a byte, as for the reference tender (HALT 255 -> 255).
-    std::process::exit(code & 0xff);
+    if let Err(e) = run() {
+        eprintln!("summon-run: {e:#}");
+        exit(1);
+    }
 }
 
 #[cfg(test)]

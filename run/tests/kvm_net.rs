@@ -6,9 +6,8 @@
 //! live in summon-run's crate, the only one whose tests can run the summon-run binary, so that
 //! they share the namespace and packet-socket helpers.
 
-// The launcher tests' helpers (KVM check, hand-written guests) until they are a library.
-#[path = "../../launcher/tests/support/mod.rs"]
-mod support;
+use summon_test_support::{guests, require};
+use summon_tests::guest::Events;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -181,7 +180,7 @@ fn check_echo(echo: &[u8]) {
 }
 
 fn net_tools_available() -> bool {
-    support::kvm_available() && support::tool_available("ip")
+    require::check("KVM", require::kvm()) && require::check("ip", require::tool("ip"))
 }
 
 #[test]
@@ -191,7 +190,7 @@ fn summon_run_echoes_a_frame_through_a_named_tap() {
     }
     let ns = Netns::with_tap("tap0");
     let sock = ns.run_in(|| packet_socket("tap0"));
-    let image = support::guests::build("echo");
+    let image = guests::build("echo");
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = ChildGuard(
         Command::new("ip")
@@ -230,10 +229,10 @@ fn handed_over_tap_fd_echoes_and_reports_net_ready() {
     let ns = Netns::with_tap("tap1");
     let (sock, tap) = ns.run_in(|| (packet_socket("tap1"), open_tap("tap1")));
     let backend = KvmBackend::new().unwrap();
-    let (sink, rx) = support::event_channel();
+    let events = Events::default();
     let spec = InstanceSpec {
         name: "echo".into(),
-        image: support::guests::build("echo"),
+        image: guests::build("echo"),
         memory_mib: 16,
         nets: vec![NetSpec {
             name: "service0".into(),
@@ -244,15 +243,12 @@ fn handed_over_tap_fd_echoes_and_reports_net_ready() {
         args: vec![],
         limits: Default::default(),
     };
-    let inst = backend.start_kvm(spec, sink).unwrap();
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(20)).unwrap(),
-        InstanceEvent::NetReady
-    );
+    let inst = backend.start_kvm(spec, events.sink()).unwrap();
+    let first = events.wait_for(Duration::from_secs(20), |_| true);
+    assert_eq!(first.map(|(_, e)| e), Some(InstanceEvent::NetReady));
     let echo = exchange(&sock, Duration::from_secs(20));
     check_echo(&echo);
-    let (_, end) = support::wait_end(&rx, Duration::from_secs(20));
-    assert_eq!(end, InstanceEvent::Exited(0));
+    assert_eq!(events.wait_end(Duration::from_secs(20)), Ok(0));
     inst.join();
     // The frames the guest read (ours, and whatever else the kernel sent on the tap) and the
     // one it wrote back.
@@ -273,10 +269,10 @@ fn frame_flood_is_cut_to_the_tx_limit_as_a_lossy_link_would() {
     let ns = Netns::with_tap("tap2");
     let (sock, tap) = ns.run_in(|| (packet_socket("tap2"), open_tap("tap2")));
     let backend = KvmBackend::new().unwrap();
-    let (sink, rx) = support::event_channel();
+    let events = Events::default();
     let spec = InstanceSpec {
         name: "flood".into(),
-        image: support::guests::build("flood"),
+        image: guests::build("flood"),
         memory_mib: 16,
         nets: vec![NetSpec {
             name: "service0".into(),
@@ -292,11 +288,11 @@ fn frame_flood_is_cut_to_the_tx_limit_as_a_lossy_link_would() {
         },
     };
     let started = Instant::now();
-    let inst = backend.start_kvm(spec, sink).unwrap();
-    let (_, end) = support::wait_end(&rx, Duration::from_secs(20));
+    let inst = backend.start_kvm(spec, events.sink()).unwrap();
+    let end = events.wait_end(Duration::from_secs(20));
     let elapsed = started.elapsed();
     // Every NET_WRITE returned OK, dropped or not: the guest halts with 0.
-    assert_eq!(end, InstanceEvent::Exited(0));
+    assert_eq!(end, Ok(0));
     inst.join();
     let c = inst.counters().unwrap();
     let sent = c.tx_frames.load(Ordering::Relaxed);

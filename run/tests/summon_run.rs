@@ -1,9 +1,7 @@
 //! `summon-run` as a drop-in for `solo5-hvt`: exit statuses, console output, flag and image
 //! errors.
 
-// The launcher tests' helpers (KVM check, hand-written guests) until they are a library.
-#[path = "../../launcher/tests/support/mod.rs"]
-mod support;
+use summon_test_support::{guests, require};
 
 use std::process::{Command, Output};
 
@@ -15,7 +13,12 @@ fn summon_run(args: &[&str]) -> Output {
 }
 
 fn image(name: &str) -> String {
-    support::guests::build(name).display().to_string()
+    guests::build(name).display().to_string()
+}
+
+/// Whether /dev/kvm can be used (skips outside CI, fails under `CI=true`).
+fn kvm() -> bool {
+    require::check("KVM", require::kvm())
 }
 
 fn stderr(o: &Output) -> String {
@@ -24,7 +27,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn exit_status_is_the_halt_status() {
-    if !support::kvm_available() {
+    if !kvm() {
         return;
     }
     let o = summon_run(&["--mem=16", &image("hello")]);
@@ -42,7 +45,7 @@ fn exit_status_is_the_halt_status() {
 
 #[test]
 fn guest_fault_exits_one_with_the_reason() {
-    if !support::kvm_available() {
+    if !kvm() {
         return;
     }
     let o = summon_run(&["--mem=16", &image("badport")]);
@@ -72,7 +75,7 @@ fn bad_flags_exit_one_with_usage() {
 
 #[test]
 fn malformed_image_is_refused_clearly() {
-    if !support::kvm_available() {
+    if !kvm() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +109,7 @@ fn malformed_image_is_refused_clearly() {
 
 #[test]
 fn sigterm_ends_a_spinning_guest_with_status_one() {
-    if !support::kvm_available() {
+    if !kvm() {
         return;
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_summon-run"))
@@ -123,4 +126,28 @@ fn sigterm_ends_a_spinning_guest_with_status_one() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+/// One guest, one VM: no probe VM thrown away, no prepared-vCPU pool torn down unused (each cost
+/// whole milliseconds of the process's time). Counted from the ioctls themselves.
+#[test]
+fn creates_exactly_one_vm_and_one_vcpu() {
+    if !kvm() || !require::check("strace", require::tool("strace")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("ioctls");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=ioctl", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_summon-run"))
+        .arg(image("hello"))
+        .output()
+        .expect("run strace");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let count = |ioctl: &str| trace.lines().filter(|l| l.contains(ioctl)).count();
+    assert!(count("KVM_RUN") >= 1, "the guest never ran:\n{trace}");
+    assert_eq!(count("KVM_CREATE_VM"), 1, "{trace}");
+    assert_eq!(count("KVM_CREATE_VCPU"), 1, "{trace}");
 }

@@ -1,4 +1,4 @@
-//! The cold path (issue 5): DNS query sent → first HTTP byte for a client that resolves through
+//! The cold path: DNS query sent → first HTTP byte for a client that resolves through
 //! summond and connects at once, over many summons of each wake path — cold boot with
 //! `reply = "immediate"`, cold boot with `reply = "ready"`, resume from suspend, already running
 //! (warm) — interleaved round by round so load drift hits all alike. Then the same cold
@@ -9,8 +9,7 @@
 //! Knobs: COLD_BENCH_N (summons per wake path, 1000), COLD_BENCH_POOL0_N (cold summons with
 //! prewarm = 0, 300), COLD_BENCH_SVG (plot path, docs/cold-path.svg; "-" for none).
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

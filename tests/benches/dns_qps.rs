@@ -9,8 +9,7 @@
 //! Knobs: DNS_BENCH_SECONDS (per dnsperf run, 5), DNS_BENCH_ROUNDS (3), DNS_BENCH_COLD (200),
 //! DNS_BENCH_LATENCY (1000).
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -7,12 +7,9 @@
 //! `cargo bench -p summon-tests --bench libvirt_cold` (root, libvirtd via scripts/setup-host,
 //! /dev/kvm). summond runs in the root namespace (see tests/tests/daemon_libvirt_http.rs).
 
-#[path = "../tests/daemon_support/mod.rs"]
-mod daemon_support;
-#[path = "../tests/libvirt_support/mod.rs"]
-mod libvirt_support;
-#[path = "../../launcher/benches/support/stats.rs"]
-mod stats;
+use summon_test_support::stats;
+use summon_tests::daemon as daemon_support;
+use summon_tests::libvirt as libvirt_support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -1,14 +1,19 @@
 //! Shared helpers of the end-to-end tests and benchmarks: where the unikernel images are,
-//! prerequisites (KVM, root, tools), network namespaces with taps, guests started through the
-//! launcher's `Backend` trait, a small HTTP client and a reproducible random generator.
+//! network namespaces with taps, guests started through the launcher's `Backend` trait, a real
+//! `summond` to query ([`daemon`]) and libvirt services behind it ([`libvirt`]), a small HTTP
+//! client and a reproducible random generator. Prerequisites (KVM, root, tools) are
+//! `summon-test-support`'s, re-exported as [`require`] for the tests here.
 
+pub mod daemon;
 pub mod guest;
 pub mod http_client;
+pub mod libvirt;
 pub mod netns;
 pub mod qemu;
-pub mod require;
 pub mod rng;
 pub mod tcp;
+
+pub use summon_test_support::require;
 
 use std::path::PathBuf;
 

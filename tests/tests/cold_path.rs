@@ -1,14 +1,13 @@
-//! The cold path (issue 5), end to end with the real summond in its own network namespace:
+//! The cold path, end to end with the real summond in its own network namespace:
 //! a client resolves a stopped service and sends its HTTP request at once; no request may lose
 //! its SYN (a lost SYN costs Linux's 1 s initial RTO, so ≥ 1 s or a retransmit is a failure,
 //! not a slow run). Also: a `reply = "ready"` service whose guest never brings its network up
 //! gets SERVFAIL at `ready_timeout` and is cleaned up; and what a tap does with more early
 //! packets than its `txqueuelen`.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
-#[path = "../../image/tests/common/elfgen.rs"]
-mod elfgen;
+use summon_test_support::elfgen;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};

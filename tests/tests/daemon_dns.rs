@@ -1,7 +1,7 @@
 //! summond's DNS answers that need no guest: apex SOA/NS, NODATA without booting, NXDOMAIN
 //! with SOA, REFUSED outside the zone, forwarding to an upstream, TCP, and `dig` against it.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::str::FromStr;

@@ -1,7 +1,7 @@
 //! Hostile DNS input over UDP and TCP: random bytes, truncated queries, compression loops,
 //! oversized counts, absurd lengths. summond must stay up and keep answering correctly.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};

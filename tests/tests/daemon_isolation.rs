@@ -1,9 +1,9 @@
-//! Issue 4, "instances cannot see each other's traffic": two http services summoned through
+//! Instances cannot see each other's traffic: two http services summoned through
 //! summond's DNS each get a routed point-to-point tap. Traffic to one never shows on the other's
 //! tap, each tap routes only its guest's /32, the host side filters reverse paths strictly, and
 //! a frame entering A's tap with B's source address is dropped by the host.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;

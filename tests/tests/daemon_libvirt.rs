@@ -4,9 +4,8 @@
 //! the PVH test kernel of launcher/tests/libvirt_guest (it has no NIC, so no HTTP here: the
 //! HTTP end to end waits for http.virtio). Fails under CI=true when libvirtd is unreachable.
 
-mod daemon_support;
-#[path = "../../launcher/tests/support/pvh_ticker.rs"]
-mod pvh_ticker;
+use summon_test_support::pvh_ticker;
+use summon_tests::daemon as daemon_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,8 +6,8 @@
 //! summond runs in the root network namespace, as in daemon_libvirt_http.rs (libvirtd's QEMU
 //! lives there); own subnet 10.213.220.0/24, own tap name, everything removed afterwards.
 
-mod daemon_support;
-mod libvirt_support;
+use summon_tests::daemon as daemon_support;
+use summon_tests::libvirt as libvirt_support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

@@ -10,8 +10,8 @@
 //! names, refuses to run when summond's interface prefix is in use, and checks it left nothing.
 //! Fails under CI=true when libvirtd or the images are missing.
 
-mod daemon_support;
-mod libvirt_support;
+use summon_tests::daemon as daemon_support;
+use summon_tests::libvirt as libvirt_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

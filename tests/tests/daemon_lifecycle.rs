@@ -1,7 +1,7 @@
 //! Instance lifecycle through the real daemon: idle reaping frees the tap, suspend/resume keeps
 //! guest state, a crash-looping image is backed off, limits answer SERVFAIL at once.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! summond as a host service, against the real daemon in a network namespace: a log sink that
 //! stalls or goes away never stalls or kills it.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;

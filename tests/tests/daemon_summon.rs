@@ -1,7 +1,7 @@
 //! summond end to end: a real A query boots the http unikernel on KVM behind a tap the daemon
 //! made, the answer carries the right address and TTL, and the page is served at that address.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

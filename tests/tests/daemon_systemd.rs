@@ -2,7 +2,7 @@
 //! (fake) NOTIFY_SOCKET, SIGHUP reloads (add, remove, invalid kept out), SIGTERM cleans up and
 //! exits 0, leftovers of a crashed daemon are removed at start-up.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

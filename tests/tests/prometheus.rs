@@ -4,7 +4,7 @@
 //! evaluates the rules, and answers every query of deploy/grafana-dashboard.json with data after
 //! cold summons, a failed boot and a reaped instance.
 
-mod daemon_support;
+use summon_tests::daemon as daemon_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -126,7 +126,8 @@ pub struct RawService {
     pub reply: Option<ReplyMode>,
     #[serde(default)]
     pub ready_timeout: Option<Spanned<String>>,
-    /// Reserved for the libvirt backend (issue 6); accepted so its error names the backend.
+    /// The `[service.libvirt]` table of a `backend = "libvirt"` service, kept raw here and read
+    /// by `libvirt::LibvirtService::from_table` (validate.rs).
     #[serde(default)]
     pub libvirt: Option<toml::Table>,
 }

@@ -149,7 +149,7 @@ impl Registry {
                 Ok(_) => continue,
                 Err(_) => {
                     if cfg.reply == ReplyMode::Ready {
-                        // Issue 5: an instance that misses its readiness deadline is cleaned up.
+                        // An instance that misses its readiness deadline is cleaned up.
                         let gen = waited_gen;
                         let reg = self.clone();
                         let slot = slot.clone();

@@ -3,8 +3,7 @@
 //!
 //! Usage: `cargo +nightly run --bin gen_seeds -- corpus/elf_parse`
 
-#[path = "../../tests/common/elfgen.rs"]
-mod elfgen;
+use summon_test_support::elfgen;
 
 use elfgen::{mft_desc, mft_desc_raw, note, ImageBuilder, RawEntry, CODE_GPA};
 use summon_hvt_abi as abi;

@@ -15,23 +15,45 @@ use super::error::KvmError;
 /// Plain data that may be copied in and out of guest memory byte for byte.
 ///
 /// # Safety
-/// Implementors must be `#[repr(C)]` types for which every bit pattern is a valid value.
+/// Implementors must be integers or `#[repr(C)]` types for which every bit pattern is a valid
+/// value (reading one from guest bytes then yields a valid value whatever the guest wrote).
 pub unsafe trait Pod: Copy {}
 
-// SAFETY: all of these are `#[repr(C)]` structs of integers (and byte arrays) for which every bit
-// pattern is valid.
-unsafe impl Pod for u8 {}
-unsafe impl Pod for u32 {}
-unsafe impl Pod for i32 {}
-unsafe impl Pod for u64 {}
-unsafe impl Pod for BootInfo {}
-unsafe impl Pod for MftHeader {}
-unsafe impl Pod for hc::Walltime {}
-unsafe impl Pod for hc::Puts {}
-unsafe impl Pod for hc::Poll {}
-unsafe impl Pod for hc::Block {}
-unsafe impl Pod for hc::Net {}
-unsafe impl Pod for hc::Halt {}
+/// [`Pod`] types without padding bytes, so that viewing one as bytes reads only initialized
+/// memory (the loader copies these into the guest as byte slices).
+///
+/// # Safety
+/// Implementors must have no padding bytes anywhere in their layout.
+pub unsafe trait NoPadding: Pod {}
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: each type listed is an integer or a `#[repr(C)]` struct of integers and byte
+        // arrays (see the ABI crate), for which every bit pattern is a valid value.
+        unsafe impl Pod for $t {}
+    )*};
+}
+
+pod!(u8, u32, i32, u64, BootInfo, MftHeader);
+pod!(
+    hc::Walltime,
+    hc::Puts,
+    hc::Poll,
+    hc::Block,
+    hc::Net,
+    hc::Halt
+);
+
+macro_rules! no_padding {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: integers have no padding; the ABI crate asserts at compile time that
+        // `BootInfo` (5 x u64, 2 x u32, 1 x u64: 56 bytes) and `MftHeader` (2 x u32: 8 bytes)
+        // are exactly the sum of their fields.
+        unsafe impl NoPadding for $t {}
+    )*};
+}
+
+no_padding!(u8, u32, i32, u64, BootInfo, MftHeader);
 
 /// Why a guest pointer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +183,9 @@ impl GuestMemory {
     }
 
     /// Loader access to a `T` (see [`Self::load`]).
-    pub fn load_obj<T: Pod>(&self, gpa: u64, val: &T) -> Result<(), AccessError> {
-        // SAFETY: `T: Pod` is plain data, so viewing it as bytes is sound.
+    pub fn load_obj<T: NoPadding>(&self, gpa: u64, val: &T) -> Result<(), AccessError> {
+        // SAFETY: `val` is a live `T` of `size_of::<T>()` bytes, borrowed for the slice's
+        // lifetime; `T: NoPadding` means every one of those bytes is initialized.
         let bytes = unsafe {
             std::slice::from_raw_parts((val as *const T).cast::<u8>(), std::mem::size_of::<T>())
         };

@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
@@ -67,6 +67,9 @@ struct FileStamp {
 pub struct KvmBackend {
     host: Arc<HostInfo>,
     pool: Option<Arc<Pool>>,
+    /// Without a pool, the VM and vCPU probed for [`HostInfo`], kept for the first start: a
+    /// process that runs one guest (summon-run) then creates exactly one VM.
+    probe: Mutex<Option<(VmFd, VcpuFd)>>,
     images: Mutex<HashMap<PathBuf, (FileStamp, Arc<ElfImage>)>>,
 }
 
@@ -77,8 +80,9 @@ impl KvmBackend {
         Self::with_prewarm(DEFAULT_PREWARM)
     }
 
-    /// Like [`Self::new`], keeping `prewarm` prepared vCPUs (0: prepare each on its start).
-    /// Each costs an idle VM, a vCPU and a parked thread: kernel memory and two fds.
+    /// Like [`Self::new`], keeping `prewarm` prepared vCPUs (0: prepare each on its start, the
+    /// first on the VM probed here). Each costs an idle VM, a vCPU and a parked thread: kernel
+    /// memory and two fds.
     pub fn with_prewarm(prewarm: usize) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
         let api = kvm.get_api_version();
@@ -86,17 +90,14 @@ impl KvmBackend {
             return Err(KvmError::ApiVersion(api));
         }
         let cpuid = cpuid::supported(&kvm)?;
-        // The TSC frequency and the vCPU's reset state come from a throw-away vCPU.
-        let probe = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
-        let vcpu = probe
-            .create_vcpu(0)
-            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+        // The TSC frequency and the vCPU's reset state are read from a new vCPU. Reading changes
+        // nothing in it, so without a pool it serves the first start; a pool prepares its own
+        // (on another thread, with memory of the size of the latest start) and it is dropped.
+        let (probe, vcpu) = warm::new_vcpu(&kvm)?;
         let tsc_khz = vcpu
             .get_tsc_khz()
             .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
         let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
-        drop(vcpu);
-        drop(probe);
         instance::install_kick_handler();
         seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
@@ -106,9 +107,11 @@ impl KvmBackend {
             tsc_khz,
         });
         let pool = (prewarm > 0).then(|| Pool::start(host.clone(), prewarm));
+        let probe = pool.is_none().then_some((probe, vcpu));
         Ok(KvmBackend {
             host,
             pool,
+            probe: Mutex::new(probe),
             images: Mutex::new(HashMap::new()),
         })
     }
@@ -172,7 +175,12 @@ impl KvmBackend {
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
-            None => WarmVcpu::prepare(&self.host, mem_size, false, false)?,
+            None => match self.take_probe() {
+                Some((vm, vcpu)) => {
+                    WarmVcpu::from_vcpu(&self.host, vm, vcpu, mem_size, false, false)?
+                }
+                None => WarmVcpu::prepare(&self.host, mem_size, false, false)?,
+            },
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {
@@ -217,6 +225,14 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
+    /// The probed VM and vCPU, the first time only (none when there is a pool).
+    fn take_probe(&self) -> Option<(VmFd, VcpuFd)> {
+        if self.pool.is_some() {
+            return None;
+        }
+        self.probe.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Puts the guest into the prepared vCPU's memory, which it takes.
     fn load(
         &self,

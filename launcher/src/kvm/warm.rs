@@ -101,13 +101,20 @@ impl WarmVcpu {
         pre_run_it: bool,
         pooled: bool,
     ) -> Result<WarmVcpu, KvmError> {
-        let vm = host
-            .kvm
-            .create_vm()
-            .map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
-        let mut vcpu = vm
-            .create_vcpu(0)
-            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+        let (vm, vcpu) = new_vcpu(&host.kvm)?;
+        Self::from_vcpu(host, vm, vcpu, mem_size, pre_run_it, pooled)
+    }
+
+    /// Like [`Self::prepare`], on a VM and vCPU that are new and have never run (the backend's
+    /// probe, see `KvmBackend::with_prewarm`).
+    pub fn from_vcpu(
+        host: &HostInfo,
+        vm: VmFd,
+        mut vcpu: VcpuFd,
+        mem_size: u64,
+        pre_run_it: bool,
+        pooled: bool,
+    ) -> Result<WarmVcpu, KvmError> {
         vcpu.set_cpuid2(&host.cpuid)
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         vcpu.set_sregs(&host.sregs)
@@ -191,6 +198,15 @@ impl WarmVcpu {
             thread,
         })
     }
+}
+
+/// A new VM with its one vCPU.
+pub(super) fn new_vcpu(kvm: &Kvm) -> Result<(VmFd, VcpuFd), KvmError> {
+    let vm = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+    let vcpu = vm
+        .create_vcpu(0)
+        .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+    Ok((vm, vcpu))
 }
 
 /// Fresh guest memory of `mem_size` with the low-memory structures, as slot 0 of `vm`.

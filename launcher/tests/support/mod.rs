@@ -1,7 +1,8 @@
-//! Shared helpers of the launcher's integration tests.
-#![allow(dead_code)]
+//! The launcher's own test helpers, those that need its types (event sinks); the rest is
+//! `summon-test-support`'s.
 
-pub mod guests;
+pub use summon_test_support::guests;
+use summon_test_support::require;
 
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
@@ -9,40 +10,9 @@ use std::time::Duration;
 
 use summon_launcher::{EventSink, InstanceEvent};
 
-/// Whether /dev/kvm can be used. Under CI=true a missing KVM fails the test; elsewhere the test
-/// is skipped with a printed reason.
+/// Whether /dev/kvm can be used (skips outside CI, fails under `CI=true`).
 pub fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("/dev/kvm is required under CI: {e}");
-            }
-            eprintln!("skipping: /dev/kvm unavailable: {e}");
-            false
-        }
-    }
-}
-
-/// Whether a command-line tool exists (same CI rule as [`kvm_available`]).
-pub fn tool_available(tool: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is required under CI");
-        }
-        eprintln!("skipping: {tool} not found");
-    }
-    ok
+    require::check("KVM", require::kvm())
 }
 
 /// An event sink feeding a channel.

@@ -96,7 +96,7 @@ unsafe impl GlobalAlloc for Allocator {
         HEAP.with(|h| {
             // SAFETY: `ptr` came from `alloc` with this layout, so it is a whole block of
             // `class`, at least 16 bytes and 8-aligned, and no longer used by its owner.
-            unsafe { *(ptr as *mut u64) = h.free[class as usize] };
+            unsafe { *ptr.cast::<u64>() = h.free[class as usize] };
             h.free[class as usize] = ptr as u64;
         })
     }

@@ -1,7 +1,6 @@
 //! Helpers of the libvirt end-to-end tests and benchmark: summond in the root network namespace
 //! (libvirtd's QEMU opens the daemon's tap by name there), state checks through virsh, ip and
 //! iptables, and an HTTP GET that reports SYN retransmissions from TCP_INFO.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -10,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::daemon_support::summond;
+use crate::daemon::summond;
 
 pub const URI: &str = "qemu:///system";
 pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 213, 210, 20);
@@ -31,7 +30,7 @@ pub fn prerequisites() -> bool {
     {
         return fail_or_skip("libvirtd is not reachable at qemu:///system (scripts/setup-host)");
     }
-    if !summon_tests::virtio_image("http").is_file() {
+    if !crate::virtio_image("http").is_file() {
         return fail_or_skip("http.virtio is missing (the tests crate's build builds it)");
     }
     if !links().is_empty() {
@@ -178,7 +177,7 @@ pub fn get_now(addr: SocketAddr) -> (String, Duration, Duration, u32) {
     let first_byte = t0.elapsed();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
-    let retransmits = summon_tests::tcp::total_retransmits(&s).expect("TCP_INFO");
+    let retransmits = crate::tcp::total_retransmits(&s).expect("TCP_INFO");
     let text = String::from_utf8_lossy(&[&first[..], &rest[..]].concat()).into_owned();
     (text, connected, first_byte, retransmits)
 }

@@ -1,6 +1,5 @@
-//! Millisecond samples and their percentiles for the libvirt benches (this crate's
-//! libvirt_boot and summon-tests' libvirt_cold, which include this file with `#[path]`), so
-//! both compute their figures the same way.
+//! Millisecond samples and their percentiles for the libvirt benches (the launcher's
+//! libvirt_boot and summon-tests' libvirt_cold), so both compute their figures the same way.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! The PVH test kernel for the libvirt tests and benches (this crate's and summon-tests'),
-//! which include this file with `#[path]`: launcher/tests/libvirt_guest/pvh-ticker.S (32-bit
-//! PVH entry, prints on COM1), assembled and linked with the host's gcc and ld.
+//! The PVH test kernel for the libvirt tests and benches (the launcher's and summon-tests'):
+//! launcher/tests/libvirt_guest/pvh-ticker.S (32-bit PVH entry, prints on COM1), assembled and
+//! linked with the host's gcc and ld.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! Helpers of the daemon end-to-end tests: a real `summond` process inside a network namespace
 //! made for the test, DNS queries (hickory-proto messages over real UDP/TCP sockets) and HTTP
 //! requests from inside that namespace, metrics from its admin listener.
-#![allow(dead_code)]
 
 pub mod cold;
 
@@ -14,10 +13,10 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::netns::NetNs;
+use crate::require;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use summon_tests::netns::NetNs;
-use summon_tests::require;
 
 pub const DNS: &str = "127.0.0.1:5300";
 pub const ADMIN: &str = "127.0.0.1:9100";
@@ -57,7 +56,7 @@ pub fn summond() -> &'static Path {
 }
 
 pub fn image(name: &str) -> PathBuf {
-    summon_tests::image(name)
+    crate::image(name)
 }
 
 /// A `[[service]]` block for the http unikernel.

@@ -84,8 +84,7 @@ pub fn cold_request(dns: SocketAddr, name: &str) -> Result<ColdSample, ColdError
             String::from_utf8_lossy(&resp[..resp.len().min(80)])
         ));
     }
-    let retransmits =
-        summon_tests::tcp::total_retransmits(&s).map_err(|e| format!("TCP_INFO: {e}"))?;
+    let retransmits = crate::tcp::total_retransmits(&s).map_err(|e| format!("TCP_INFO: {e}"))?;
     Ok(ColdSample {
         answer,
         connected,

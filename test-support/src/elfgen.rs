@@ -4,8 +4,7 @@
 //! `ImageBuilder::default().build()` gives an [`Elf`]: an R+X code segment at 1 MiB (a program
 //! that calls HALT), optionally an RW data segment with bss after it, and the Solo5 ABI and
 //! manifest notes, each in its own `PT_NOTE` segment. Tweak `ehdr`/`phdrs`/`body` of the [`Elf`],
-//! then `to_bytes()`. Include it with `#[path = "common/elfgen.rs"] mod elfgen;`.
-#![allow(dead_code)]
+//! then `to_bytes()`.
 
 use summon_hvt_abi as abi;
 

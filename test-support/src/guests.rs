@@ -1,14 +1,25 @@
-//! Builds the hand-written test guests (tests/guests/*.S) with gcc at test time.
+//! Builds the hand-written test guests (launcher/tests/guests/*.S) with gcc at test time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn guests_dir() -> PathBuf {
-    // Through the workspace root: summon-run's tests include this file too.
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../launcher/tests/guests")
 }
 
-/// Assembles and links `tests/guests/NAME.S` into an hvt image and returns its path.
+/// `target/tmp/guests`: the directory cargo names `CARGO_TARGET_TMPDIR` for integration tests
+/// and benchmarks, found from the running test binary (`target/PROFILE/deps/NAME`), since a
+/// library does not get that variable.
+fn out_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binaries run from target/PROFILE/deps");
+    target.join("tmp").join("guests")
+}
+
+/// Assembles and links `launcher/tests/guests/NAME.S` into an hvt image and returns its path.
 /// Rebuilt when the source, hvt.h or the linker script is newer than the image.
 pub fn build(name: &str) -> PathBuf {
     // Tests of one binary run in parallel threads: build one guest at a time per process.
@@ -17,7 +28,7 @@ pub fn build(name: &str) -> PathBuf {
     let src_dir = guests_dir();
     let src = src_dir.join(format!("{name}.S"));
     let script = src_dir.join("guest.ld");
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    let out_dir = out_dir();
     std::fs::create_dir_all(&out_dir).expect("create guest output dir");
     let out = out_dir.join(format!("{name}.hvt"));
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
