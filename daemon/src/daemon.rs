@@ -7,9 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use hickory_server::Server;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::config::{BackendKind, Config};
-use crate::dns::{DnsFront, Zone};
+use crate::dns::rrl::Rrl;
+use crate::dns::{self, DnsFront, Zone};
 use crate::fds::{self, FdBudget};
 use crate::hostlock::HostLock;
 use crate::metrics::Metrics;
@@ -53,7 +56,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let fd_budget = start_fd_budget()?;
-    let _ = &fd_budget;
     let metrics = Arc::new(Metrics::new());
 
     let nl = Netlink::connect().context("netlink")?;
@@ -97,11 +99,30 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         reload::next_serial(0),
     )?)));
 
-    let mut server = Server::new(DnsFront::new(
+    // Each client kind is capped by its configured maximum and by its share of the fd budget.
+    let max_forwards = config.dns.max_forwards.min(fd_budget.forwards());
+    let tcp_max_clients = config
+        .dns
+        .tcp_max_clients
+        .min(fd_budget.dns_tcp_connections());
+    if tcp_max_clients < config.dns.tcp_max_clients || max_forwards < config.dns.max_forwards {
+        tracing::warn!(
+            tcp_max_clients,
+            max_forwards,
+            limit = fd_budget.limit(),
+            "DNS caps lowered to fit the file descriptor budget"
+        );
+    }
+    let front = DnsFront::new(
         zone.clone(),
         registry.clone(),
         metrics.clone(),
-    ));
+        max_forwards,
+        Rrl::new(&config.dns.rrl),
+    );
+    let mut server = Server::new(front.clone());
+    let tcp_clients = Arc::new(Semaphore::new(tcp_max_clients));
+    let mut tcp_servers = JoinSet::new();
     for addr in &config.dns.listen {
         let udp = tokio::net::UdpSocket::bind(addr)
             .await
@@ -110,7 +131,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding DNS TCP {addr}"))?;
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_TIMEOUT, 64);
+        tcp_servers.spawn(dns::tcp::serve(
+            tcp,
+            front.clone(),
+            tcp_clients.clone(),
+            TCP_TIMEOUT,
+        ));
     }
     if let Some(a) = &config.admin {
         let l = admin::bind(a.listen)
@@ -158,6 +184,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     systemd::stopping();
     reaper.abort();
+    tcp_servers.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     registry.stop_all().await;
     backends.shutdown();

@@ -1,8 +1,8 @@
 //! Prometheus metrics, exported as text on the admin listener's /metrics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +18,14 @@ pub struct Metrics {
     pub boots: IntCounterVec,
     /// SYNs held by the NFQUEUE hold while libvirt domains booted.
     pub held_packets: IntCounter,
+    /// DNS TCP connections open now.
+    pub dns_tcp_connections: IntGauge,
+    /// DNS TCP connections closed at accept because the cap was reached.
+    pub dns_tcp_rejected: IntCounter,
+    /// Out-of-zone queries not forwarded, by reason (`cap`: SERVFAIL, `not_allowed`: REFUSED).
+    pub dns_forwards_rejected: IntCounterVec,
+    /// UDP responses held back by response-rate limiting, by action (`dropped`, `slipped`).
+    pub dns_rrl: IntCounterVec,
 }
 
 impl Metrics {
@@ -94,13 +102,51 @@ impl Metrics {
             "TCP SYNs held (NFQUEUE) while a libvirt domain booted",
         )
         .expect("valid metric");
+        let dns_tcp_connections =
+            IntGauge::new("summon_dns_tcp_connections", "DNS TCP connections open")
+                .expect("valid metric");
+        let dns_tcp_rejected = IntCounter::new(
+            "summon_dns_tcp_rejected_total",
+            "DNS TCP connections closed at once because dns.tcp_max_clients (or the fd budget) was reached",
+        )
+        .expect("valid metric");
+        let dns_forwards_rejected = IntCounterVec::new(
+            Opts::new(
+                "summon_dns_forwards_rejected_total",
+                "Out-of-zone queries not forwarded: cap (max_forwards reached, SERVFAIL), not_allowed (source outside forward_allow, REFUSED)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let dns_rrl = IntCounterVec::new(
+            Opts::new(
+                "summon_dns_rrl_responses_total",
+                "UDP responses over the response-rate limit: dropped, or slipped (sent truncated)",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
         registry
             .register(Box::new(crate::logging::dropped_counter().clone()))
             .expect("unique metric");
-        for c in [&dns_queries, &summons, &reaped, &boot_failures, &boots] {
+        registry
+            .register(Box::new(dns_tcp_rejected.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(dns_tcp_connections.clone()))
+            .expect("unique metric");
+        for c in [
+            &dns_queries,
+            &summons,
+            &reaped,
+            &boot_failures,
+            &boots,
+            &dns_forwards_rejected,
+            &dns_rrl,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -124,6 +170,10 @@ impl Metrics {
             boot_failures,
             boots,
             held_packets,
+            dns_tcp_connections,
+            dns_tcp_rejected,
+            dns_forwards_rejected,
+            dns_rrl,
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use summon_launcher::{Backend, BackendError, EventSink, Instance, InstanceSpec};
 
 use crate::config::{Config, ServiceConfig};
+use crate::dns::rrl::Rrl;
 use crate::dns::{DnsFront, Zone};
 use crate::metrics::Metrics;
 use crate::registry::{NetLease, Plumbing, Registry};
@@ -58,5 +59,11 @@ pub fn front(config: &Config) -> DnsFront {
         metrics.clone(),
     );
     let zone = Zone::from_config(config, 1).expect("zone from a checked config");
-    DnsFront::new(Arc::new(RwLock::new(Arc::new(zone))), registry, metrics)
+    DnsFront::new(
+        Arc::new(RwLock::new(Arc::new(zone))),
+        registry,
+        metrics,
+        config.dns.max_forwards,
+        Rrl::new(&config.dns.rrl),
+    )
 }

@@ -10,13 +10,16 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
 use crate::require;
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 pub const DNS: &str = "127.0.0.1:5300";
 pub const ADMIN: &str = "127.0.0.1:9100";
@@ -79,6 +82,51 @@ pub fn config(ttl: u32, upstream: &[&str], limits: &str, services: &str) -> Stri
     )
 }
 
+/// `config` text with `keys` added to its `[dns]` table (and any `[dns.*]` table after it).
+pub fn with_dns(config_text: &str, keys: &str) -> String {
+    config_text.replacen("\n\n[network]", &format!("\n{keys}\n\n[network]"), 1)
+}
+
+/// A tiny upstream: answers every A query with 192.0.2.53 and counts what it saw.
+pub fn upstream(
+    ns: &NetNs,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU32>,
+) -> std::thread::JoinHandle<()> {
+    let sock = ns.run(move || UdpSocket::bind(("127.0.0.1", port)).unwrap());
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            seen.fetch_add(1, Ordering::Relaxed);
+            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.queries = q.queries.clone();
+            if let Some(query) = q.queries.first() {
+                if query.query_type() == RecordType::A {
+                    r.answers.push(Record::from_rdata(
+                        query.name().clone(),
+                        42,
+                        RData::A(A(Ipv4Addr::new(192, 0, 2, 53))),
+                    ));
+                } else {
+                    r.metadata.response_code = ResponseCode::NXDomain;
+                }
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from);
+        }
+    })
+}
+
 /// Tests run several daemons at once, each in its own network namespace but all in the host's
 /// file system: each gets its own lock file in its test folder unless the config names one.
 pub fn with_own_lock(config_text: &str, dir: &Path) -> String {
@@ -135,6 +183,26 @@ impl Daemon {
         env: &[(&str, &str)],
         stderr: Option<Stdio>,
     ) -> Daemon {
+        Self::start_full(ns, config_text, env, stderr, &[])
+    }
+
+    /// Starts summond through `wrapper` (e.g. `["prlimit", "--nofile=128:128", "--"]`).
+    pub fn start_wrapped(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
+        Self::start_full(ns, config_text, env, None, wrapper)
+    }
+
+    fn start_full(
+        ns: NetNs,
+        config_text: &str,
+        env: &[(&str, &str)],
+        stderr: Option<Stdio>,
+        wrapper: &[&str],
+    ) -> Daemon {
         let dir = test_dir(ns.name());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -147,8 +215,16 @@ impl Daemon {
             .unwrap();
         let log = dir.join("summond.log");
         let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into());
-        let child = ns
-            .command(summond().to_str().unwrap())
+        let summond = summond().to_str().unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = ns.command(program);
+                c.args(args).arg(summond);
+                c
+            }
+            None => ns.command(summond),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock)

@@ -3,16 +3,14 @@
 
 use summon_tests::daemon as daemon_support;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use daemon_support::*;
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use summon_tests::netns::NetNs;
 
 fn soa_in_authority(m: &Message) -> bool {
@@ -120,46 +118,6 @@ fn zone_answers_without_booting() {
     );
     assert!(text.contains("30\tIN\tA\t10.77.0.10"), "{text}");
     assert_eq!(d.metric("summon_boots_total", &[("service", "web")]), 1.0);
-}
-
-/// A tiny upstream: answers every A query with 192.0.2.53 and counts what it saw.
-fn upstream(
-    ns: &NetNs,
-    port: u16,
-    stop: Arc<AtomicBool>,
-    seen: Arc<AtomicU32>,
-) -> std::thread::JoinHandle<()> {
-    let sock = ns.run(move || UdpSocket::bind(("127.0.0.1", port)).unwrap());
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                continue;
-            };
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            seen.fetch_add(1, Ordering::Relaxed);
-            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.metadata.recursion_available = true;
-            r.queries = q.queries.clone();
-            if let Some(query) = q.queries.first() {
-                if query.query_type() == RecordType::A {
-                    r.answers.push(Record::from_rdata(
-                        query.name().clone(),
-                        42,
-                        RData::A(A(Ipv4Addr::new(192, 0, 2, 53))),
-                    ));
-                } else {
-                    r.metadata.response_code = ResponseCode::NXDomain;
-                }
-            }
-            let _ = sock.send_to(&r.to_vec().unwrap(), from);
-        }
-    })
 }
 
 #[test]

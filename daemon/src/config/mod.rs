@@ -6,13 +6,14 @@ mod model;
 mod tests;
 mod validate;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use summon_launcher::MacAddr;
 
 pub use error::{line_col, ConfigError, Problem};
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use model::{ReplyMode, StopMode};
 
 /// A checked configuration. Names are lower case; the zone ends with a dot.
@@ -82,7 +83,58 @@ pub struct DnsConfig {
     pub nameserver: String,
     /// Answered for `nameserver` when it lies inside the zone.
     pub nameserver_ip: Ipv4Addr,
+    /// Concurrent TCP connections (further ones are accepted and closed at once).
+    pub tcp_max_clients: usize,
+    /// Forwarded queries waiting for an upstream at once (further ones: SERVFAIL).
+    pub max_forwards: usize,
+    /// Sources whose out-of-zone queries are forwarded; everyone else gets REFUSED.
+    pub forward_allow: Vec<IpNet>,
+    pub rrl: RrlConfig,
 }
+
+/// The loopback networks: the default of `forward_allow` and `rrl.whitelist`.
+pub fn loopback_nets() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid prefix")),
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("valid prefix")),
+    ]
+}
+
+/// `[dns.rrl]`: response-rate limiting over UDP (see docs/config.md for the semantics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RrlConfig {
+    /// Responses per second per (source prefix, response); 0 turns RRL off.
+    pub rate: u32,
+    /// Every `slip`-th limited response goes out truncated; 0 never, 1 always.
+    pub slip: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// Sources never limited.
+    pub whitelist: Vec<IpNet>,
+    /// Buckets in the fixed-size table.
+    pub table_size: usize,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        RrlConfig {
+            rate: 200,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            whitelist: loopback_nets(),
+            table_size: DEFAULT_RRL_TABLE_SIZE,
+        }
+    }
+}
+
+/// Knot's default table size (its rule of thumb: 1.2 × the peak queries per second).
+pub const DEFAULT_RRL_TABLE_SIZE: usize = 393_241;
+/// Upper bound of `rrl.table_size` (at 24 bytes a bucket, 384 MiB).
+pub const MAX_RRL_TABLE_SIZE: u32 = 1 << 24;
+/// NSD's `tcp-count` default.
+pub const DEFAULT_TCP_MAX_CLIENTS: usize = 100;
+pub const DEFAULT_MAX_FORWARDS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkConfig {

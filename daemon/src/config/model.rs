@@ -36,6 +36,32 @@ pub struct RawDns {
     /// Address answered for the name server when it lies inside the zone.
     #[serde(default)]
     pub nameserver_ip: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tcp_max_clients: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub max_forwards: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub forward_allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub rrl: Option<RawRrl>,
+}
+
+/// `[dns.rrl]`: response-rate limiting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRrl {
+    #[serde(default)]
+    pub rate: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub slip: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub ipv4_prefix: Option<Spanned<u8>>,
+    #[serde(default)]
+    pub ipv6_prefix: Option<Spanned<u8>>,
+    #[serde(default)]
+    pub whitelist: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub table_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

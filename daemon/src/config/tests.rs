@@ -244,6 +244,76 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
 }
 
 #[test]
+fn dns_hardening_keys_default_parse_and_are_checked() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.dns.tcp_max_clients, DEFAULT_TCP_MAX_CLIENTS);
+    assert_eq!(cfg.dns.max_forwards, DEFAULT_MAX_FORWARDS);
+    assert_eq!(cfg.dns.forward_allow, loopback_nets());
+    assert_eq!(cfg.dns.rrl, RrlConfig::default());
+
+    let src = base(&service("")).replace(
+        "ttl = 10\n",
+        "ttl = 10\ntcp_max_clients = 7\nmax_forwards = 3\n\
+         forward_allow = [\"10.1.2.3/16\", \"2001:db8::1\"]\n\
+         [dns.rrl]\nrate = 0\nslip = 1\nipv4_prefix = 32\nipv6_prefix = 64\n\
+         whitelist = []\ntable_size = 1000\n",
+    );
+    let cfg = Config::parse(&src, Path::new("/")).unwrap();
+    assert_eq!((cfg.dns.tcp_max_clients, cfg.dns.max_forwards), (7, 3));
+    assert_eq!(
+        cfg.dns.forward_allow,
+        vec![
+            "10.1.0.0/16".parse::<IpNet>().unwrap(),
+            "2001:db8::1/128".parse().unwrap()
+        ]
+    );
+    let rrl = &cfg.dns.rrl;
+    assert_eq!(
+        (rrl.rate, rrl.slip, rrl.ipv4_prefix, rrl.ipv6_prefix),
+        (0, 1, 32, 64)
+    );
+    assert!(rrl.whitelist.is_empty());
+    assert_eq!(rrl.table_size, 1000);
+
+    for (bad, want) in [
+        ("tcp_max_clients = 0", "dns.tcp_max_clients: expected 1 to"),
+        ("max_forwards = 0", "dns.max_forwards: expected 1 to"),
+        (
+            "forward_allow = [\"10.0.0.0/33\"]",
+            "dns.forward_allow: expected a network",
+        ),
+        (
+            "[dns.rrl]\nipv4_prefix = 33",
+            "dns.rrl.ipv4_prefix: expected a prefix length of 1 to 32",
+        ),
+        (
+            "[dns.rrl]\nipv6_prefix = 0",
+            "dns.rrl.ipv6_prefix: expected a prefix length of 1 to 128",
+        ),
+        ("[dns.rrl]\nslip = 101", "dns.rrl.slip: expected 0 to 100"),
+        (
+            "[dns.rrl]\nwhitelist = [\"me\"]",
+            "dns.rrl.whitelist: expected a network",
+        ),
+        (
+            "[dns.rrl]\ntable_size = 3",
+            "dns.rrl.table_size: expected 64 to",
+        ),
+    ] {
+        let src = base(&service("")).replace("ttl = 10\n", &format!("ttl = 10\n{bad}\n"));
+        let e = one_error(&src);
+        assert!(e.message.starts_with(want), "{bad}: {e:?}");
+        // Each error points at the value: the line after `ttl`, or after `[dns.rrl]`.
+        let last = bad.lines().last().unwrap();
+        let line = 4 + bad.lines().count();
+        let value = last.find("= ").unwrap() + 2;
+        // A list's error points at the bad item.
+        let col = value + 1 + usize::from(last[value..].starts_with('['));
+        assert_eq!((e.line, e.column), (Some(line), Some(col)), "{bad}: {e:?}");
+    }
+}
+
+#[test]
 fn admin_off_loopback_needs_a_token_file() {
     let with = |admin: &str| base(&format!("\n[admin]\n{admin}\n{}", service("")));
     // Loopback (v4 and v6) needs no token.

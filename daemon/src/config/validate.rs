@@ -8,10 +8,11 @@ use std::time::Duration;
 use summon_launcher::MacAddr;
 use toml::Spanned;
 
-use super::model::{RawConfig, RawService, ReplyMode, StopMode};
+use super::model::{RawConfig, RawRrl, RawService, ReplyMode, StopMode};
 use super::{
-    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, KvmConfig, Limits, NetworkConfig,
-    Problem, ServiceConfig, MAX_PREWARM,
+    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, Limits,
+    NetworkConfig, Problem, RrlConfig, ServiceConfig, DEFAULT_MAX_FORWARDS,
+    DEFAULT_TCP_MAX_CLIENTS, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
 };
 
 struct Checker<'a> {
@@ -82,6 +83,47 @@ impl Checker<'_> {
             format!("{key}: expected an address with port like \"127.0.0.1:53\", found {s:?}"),
         );
         None
+    }
+
+    /// A list of networks; a bare address is its own /32 or /128.
+    fn networks(&mut self, v: &Option<Vec<Spanned<String>>>, key: &str) -> Option<Vec<IpNet>> {
+        let v = v.as_ref()?;
+        let mut nets = Vec::with_capacity(v.len());
+        for n in v {
+            let s = n.get_ref().trim();
+            match s.parse::<IpNet>() {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => match s.parse::<IpAddr>() {
+                    Ok(ip) => nets.push(IpNet::from(ip)),
+                    Err(_) => self.err(
+                        n,
+                        format!("{key}: expected a network like \"192.0.2.0/24\" or \"::1/128\", found {s:?}"),
+                    ),
+                },
+            }
+        }
+        Some(nets)
+    }
+
+    /// A count in `range`, or `default` when absent.
+    fn count(
+        &mut self,
+        v: &Option<Spanned<u32>>,
+        key: &str,
+        range: std::ops::RangeInclusive<u32>,
+        default: u32,
+    ) -> u32 {
+        match v {
+            Some(n) if !range.contains(n.get_ref()) => {
+                self.err(
+                    n,
+                    format!("{key}: expected {} to {}", range.start(), range.end()),
+                );
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        }
     }
 }
 
@@ -236,6 +278,22 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         Some(v) => c.ipv4(v, "dns.nameserver_ip").unwrap_or(network.gateway),
         None => network.gateway,
     };
+    let tcp_max_clients = c.count(
+        &raw.dns.tcp_max_clients,
+        "dns.tcp_max_clients",
+        1..=1_000_000,
+        DEFAULT_TCP_MAX_CLIENTS as u32,
+    ) as usize;
+    let max_forwards = c.count(
+        &raw.dns.max_forwards,
+        "dns.max_forwards",
+        1..=1_000_000,
+        DEFAULT_MAX_FORWARDS as u32,
+    ) as usize;
+    let forward_allow = c
+        .networks(&raw.dns.forward_allow, "dns.forward_allow")
+        .unwrap_or_else(super::loopback_nets);
+    let rrl = check_rrl(&mut c, raw.dns.rrl.as_ref());
 
     // [daemon]
     let mut daemon = DaemonConfig::default();
@@ -382,6 +440,10 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                 upstream,
                 nameserver,
                 nameserver_ip,
+                tcp_max_clients,
+                max_forwards,
+                forward_allow,
+                rrl,
             },
             network,
             daemon,
@@ -393,6 +455,45 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     } else {
         Err(c.problems)
     }
+}
+
+fn check_rrl(c: &mut Checker<'_>, raw: Option<&RawRrl>) -> RrlConfig {
+    let mut rrl = RrlConfig::default();
+    let Some(r) = raw else { return rrl };
+    rrl.rate = c.count(&r.rate, "dns.rrl.rate", 0..=10_000_000, rrl.rate);
+    rrl.slip = c.count(&r.slip, "dns.rrl.slip", 0..=100, rrl.slip);
+    for (v, key, max, slot) in [
+        (
+            &r.ipv4_prefix,
+            "dns.rrl.ipv4_prefix",
+            32,
+            &mut rrl.ipv4_prefix,
+        ),
+        (
+            &r.ipv6_prefix,
+            "dns.rrl.ipv6_prefix",
+            128,
+            &mut rrl.ipv6_prefix,
+        ),
+    ] {
+        if let Some(p) = v {
+            if (1..=max).contains(p.get_ref()) {
+                *slot = *p.get_ref();
+            } else {
+                c.err(p, format!("{key}: expected a prefix length of 1 to {max}"));
+            }
+        }
+    }
+    if let Some(w) = c.networks(&r.whitelist, "dns.rrl.whitelist") {
+        rrl.whitelist = w;
+    }
+    rrl.table_size = c.count(
+        &r.table_size,
+        "dns.rrl.table_size",
+        64..=MAX_RRL_TABLE_SIZE,
+        rrl.table_size as u32,
+    ) as usize;
+    rrl
 }
 
 fn check_service(

@@ -1,6 +1,6 @@
-//! Answering one raw DNS packet in-process, without sockets: the same path a UDP or TCP query
-//! takes through hickory-server (parse, FORMERR on malformed input, the handler, encoding).
-//! Used by unit tests and the fuzz target.
+//! Answering one raw DNS packet in-process: the same path a UDP query takes through
+//! hickory-server (parse, FORMERR on malformed input, the handler, encoding). The TCP accept
+//! loop ([`super::tcp`]) answers its messages through it; unit tests and the fuzz target too.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,13 +42,25 @@ impl ResponseHandler for Capture {
     }
 }
 
-/// The bytes summond would send back for `packet`, or `None` if it would send nothing.
+/// The bytes summond would send back for `packet` arriving over UDP from loopback, or `None`
+/// if it would send nothing.
 pub async fn answer(front: &DnsFront, packet: &[u8]) -> Option<Vec<u8>> {
     let src: SocketAddr = "127.0.0.1:53000".parse().expect("literal");
+    answer_from(front, packet, src, Protocol::Udp).await
+}
+
+/// The bytes summond sends back for `packet` from `src` over `protocol` (never truncated:
+/// over UDP the server's own path truncates to the client's payload size, this does not).
+pub async fn answer_from(
+    front: &DnsFront,
+    packet: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
     let mut decoder = BinDecoder::new(packet);
     // hickory-server drops packets whose header does not parse.
     let header = Header::read(&mut decoder).ok()?;
-    match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+    match Request::from_bytes(packet.to_vec(), src, protocol) {
         Ok(request) => {
             if request.metadata.message_type == MessageType::Response {
                 return None;

@@ -1,41 +1,224 @@
 //! The DNS front: a hickory-server `RequestHandler` that answers the zone, summons services on
-//! A queries and forwards or refuses everything else.
+//! A queries and forwards or refuses everything else. Split as hickory's `Catalog` is:
+//! [`DnsFront::dispatch`] (protocol checks, then what the name means), the lookups
+//! ([`reply::zone_answer`], [`DnsFront::summon`], [`DnsFront::forward`]), response-rate limiting
+//! ([`DnsFront::limit`]) and response building ([`respond::send`]).
 
 mod forward;
 pub mod local;
+mod reply;
+mod respond;
+pub mod rrl;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 pub mod zone;
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::op::{MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, RecordType};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use prometheus::IntCounter;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{Registry, Served};
+use reply::Reply;
+use rrl::{Rrl, Verdict};
 pub use zone::{Target, Zone};
 
 /// The zone currently served; swapped whole on reload.
 pub type SharedZone = Arc<RwLock<Arc<Zone>>>;
 
+/// Cheap to clone: the UDP server and the TCP accept loop share one front.
+#[derive(Clone)]
 pub struct DnsFront {
     zone: SharedZone,
     registry: Registry,
     metrics: Arc<Metrics>,
+    /// One permit per forward in flight (`dns.max_forwards`, bounded by the fd budget).
+    forwards: Arc<Semaphore>,
+    rrl: Option<Arc<Rrl>>,
+    rrl_dropped: IntCounter,
+    rrl_slipped: IntCounter,
+    forwards_capped: IntCounter,
+    forwards_not_allowed: IntCounter,
+}
+
+/// A cold summon's timing, for the `dns` stage and the answer histogram.
+#[derive(Default)]
+struct ColdSummon {
+    cold: bool,
+    /// Time inside the registry, for a boot (not a resume).
+    summon: Option<(Duration, String)>,
 }
 
 impl DnsFront {
-    pub fn new(zone: SharedZone, registry: Registry, metrics: Arc<Metrics>) -> DnsFront {
+    /// `max_forwards` forwards may wait for an upstream at once; `rrl` limits UDP responses.
+    pub fn new(
+        zone: SharedZone,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        max_forwards: usize,
+        rrl: Option<Rrl>,
+    ) -> DnsFront {
+        let rrl_counter = |action| metrics.dns_rrl.with_label_values(&[action]);
+        let rejected = |reason| metrics.dns_forwards_rejected.with_label_values(&[reason]);
         DnsFront {
+            rrl_dropped: rrl_counter("dropped"),
+            rrl_slipped: rrl_counter("slipped"),
+            forwards_capped: rejected("cap"),
+            forwards_not_allowed: rejected("not_allowed"),
             zone,
             registry,
             metrics,
+            forwards: Arc::new(Semaphore::new(max_forwards)),
+            rrl: rrl.map(Arc::new),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Protocol checks, then what the question's name means.
+    async fn dispatch<'z>(
+        &self,
+        request: &Request,
+        zone: &'z Zone,
+        cold: &mut ColdSummon,
+    ) -> Reply<'z> {
+        if let Some(rcode) = protocol_error(request) {
+            return Reply::rcode(rcode, false);
+        }
+        let q = &request.queries.queries()[0];
+        let qtype = q.query_type();
+        match zone.target(q.name()) {
+            Target::Outside => self.forward(request, zone).await,
+            _ if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY => {
+                Reply::rcode(ResponseCode::Refused, false)
+            }
+            Target::Service(name) if zone::summons(qtype) => self.summon(name, zone, cold).await,
+            target => reply::zone_answer(&target, qtype, zone),
+        }
+    }
+
+    /// An A query for a service: boot or find its instance, answer its address.
+    async fn summon<'z>(&self, name: &str, zone: &'z Zone, cold: &mut ColdSummon) -> Reply<'z> {
+        let t_summon = Instant::now();
+        let (Some(slot), Some(record)) = (self.registry.get(name), zone.service_record(name))
+        else {
+            // Zone and registry are swapped separately on reload.
+            return Reply::negative(ResponseCode::NXDomain, zone);
+        };
+        match self.registry.summon(&slot).await {
+            Ok((_, served)) => {
+                cold.cold = served != Served::Warm;
+                if served == Served::Cold {
+                    cold.summon = Some((t_summon.elapsed(), slot.name.clone()));
+                }
+                Reply::answer(record, None)
+            }
+            Err(e) => {
+                tracing::debug!(service = name, error = %e, "summon failed");
+                Reply::rcode(ResponseCode::ServFail, true)
+            }
+        }
+    }
+
+    /// A name outside the zone: relayed to the upstreams for allowed sources, while a forward
+    /// slot is free.
+    async fn forward<'z>(&self, request: &Request, zone: &'z Zone) -> Reply<'z> {
+        if zone.upstream.is_empty() {
+            return Reply::rcode(ResponseCode::Refused, false);
+        }
+        if !zone.forward_allowed(request.src().ip()) {
+            self.forwards_not_allowed.inc();
+            return Reply::rcode(ResponseCode::Refused, false);
+        }
+        let Ok(_permit) = self.forwards.try_acquire() else {
+            self.forwards_capped.inc();
+            return Reply::rcode(ResponseCode::ServFail, false);
+        };
+        match forward::forward(&zone.upstream, request.as_slice()).await {
+            Ok(msg) => Reply::upstream(msg),
+            Err(e) => {
+                tracing::debug!(error = %e, "forwarding failed");
+                Reply::rcode(ResponseCode::ServFail, false)
+            }
+        }
+    }
+
+    /// Response-rate limiting: UDP only (a TCP client cannot spoof its address).
+    fn limit(&self, request: &Request, zone: &Zone, reply: &Reply<'_>) -> Verdict {
+        let Some(rrl) = &self.rrl else {
+            return Verdict::Send;
+        };
+        if request.protocol() != Protocol::Udp {
+            return Verdict::Send;
+        }
+        let class = reply.class();
+        let question = request.queries.queries().first();
+        let qtype = question.map_or(RecordType::NULL, |q| q.query_type());
+        let name: &LowerName = match question {
+            // Every NXDOMAIN under the zone shares the apex's bucket.
+            Some(q) if class != rrl::ResponseClass::NxDomain || !zone.origin.zone_of(q.name()) => {
+                q.name()
+            }
+            _ => &zone.origin,
+        };
+        let verdict = rrl.check(request.src().ip(), class, qtype, name);
+        match verdict {
+            Verdict::Send => {}
+            Verdict::Slip => self.rrl_slipped.inc(),
+            Verdict::Drop => self.rrl_dropped.inc(),
+        }
+        verdict
+    }
+
+    fn record(&self, request: &Request, rcode: ResponseCode, t0: Instant, cold: ColdSummon) {
+        if cold.cold {
+            let total = t0.elapsed();
+            self.metrics
+                .summon_seconds
+                .with_label_values(&["answer"])
+                .observe(total.as_secs_f64());
+            if let Some((s, service)) = cold.summon {
+                let dns = total.saturating_sub(s);
+                self.metrics.cold_stage("dns", dns);
+                tracing::debug!(
+                    service = %service,
+                    dns_us = dns.as_micros() as u64,
+                    answer_us = total.as_micros() as u64,
+                    "cold answer"
+                );
+            }
+        }
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        self.metrics
+            .dns_queries
+            .with_label_values(&[qtype.map(qtype_label).unwrap_or("none"), rcode_label(rcode)])
+            .inc();
+    }
+}
+
+/// The rcode for a request summond does not answer from the zone: an EDNS version above 0,
+/// not a query, an opcode other than QUERY, or not exactly one question.
+fn protocol_error(request: &Request) -> Option<ResponseCode> {
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        Some(ResponseCode::BADVERS)
+    } else if request.metadata.message_type != MessageType::Query {
+        Some(ResponseCode::FormErr)
+    } else if request.metadata.op_code != OpCode::Query {
+        Some(ResponseCode::NotImp)
+    } else if request.queries.queries().len() != 1 {
+        Some(ResponseCode::FormErr)
+    } else {
+        None
     }
 }
 
@@ -70,231 +253,27 @@ fn rcode_label(r: ResponseCode) -> &'static str {
     }
 }
 
-/// Whether wire-format question bytes use name compression (a label byte 0b11xxxxxx).
-fn has_pointer(mut wire: &[u8]) -> bool {
-    while let Some(&len) = wire.first() {
-        if len & 0xc0 != 0 {
-            return true;
-        }
-        if len == 0 {
-            // End of name: skip QTYPE and QCLASS.
-            wire = wire.get(5..).unwrap_or(&[]);
-        } else {
-            wire = wire.get(1 + usize::from(len)..).unwrap_or(&[]);
-        }
-    }
-    false
-}
-
-/// What to send: rcode, flags and the records of each section.
-struct Reply<'a> {
-    rcode: ResponseCode,
-    authoritative: bool,
-    recursion_available: bool,
-    answers: Vec<&'a Record>,
-    authorities: Vec<&'a Record>,
-    additionals: Vec<&'a Record>,
-}
-
-impl<'a> Reply<'a> {
-    fn rcode(rcode: ResponseCode, authoritative: bool) -> Self {
-        Reply {
-            rcode,
-            authoritative,
-            recursion_available: false,
-            answers: Vec::new(),
-            authorities: Vec::new(),
-            additionals: Vec::new(),
-        }
-    }
-
-    /// NOERROR without data (or NXDOMAIN), with the SOA for negative caching.
-    fn negative(rcode: ResponseCode, zone: &'a Zone) -> Self {
-        let mut r = Reply::rcode(rcode, true);
-        r.authorities.push(&zone.soa);
-        r
-    }
-}
-
 #[async_trait::async_trait]
 impl RequestHandler for DnsFront {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
         let t0 = Instant::now();
         let zone = self.zone.read().unwrap_or_else(|p| p.into_inner()).clone();
-
-        let mut resp_edns = None;
-        if let Some(req) = request.edns.as_ref() {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512));
-            e.set_version(0);
-            resp_edns = Some((e, req.version()));
-        }
-        let edns_ref = resp_edns.as_ref().map(|(e, _)| e);
-
-        let queries = request.queries.queries();
-        let qtype = queries.first().map(|q| q.query_type());
-        let mut cold = false;
-        let mut summon_time = None;
-
-        let forwarded;
-        let reply = if resp_edns.as_ref().is_some_and(|(_, v)| *v > 0) {
-            Reply::rcode(ResponseCode::BADVERS, false)
-        } else if request.metadata.message_type != MessageType::Query {
-            Reply::rcode(ResponseCode::FormErr, false)
-        } else if request.metadata.op_code != OpCode::Query {
-            Reply::rcode(ResponseCode::NotImp, false)
-        } else if queries.len() != 1 {
-            Reply::rcode(ResponseCode::FormErr, false)
-        } else {
-            let q = &queries[0];
-            let qt = q.query_type();
-            match zone.target(q.name()) {
-                Target::Outside => {
-                    if zone.upstream.is_empty() {
-                        Reply::rcode(ResponseCode::Refused, false)
-                    } else {
-                        match forward::forward(&zone.upstream, request.as_slice()).await {
-                            Ok(msg) => {
-                                forwarded = msg;
-                                Reply {
-                                    rcode: forwarded.metadata.response_code,
-                                    authoritative: forwarded.metadata.authoritative,
-                                    recursion_available: forwarded.metadata.recursion_available,
-                                    answers: forwarded.answers.iter().collect(),
-                                    authorities: forwarded.authorities.iter().collect(),
-                                    additionals: forwarded.additionals.iter().collect(),
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "forwarding failed");
-                                Reply::rcode(ResponseCode::ServFail, false)
-                            }
-                        }
-                    }
-                }
-                _ if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY => {
-                    Reply::rcode(ResponseCode::Refused, false)
-                }
-                Target::Apex => match qt {
-                    RecordType::SOA => {
-                        let mut r = Reply::rcode(ResponseCode::NoError, true);
-                        r.answers.push(&zone.soa);
-                        r
-                    }
-                    RecordType::NS => {
-                        let mut r = Reply::rcode(ResponseCode::NoError, true);
-                        r.answers.push(&zone.ns);
-                        if let Some(a) = &zone.ns_a {
-                            r.additionals.push(a);
-                        }
-                        r
-                    }
-                    _ => Reply::negative(ResponseCode::NoError, &zone),
-                },
-                Target::NameServer => match (qt, &zone.ns_a) {
-                    (RecordType::A, Some(a)) => {
-                        let mut r = Reply::rcode(ResponseCode::NoError, true);
-                        r.answers.push(a);
-                        r
-                    }
-                    _ => Reply::negative(ResponseCode::NoError, &zone),
-                },
-                Target::NxDomain => Reply::negative(ResponseCode::NXDomain, &zone),
-                Target::Service(name) => {
-                    if !zone::summons(qt) {
-                        Reply::negative(ResponseCode::NoError, &zone)
-                    } else {
-                        let t_summon = Instant::now();
-                        match (self.registry.get(name), zone.service_record(name)) {
-                            (Some(slot), Some(record)) => match self.registry.summon(&slot).await {
-                                Ok((_, served)) => {
-                                    cold = served != crate::registry::Served::Warm;
-                                    if served == crate::registry::Served::Cold {
-                                        summon_time = Some((t_summon.elapsed(), slot.name.clone()));
-                                    }
-                                    let mut r = Reply::rcode(ResponseCode::NoError, true);
-                                    r.answers.push(record);
-                                    r
-                                }
-                                Err(e) => {
-                                    tracing::debug!(service = name, error = %e, "summon failed");
-                                    Reply::rcode(ResponseCode::ServFail, true)
-                                }
-                            },
-                            // Zone and registry are swapped separately on reload.
-                            _ => Reply::negative(ResponseCode::NXDomain, &zone),
-                        }
-                    }
-                }
+        let mut cold = ColdSummon::default();
+        let reply = self.dispatch(request, &zone, &mut cold).await;
+        let info = match self.limit(request, &zone, &reply) {
+            Verdict::Send => respond::send(request, &reply, false, response_handle).await,
+            Verdict::Slip => respond::send(request, &reply, true, response_handle).await,
+            Verdict::Drop => {
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = reply.rcode;
+                respond::not_sent(metadata)
             }
         };
-
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = reply.authoritative;
-        metadata.recursion_available = reply.recursion_available;
-        metadata.response_code = reply.rcode;
-        // The question section is echoed as the client sent it, except when that would be
-        // wrong: several questions (FORMERR: echo none) or names compressed with pointers
-        // whose targets are not in our response (re-encode).
-        let rebuilt;
-        let queries = if queries.len() != 1 {
-            rebuilt = Queries::new(Vec::new());
-            &rebuilt
-        } else if has_pointer(request.queries.as_bytes()) {
-            rebuilt = Queries::new(queries.to_vec());
-            &rebuilt
-        } else {
-            &request.queries
-        };
-        let mut builder = MessageResponseBuilder::new(queries, None);
-        if let Some(e) = edns_ref {
-            builder.edns(e);
-        }
-        let response = builder.build(
-            metadata,
-            reply.answers.iter().copied(),
-            reply.authorities.iter().copied(),
-            std::iter::empty(),
-            reply.additionals.iter().copied(),
-        );
-        let info = match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, "sending DNS response");
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        };
-        if cold {
-            let total = t0.elapsed();
-            self.metrics
-                .summon_seconds
-                .with_label_values(&["answer"])
-                .observe(total.as_secs_f64());
-            if let Some((s, service)) = summon_time {
-                let dns = total.saturating_sub(s);
-                self.metrics.cold_stage("dns", dns);
-                tracing::debug!(
-                    service = %service,
-                    dns_us = dns.as_micros() as u64,
-                    answer_us = total.as_micros() as u64,
-                    "cold answer"
-                );
-            }
-        }
-        self.metrics
-            .dns_queries
-            .with_label_values(&[
-                qtype.map(qtype_label).unwrap_or("none"),
-                rcode_label(reply.rcode),
-            ])
-            .inc();
+        self.record(request, reply.rcode, t0, cold);
         info
     }
 }

@@ -143,3 +143,123 @@ async fn questions_with_pointers_outside_the_question_are_reencoded() {
     let m = ask(&p).await.unwrap();
     assert_eq!(m.queries, asked.queries);
 }
+
+fn config_with(dns_extra: &str, rrl: &str) -> Config {
+    let img = std::env::temp_dir().join("summon-dns-test.hvt");
+    std::fs::write(&img, b"x").unwrap();
+    let src = format!(
+        "[dns]\nlisten = [\"127.0.0.1:5300\"]\nzone = \"svc.test.\"\nttl = 9\n{dns_extra}\n\
+         [dns.rrl]\n{rrl}\n\
+         [network]\nsubnet = \"10.77.0.0/16\"\ngateway = \"10.77.0.1\"\n\
+         [[service]]\nname = \"web\"\nimage = \"{}\"\nip = \"10.77.0.10\"\n",
+        img.display()
+    );
+    Config::parse(&src, Path::new("/")).unwrap()
+}
+
+async fn ask_from(
+    front: &super::DnsFront,
+    packet: &[u8],
+    src: &str,
+    protocol: hickory_server::net::xfer::Protocol,
+) -> Option<Message> {
+    let bytes = super::local::answer_from(front, packet, src.parse().unwrap(), protocol).await?;
+    Some(Message::from_vec(&bytes).expect("well-formed response"))
+}
+
+#[tokio::test]
+async fn forwarding_only_for_allowed_sources_and_within_the_cap() {
+    use hickory_server::net::xfer::Protocol::Udp;
+    // An upstream that never answers: a forward holds its slot for the 2 s timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let up = silent.local_addr().unwrap();
+    let cfg = config_with(
+        &format!("upstream = [\"{up}\"]\nmax_forwards = 1\nforward_allow = [\"192.0.2.0/24\"]"),
+        "",
+    );
+    let front = testkit::front(&cfg);
+    let q = query("example.com.", RecordType::A, None);
+    let m = ask_from(&front, &q, "198.51.100.1:5353", Udp)
+        .await
+        .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    let m = ask_from(&front, &q, "127.0.0.1:5353", Udp).await.unwrap();
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::Refused,
+        "loopback is not in the list"
+    );
+
+    let first = ask_from(&front, &q, "192.0.2.7:5353", Udp);
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let t = std::time::Instant::now();
+        let m = ask_from(&front, &q, "192.0.2.8:5353", Udp).await.unwrap();
+        (m, t.elapsed())
+    };
+    let (first, (second, waited)) = tokio::join!(first, second);
+    // The second forward finds the only slot taken: SERVFAIL at once, not after the timeout.
+    assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
+    assert!(waited < std::time::Duration::from_secs(1), "{waited:?}");
+    assert_eq!(
+        first.unwrap().metadata.response_code,
+        ResponseCode::ServFail
+    );
+    let rejected = |r: &str| {
+        front
+            .metrics()
+            .dns_forwards_rejected
+            .with_label_values(&[r])
+            .get()
+    };
+    assert_eq!((rejected("not_allowed"), rejected("cap")), (2, 1));
+    // A query inside the zone never needs the allow list.
+    let m = ask_from(
+        &front,
+        &query("svc.test.", RecordType::SOA, None),
+        "198.51.100.1:1",
+        Udp,
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn rrl_drops_and_slips_over_udp_only() {
+    use hickory_server::net::xfer::Protocol::{Tcp, Udp};
+    let cfg = config_with("", "rate = 2\nslip = 2\nwhitelist = []");
+    let front = testkit::front(&cfg);
+    let soa = query("svc.test.", RecordType::SOA, Some(0));
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        got.push(ask_from(&front, &soa, "192.0.2.1:1000", Udp).await);
+    }
+    let full = got
+        .iter()
+        .flatten()
+        .filter(|m| !m.metadata.truncation)
+        .count();
+    let slipped: Vec<&Message> = got
+        .iter()
+        .flatten()
+        .filter(|m| m.metadata.truncation)
+        .collect();
+    assert_eq!(full, 2, "the burst of rate = 2");
+    assert_eq!(slipped.len(), 3, "every second of the 6 limited");
+    assert_eq!(got.iter().filter(|m| m.is_none()).count(), 3);
+    for m in slipped {
+        assert!(m.answers.is_empty() && m.authorities.is_empty());
+        assert_eq!(m.queries.len(), 1, "the question is echoed");
+        assert_eq!(m.metadata.id, 77);
+    }
+    // TCP is never limited; another /24 has its own budget.
+    for _ in 0..5 {
+        let m = ask_from(&front, &soa, "192.0.2.1:1001", Tcp).await.unwrap();
+        assert!(!m.metadata.truncation && m.answers.len() == 1);
+    }
+    let m = ask_from(&front, &soa, "192.0.3.1:1000", Udp).await.unwrap();
+    assert!(!m.metadata.truncation && m.answers.len() == 1);
+    let rrl = |a: &str| front.metrics().dns_rrl.with_label_values(&[a]).get();
+    assert_eq!((rrl("dropped"), rrl("slipped")), (3, 3));
+}

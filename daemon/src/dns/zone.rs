@@ -2,13 +2,13 @@
 //! whether a service can be summoned; this decides what the name means.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use hickory_proto::rr::rdata::{A, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::config::Config;
+use crate::config::{Config, IpNet};
 
 /// What a query name refers to.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct Zone {
     /// Service label → (service name, its A record).
     services: HashMap<Vec<u8>, (String, Record)>,
     pub upstream: Vec<SocketAddr>,
+    /// Sources whose out-of-zone queries may be forwarded (here so a reload swaps it).
+    forward_allow: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ impl Zone {
             ns_label,
             services,
             upstream: cfg.dns.upstream.clone(),
+            forward_allow: cfg.dns.forward_allow.clone(),
         })
     }
 
@@ -126,6 +129,12 @@ impl Zone {
             return Target::NameServer;
         }
         Target::NxDomain
+    }
+
+    /// Whether queries from `src` may be forwarded (a v4-mapped IPv6 source as its IPv4).
+    pub fn forward_allowed(&self, src: IpAddr) -> bool {
+        let src = src.to_canonical();
+        self.forward_allow.iter().any(|n| n.contains(&src))
     }
 
     pub fn service_record(&self, service: &str) -> Option<&Record> {
@@ -185,6 +194,16 @@ ip = "10.77.0.10"
         assert_eq!(z.target(&ln("test.")), Target::Outside);
         assert_eq!(z.target(&ln(".")), Target::Outside);
         assert_eq!(z.ttl, 7);
+        for (src, allowed) in [
+            ("127.0.0.1", true),
+            ("127.9.9.9", true),
+            ("::1", true),
+            ("::ffff:127.0.0.2", true),
+            ("10.0.0.1", false),
+            ("::2", false),
+        ] {
+            assert_eq!(z.forward_allowed(src.parse().unwrap()), allowed, "{src}");
+        }
         assert_eq!(z.service_record("hello").unwrap().ttl, 7);
     }
 
