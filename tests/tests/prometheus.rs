@@ -19,6 +19,12 @@ use serde_json::Value;
 use summon_tests::netns::NetNs;
 use summon_tests::require;
 
+/// Metrics whose series appear only when the DNS front refuses something (RRL, forward caps).
+const REFUSAL_ONLY: &[&str] = &[
+    "summon_dns_rrl_responses_total",
+    "summon_dns_forwards_rejected_total",
+];
+
 /// Prometheus's listener inside the test's namespace.
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
@@ -398,9 +404,15 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
     prom.wait_for(&d.ns, "summon:summons:rate5m{result=\"cold\"}", |v| v > 0.0);
     prom.wait_for(&d.ns, "summon:boot_failures:rate5m", |v| v > 0.0);
 
-    // Every dashboard query returns data, and every template variable has values.
+    // Every dashboard query returns data, and every template variable has values. Counters of
+    // refusals this test does not provoke are labelled vectors with no series yet: their
+    // queries must be valid (api() checks the status), not non-empty.
     for (title, expr) in &exprs {
         let promql = grafana_expr(expr);
+        if REFUSAL_ONLY.iter().any(|m| promql.contains(m)) {
+            prom.query(&d.ns, &promql);
+            continue;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while prom.query(&d.ns, &promql).is_empty() {
             assert!(
