@@ -9,7 +9,15 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "summond",
     version,
-    about = "DNS-triggered summoning of unikernels"
+    about = "DNS-triggered summoning of unikernels",
+    long_about = "summond is the authoritative DNS server of a zone of services. An A query for \
+                  NAME.<zone> boots the service's unikernel when it is not running (the \
+                  embedded KVM launcher for hvt images, or a libvirt domain), answers with the \
+                  service's IP while the client's first packets wait in the instance's tap, and \
+                  stops or suspends the instance again when it has been idle. Run without a \
+                  subcommand (or with `run`) it is the daemon: systemd's Type=notify with a \
+                  watchdog, SIGHUP re-reads the configuration, SIGTERM stops every instance and \
+                  exits."
 )]
 pub struct Cli {
     /// Configuration file (for running the daemon).

@@ -32,12 +32,18 @@ pub fn kvm() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
-/// Network namespaces and taps can be made: root, `ip`, /dev/net/tun.
-pub fn netns() -> Result<(), String> {
+/// Running as root (namespaces, mounts, chroot).
+pub fn root() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
+        return Err("not root (namespaces, mounts and chroot need CAP_SYS_ADMIN)".into());
     }
+    Ok(())
+}
+
+/// Network namespaces and taps can be made: root, `ip`, /dev/net/tun.
+pub fn netns() -> Result<(), String> {
+    root()?;
     if !Path::new("/dev/net/tun").exists() {
         return Err("/dev/net/tun missing".into());
     }
