@@ -16,7 +16,7 @@
 
 use summon_tests::daemon as daemon_support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,8 @@ use daemon_support::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-/// The attacker's address: TEST-NET-1, added to `lo` in the bench's namespace only.
+/// The attacker's address by default: TEST-NET-1, added to `lo` in the bench's namespace only
+/// (UNDER_ATTACK_FLOOD_FROM=127.0.1.1 floods from loopback, which `[dns.rrl]` whitelists).
 const FLOOD_ADDR: &str = "192.0.2.66";
 
 fn env_or(key: &str, default: u64) -> u64 {
@@ -88,10 +89,10 @@ fn report(phase: &str, lat: &[Duration], base_p99: Option<Duration>) -> Duration
     p99
 }
 
-/// Random names in the zone from FLOOD_ADDR at `rate` queries/s (a batch each millisecond,
+/// Random names in the zone from `from` at `rate` queries/s (a batch each millisecond,
 /// behind schedule never caught up in a burst), replies drained.
-fn flood(server: SocketAddr, rate: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
-    let s = UdpSocket::bind((FLOOD_ADDR, 0)).unwrap();
+fn flood(server: SocketAddr, from: IpAddr, rate: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let s = UdpSocket::bind((from, 0)).unwrap();
     s.set_nonblocking(true).unwrap();
     let mut rng = summon_tests::rng::Rng(0x5eed);
     let mut buf = [0u8; 1500];
@@ -128,7 +129,11 @@ fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, u64> {
             continue;
         };
         // schedstat: ns on the CPU, ns waiting for one, timeslices.
-        let ns: u64 = sched.split(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ns: u64 = sched
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         *by_name.entry(comm.trim().to_string()).or_insert(0) += ns;
     }
     by_name
@@ -143,7 +148,12 @@ fn with_cpu<T>(pid: i32, f: impl FnOnce() -> T) -> T {
     let (after, secs) = (thread_cpu(pid), t.elapsed().as_secs_f64());
     let used: Vec<String> = after
         .iter()
-        .map(|(name, &a)| (name, a.saturating_sub(before.get(name).copied().unwrap_or(0))))
+        .map(|(name, &a)| {
+            (
+                name,
+                a.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
         .filter(|&(_, d)| d as f64 / 1e9 / secs >= 0.005)
         .map(|(name, d)| format!("{name} {:.1}%", d as f64 / 1e9 / secs * 100.0))
         .collect();
@@ -181,7 +191,13 @@ fn main() {
     let base_p99 = report("baseline", &base, None);
 
     // The attacker's own address, outside the loopback whitelist, in this namespace only.
-    d.ip(&["addr", "add", &format!("{FLOOD_ADDR}/32"), "dev", "lo"]);
+    let from: IpAddr = std::env::var("UNDER_ATTACK_FLOOD_FROM")
+        .unwrap_or_else(|_| FLOOD_ADDR.into())
+        .parse()
+        .expect("UNDER_ATTACK_FLOOD_FROM: an IP address");
+    if !from.is_loopback() {
+        d.ip(&["addr", "add", &format!("{from}/32"), "dev", "lo"]);
+    }
     let rate = env_or("UNDER_ATTACK_FLOOD_RATE", 20_000);
     let (stop, sent) = (
         Arc::new(AtomicBool::new(false)),
@@ -189,7 +205,7 @@ fn main() {
     );
     let flooder = {
         let (stop, sent) = (stop.clone(), sent.clone());
-        d.ns.spawn(move || flood(server, rate, stop, sent))
+        d.ns.spawn(move || flood(server, from, rate, stop, sent))
     };
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
@@ -198,7 +214,7 @@ fn main() {
     let sent_rate = (sent.load(Ordering::Relaxed) - sent0) as f64 / t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = flooder.join();
-    println!("  (flood: {sent_rate:.0} queries/s sent from {FLOOD_ADDR}, asked {rate})");
+    println!("  (flood: {sent_rate:.0} queries/s sent from {from}, asked {rate})");
     report("random-name flood", &lat, Some(base_p99));
 
     let m = d.query(&format!("bad.{ZONE}"), RecordType::A);
