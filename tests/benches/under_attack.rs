@@ -1,5 +1,6 @@
 //! Warm-query latency of a legitimate client while summond is under attack: one query at a time
-//! (send → answer), UNDER_ATTACK_QUERIES (2,000) per phase, for a running service:
+//! (send → answer), UNDER_ATTACK_QUERIES (2,000) per phase, one every UNDER_ATTACK_INTERVAL_US
+//! (1,000 µs), for a running service:
 //!
 //! - `baseline`: nothing else going on;
 //! - `random-name flood`: another client, from an address that is not loopback (FLOOD_ADDR on
@@ -36,14 +37,17 @@ fn env_or(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `n` sequential A queries for `name`, each timed; sorted latencies.
-fn sequential(server: SocketAddr, name: &str, n: u64) -> Vec<Duration> {
+/// `n` sequential A queries for `name`, each timed, one every `every` (or at once after the
+/// previous answer when that came later); sorted latencies.
+fn sequential(server: SocketAddr, name: &str, n: u64, every: Duration) -> Vec<Duration> {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 1500];
     let mut lat = Vec::with_capacity(n as usize);
     let mut lost = 0;
+    let start = Instant::now();
     for i in 0..n {
+        std::thread::sleep((start + every * i as u32).saturating_duration_since(Instant::now()));
         let id = (i as u16).wrapping_mul(31).wrapping_add(7);
         let q = build_query(name, RecordType::A, id);
         let t = Instant::now();
@@ -166,6 +170,8 @@ fn main() {
         return;
     }
     let n = env_or("UNDER_ATTACK_QUERIES", 2000);
+    // Spread over a second or more, so a phase's p99 covers the attack and not one instant.
+    let every = Duration::from_micros(env_or("UNDER_ATTACK_INTERVAL_US", 1000));
     // The flooding guest's cpu_quota (default: the daemon's, 100 %).
     let quota = std::env::var("UNDER_ATTACK_CPU_QUOTA")
         .map(|q| format!("cpu_quota = \"{q}\"\n"))
@@ -184,10 +190,10 @@ fn main() {
     let m = d.query(&web, RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
     // Warm up the path (and the guest), then measure.
-    d.ns.run(|| sequential(server, &web, 200));
+    d.ns.run(|| sequential(server, &web, 200, Duration::ZERO));
 
     let pid = d.pid();
-    let base = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n)));
+    let base = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n, every)));
     let base_p99 = report("baseline", &base, None);
 
     // The attacker's own address, outside the loopback whitelist, in this namespace only.
@@ -210,7 +216,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let sent0 = sent.load(Ordering::Relaxed);
-    let lat = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n)));
+    let lat = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n, every)));
     let sent_rate = (sent.load(Ordering::Relaxed) - sent0) as f64 / t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = flooder.join();
@@ -220,7 +226,7 @@ fn main() {
     let m = d.query(&format!("bad.{ZONE}"), RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
     std::thread::sleep(Duration::from_secs(1));
-    let lat = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n)));
+    let lat = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n, every)));
     report("console flood", &lat, Some(base_p99));
     println!(
         "  (console bytes dropped by the rate limit: {})",
