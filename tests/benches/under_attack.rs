@@ -119,8 +119,9 @@ fn flood(server: SocketAddr, from: IpAddr, rate: u64, stop: Arc<AtomicBool>, sen
     }
 }
 
-/// CPU time (ns, from schedstat) of each of `pid`'s threads, summed by thread name.
-fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, u64> {
+/// Per thread name: ns on a CPU and ns runnable but waiting for one (schedstat), summed over
+/// `pid`'s threads of that name.
+fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, (u64, u64)> {
     let mut by_name = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return by_name;
@@ -132,34 +133,31 @@ fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, u64> {
         ) else {
             continue;
         };
-        // schedstat: ns on the CPU, ns waiting for one, timeslices.
-        let ns: u64 = sched
-            .split(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        *by_name.entry(comm.trim().to_string()).or_insert(0) += ns;
+        let mut f = sched.split(' ').map(|v| v.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+        let e = by_name.entry(comm.trim().to_string()).or_insert((0, 0));
+        *e = (e.0 + run, e.1 + wait);
     }
     by_name
 }
 
-/// Runs `f`, then prints the CPU summond's threads used meanwhile and until at least a second
-/// has passed (the attack still going), in % of one core.
+/// Runs `f`, then prints, for summond's threads, the CPU they used and the time they waited
+/// runnable for a CPU meanwhile and until at least a second has passed (the attack still
+/// going), in % of the elapsed time.
 fn with_cpu<T>(pid: i32, f: impl FnOnce() -> T) -> T {
     let (before, t) = (thread_cpu(pid), Instant::now());
     let out = f();
     std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
     let (after, secs) = (thread_cpu(pid), t.elapsed().as_secs_f64());
+    let pct = |ns: u64| ns as f64 / 1e9 / secs * 100.0;
     let used: Vec<String> = after
         .iter()
-        .map(|(name, &a)| {
-            (
-                name,
-                a.saturating_sub(before.get(name).copied().unwrap_or(0)),
-            )
+        .map(|(name, &(run, wait))| {
+            let (run0, wait0) = before.get(name).copied().unwrap_or((0, 0));
+            (name, run.saturating_sub(run0), wait.saturating_sub(wait0))
         })
-        .filter(|&(_, d)| d as f64 / 1e9 / secs >= 0.005)
-        .map(|(name, d)| format!("{name} {:.1}%", d as f64 / 1e9 / secs * 100.0))
+        .filter(|&(_, run, _)| pct(run) >= 0.5)
+        .map(|(name, run, wait)| format!("{name} {:.1}% (waited {:.1}%)", pct(run), pct(wait)))
         .collect();
     println!("  (summond CPU over {secs:.1} s: {})", used.join(", "));
     out
