@@ -45,6 +45,7 @@ fn sequential(server: SocketAddr, name: &str, n: u64, every: Duration) -> Vec<Du
     let mut buf = [0u8; 1500];
     let mut lat = Vec::with_capacity(n as usize);
     let mut lost = 0;
+    let waited0 = own_wait();
     let start = Instant::now();
     for i in 0..n {
         std::thread::sleep((start + every * i as u32).saturating_duration_since(Instant::now()));
@@ -69,6 +70,10 @@ fn sequential(server: SocketAddr, name: &str, n: u64, every: Duration) -> Vec<Du
     if lost > 0 {
         println!("  ({lost} of {n} queries unanswered within 2 s, left out)");
     }
+    println!(
+        "  (the client itself waited runnable for a CPU {:.1}% of the phase)",
+        (own_wait() - waited0) as f64 / 1e9 / start.elapsed().as_secs_f64() * 100.0
+    );
     lat.sort();
     lat
 }
@@ -117,6 +122,14 @@ fn flood(server: SocketAddr, from: IpAddr, rate: u64, stop: Arc<AtomicBool>, sen
         while s.recv(&mut buf).is_ok() {}
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// ns the calling thread has waited runnable for a CPU (schedstat).
+fn own_wait() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split(' ').nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Per thread name: ns on a CPU and ns runnable but waiting for one (schedstat), summed over
