@@ -448,7 +448,7 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
         );
     }
     // With SUMMON_DASHBOARD_PNG=PATH: three minutes of traffic (cold and warm summons,
-    // failed boots, NXDOMAIN), then scripts/plot-dashboard draws the panels into PATH.
+    // failed boots, memory refusals, NXDOMAIN), then scripts/plot-dashboard draws the panels into PATH.
     if let Some(png) = std::env::var_os("SUMMON_DASHBOARD_PNG") {
         let end = Instant::now() + Duration::from_secs(180);
         let mut i = 0u32;
@@ -458,6 +458,7 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
             }
             if i.is_multiple_of(5) {
                 d.query("broken.svc.test.", RecordType::A);
+                d.query("big.svc.test.", RecordType::A);
             }
             i += 1;
             // Every third pause outlasts web's idle timeout: it is reaped and boots again.
