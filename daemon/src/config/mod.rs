@@ -2,6 +2,7 @@
 
 mod error;
 mod model;
+mod tap_name;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -16,6 +17,7 @@ use summon_launcher::MacAddr;
 pub use error::{line_col, ConfigError, Problem};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use model::{ReplyMode, StopMode};
+pub use tap_name::{tap_name, TAP_PREFIX};
 
 /// A checked configuration. Names are lower case; the zone ends with a dot.
 #[derive(Debug, Clone, PartialEq)]

@@ -351,8 +351,8 @@ fn duplicate_names_and_colliding_interface_names_are_errors() {
         .replace("\"web\"", "\"service-4894xxxx\"")
         .replace("10.77.0.10", "10.77.0.11");
     assert_eq!(
-        crate::net::tap_name("service-1888xxxx"),
-        crate::net::tap_name("service-4894xxxx")
+        super::tap_name("service-1888xxxx"),
+        super::tap_name("service-4894xxxx")
     );
     let p = one_error(&base(&format!("{a}{b}")));
     assert!(

@@ -502,7 +502,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             }
             // Long names are shortened with a 20-bit hash to fit IFNAMSIZ; among thousands of
             // services two can meet, and the second would fail every boot with EBUSY.
-            let tap = crate::net::tap_name(&svc.name);
+            let tap = super::tap_name(&svc.name);
             if let Some(other) = taps.get(&tap).filter(|o| **o != svc.name) {
                 c.err(
                     &s.get_ref().name,

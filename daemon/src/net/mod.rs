@@ -12,10 +12,11 @@ use std::os::fd::OwnedFd;
 
 use summon_launcher::MacAddr;
 
+pub use crate::config::{tap_name, TAP_PREFIX};
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
-pub use tap::{tap_name, Tap, TAP_GROUP, TAP_PREFIX};
+pub use tap::{Tap, TAP_GROUP};
 
 /// An instance's host-side network: the open tap with its route and neighbour entry.
 /// Dropping it closes the daemon's fd; [`NetPlumber::teardown`] also deletes the link.
