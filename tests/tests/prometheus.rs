@@ -2,7 +2,7 @@
 //! and deploy/summon-rules.yml and runs the rules' unit test; a real Prometheus, in the network
 //! namespace of a real summond, scrapes it with deploy/prometheus.yml (interval shortened),
 //! evaluates the rules, and answers every query of deploy/grafana-dashboard.json with data after
-//! cold summons, a failed boot and a reaped instance.
+//! cold summons, a failed boot, a boot refused by the memory budget and a reaped instance.
 
 use summon_tests::daemon as daemon_support;
 
@@ -20,6 +20,7 @@ use summon_tests::netns::NetNs;
 use summon_tests::require;
 
 /// Metrics whose series appear only when the DNS front refuses something (RRL, forward caps).
+/// Admission refusals are not here: the test provokes one ("big" does not fit in the memory budget).
 const REFUSAL_ONLY: &[&str] = &[
     "summon_dns_rrl_responses_total",
     "summon_dns_forwards_rejected_total",
@@ -312,6 +313,7 @@ fn dashboard() -> (Vec<(String, String)>, Vec<LabelValues>) {
         "Summons and instances",
         "DNS",
         "Hardening and scale",
+        "Guest limits and admission",
     ] {
         assert!(rows.iter().any(|r| r == row), "no row {row}: {rows:?}");
     }
@@ -328,13 +330,19 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
     let (exprs, label_values) = dashboard();
 
     // "web" is reaped 1 s after its last packet (ttl 1: 2 s after its last query); "broken"
-    // runs the hello image, which declares no network device: a failed boot (SERVFAIL).
+    // runs the hello image, which declares no network device: a failed boot (SERVFAIL). "big"
+    // asks for more memory than the whole budget: refused before any boot (SERVFAIL, "memory").
     let services = http_service("web", "10.77.0.10", "idle_timeout = \"1s\"")
         + &format!(
             "[[service]]\nname = \"broken\"\nimage = \"{}\"\nip = \"10.77.0.11\"\nmemory_mib = 8\n",
             image("hello").display()
+        )
+        + &format!(
+            "[[service]]\nname = \"big\"\nimage = \"{}\"\nip = \"10.77.0.12\"\nmemory_mib = 64\n",
+            image("hello").display()
         );
-    let d = Daemon::start("prom", &config(1, &[], "", &services));
+    let limits = "[limits]\nmemory_budget = 32";
+    let d = Daemon::start("prom", &config(1, &[], limits, &services));
     let prom = Prometheus::start(&d.ns);
 
     // Summon only after the first scrape, so the rates see the counters move.
@@ -349,8 +357,15 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     let m = d.query("nothing.svc.test.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let m = d.query("big.svc.test.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 
     prom.wait_for(&d.ns, "summon_summons_total{result=\"cold\"}", |v| v >= 1.0);
+    prom.wait_for(
+        &d.ns,
+        "summon_summons_total{service=\"big\", result=\"memory\"}",
+        |v| v == 1.0,
+    );
     prom.wait_for(
         &d.ns,
         "sum(summon_boot_failures_total{service=\"broken\"})",
@@ -433,7 +448,7 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
         );
     }
     // With SUMMON_DASHBOARD_PNG=PATH: three minutes of traffic (cold and warm summons,
-    // failed boots, NXDOMAIN), then scripts/plot-dashboard draws the panels into PATH.
+    // failed boots, memory refusals, NXDOMAIN), then scripts/plot-dashboard draws the panels into PATH.
     if let Some(png) = std::env::var_os("SUMMON_DASHBOARD_PNG") {
         let end = Instant::now() + Duration::from_secs(180);
         let mut i = 0u32;
@@ -443,6 +458,7 @@ fn prometheus_scrapes_summond_evaluates_the_rules_and_answers_every_dashboard_qu
             }
             if i.is_multiple_of(5) {
                 d.query("broken.svc.test.", RecordType::A);
+                d.query("big.svc.test.", RecordType::A);
             }
             i += 1;
             // Every third pause outlasts web's idle timeout: it is reaped and boots again.
