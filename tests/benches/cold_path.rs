@@ -194,7 +194,9 @@ fn main() {
         "cold path: {n} summons per wake path, interleaved; then {n_pool0} cold with prewarm = 0"
     );
 
-    let d = Daemon::start_in(NetNs::new("coldb"), &config(5, &[], "", &services()));
+    // COLD_BENCH_LIMITS: extra config (e.g. `[limits]\ncpu_quota = "unlimited"`) to compare.
+    let limits = std::env::var("COLD_BENCH_LIMITS").unwrap_or_default();
+    let d = Daemon::start_in(NetNs::new("coldb"), &config(5, &[], &limits, &services()));
     let mut series: Vec<Series> = Wake::ALL
         .iter()
         .map(|w| Series::new(w.label(), w.colour()))

@@ -25,7 +25,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::CpuStat;
@@ -75,6 +75,8 @@ pub struct Hierarchy {
     seq: AtomicU64,
     /// Groups whose instances ended; removed once their threads have exited.
     retired: Mutex<Vec<PathBuf>>,
+    /// The thread that creates groups and moves vCPU threads into them (see [`Group::enter`]).
+    mover: Mutex<std::sync::mpsc::Sender<(Arc<Group>, libc::pid_t)>>,
 }
 
 /// The process-wide hierarchy, detected (and its leftovers cleaned) on first use.
@@ -113,6 +115,7 @@ impl Hierarchy {
             base,
             seq: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
+            mover: Mutex::new(spawn_mover()?),
         })
     }
 
@@ -143,6 +146,7 @@ impl Hierarchy {
             hierarchy: self.clone(),
             dir: self.base.join(format!("{n}-{safe}")),
             percent,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -202,13 +206,41 @@ pub struct Group {
     hierarchy: Arc<Hierarchy>,
     dir: PathBuf,
     percent: u32,
+    /// Set when the instance's thread is done with the group, before it is put on the retired
+    /// list; the mover then no longer creates it.
+    retired: AtomicBool,
 }
 
 impl Group {
-    /// Creates the group with its quota and moves the calling thread into it. Call on the vCPU
-    /// thread before the guest runs (and before anything restricts its syscalls).
-    pub fn enter(self: &Arc<Self>) -> Result<Entered, CgroupError> {
+    /// Has the group created with its quota and the calling thread moved into it, by the
+    /// hierarchy's mover thread; returns at once. Moving a thread between cgroups waits for an
+    /// RCU grace period in the kernel (cgroup_threadgroup_rwsem): measured 8–15 ms on our nested
+    /// hosts, on every cold start when it ran here, between the guest's start and its first
+    /// instruction. So the guest starts at once and its quota applies a few milliseconds later.
+    /// Call on the vCPU thread itself (its tid is what moves).
+    pub fn enter(self: &Arc<Self>) -> Entered {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        let sent = self
+            .hierarchy
+            .mover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((self.clone(), tid));
+        if sent.is_err() {
+            tracing::warn!(group = %self.dir.display(), "cgroup mover thread is gone; CPU quota not applied");
+        }
+        Entered {
+            group: self.clone(),
+        }
+    }
+
+    /// The mover's part of [`Group::enter`]: create the group, set its quota, move `tid` in.
+    fn create_and_move(&self, tid: libc::pid_t) -> Result<(), CgroupError> {
         self.hierarchy.sweep();
+        if self.retired.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         match fs::create_dir(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -219,13 +251,15 @@ impl Group {
                 })
             }
         }
-        // From here on the group exists: hand it back for removal on every path.
-        let entered = Entered {
-            group: self.clone(),
-        };
+        // Retired while we created it: its Entered was dropped before the group existed, so
+        // nobody else will remove it. Set before the push to the retired list, so when this
+        // reads false the push (and the sweep that removes the group) is still to come.
+        if self.retired.load(Ordering::SeqCst) {
+            let _ = fs::remove_dir(&self.dir);
+            return Ok(());
+        }
         let quota = u64::from(self.percent) * PERIOD_US / 100;
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let tid = unsafe { libc::gettid() }.to_string();
+        let tid = tid.to_string();
         match self.hierarchy.mode {
             CgroupMode::V1 => {
                 write(&self.dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
@@ -237,7 +271,7 @@ impl Group {
                 write(&self.dir.join("cgroup.threads"), &tid)?;
             }
         }
-        Ok(entered)
+        Ok(())
     }
 
     /// Throttling so far, read from the group's `cpu.stat`; `None` before the group exists or
@@ -265,6 +299,7 @@ pub struct Entered {
 
 impl Drop for Entered {
     fn drop(&mut self) {
+        self.group.retired.store(true, Ordering::SeqCst);
         self.group
             .hierarchy
             .retired
@@ -292,6 +327,27 @@ pub fn parse_cpu_stat(text: &str) -> CpuStat {
         }
     }
     s
+}
+
+/// The thread that does [`Group::enter`]'s slow part: one per process, started with the
+/// hierarchy (vCPU threads may not create threads once their syscall filter is on), idle
+/// between starts.
+fn spawn_mover() -> Result<std::sync::mpsc::Sender<(Arc<Group>, libc::pid_t)>, CgroupError> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Arc<Group>, libc::pid_t)>();
+    std::thread::Builder::new()
+        .name("cgroup-mover".into())
+        .spawn(move || {
+            for (group, tid) in rx {
+                if let Err(e) = group.create_and_move(tid) {
+                    tracing::warn!(group = %group.dir.display(), error = %e, "CPU quota not applied");
+                }
+            }
+        })
+        .map_err(|source| CgroupError::Create {
+            path: "cgroup-mover thread".into(),
+            source,
+        })?;
+    Ok(tx)
 }
 
 fn read(path: &str) -> Result<String, CgroupError> {
@@ -464,7 +520,7 @@ mod tests {
         let group = Arc::new(h.group("unit test", 20));
         let g = group.clone();
         let ran = std::thread::spawn(move || {
-            let entered = g.enter().expect("enter the group");
+            let entered = g.enter();
             let t = std::time::Instant::now();
             let mut n = 0u64;
             while t.elapsed() < std::time::Duration::from_millis(1000) {

@@ -98,13 +98,7 @@ impl VcpuRunner {
         set_thread_name(&job.name);
         let limits = job.limits;
         // Order on this thread: name, CPU cgroup, then the syscall filter, then the guest.
-        let cpu_group = job.cpu_group.as_ref().and_then(|g| match g.enter() {
-            Ok(entered) => Some(entered),
-            Err(e) => {
-                tracing::warn!(instance = %job.name, error = %e, "CPU quota not applied");
-                None
-            }
-        });
+        let cpu_group = job.cpu_group.as_ref().map(|g| g.enter());
         let runner = VcpuRunner {
             finish,
             vcpu,
