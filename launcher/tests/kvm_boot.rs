@@ -47,17 +47,6 @@ fn fault_reason(guest: &str) -> String {
     }
 }
 
-/// Waits for the next console line.
-fn next_line(rx: &Receiver<InstanceEvent>) -> String {
-    loop {
-        match rx.recv_timeout(LONG).expect("console line") {
-            InstanceEvent::Console(l) => return l,
-            InstanceEvent::NetReady => {}
-            other => panic!("expected console output, got {other:?}"),
-        }
-    }
-}
-
 #[test]
 fn hello_prints_and_exits_zero() {
     if !support::kvm_available() {
@@ -162,7 +151,7 @@ fn spinning_guest_stops_on_request() {
     }
     let backend = KvmBackend::new().unwrap();
     let (inst, rx) = start(&backend, "loop", "loop");
-    assert_eq!(next_line(&rx), "looping");
+    assert_eq!(support::next_line(&rx, LONG), "looping");
     // Let it get deep into its endless loop inside KVM_RUN.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(inst.state(), InstanceState::Running);
@@ -183,8 +172,8 @@ fn paused_guest_makes_no_progress_and_resumes_without_reboot() {
     }
     let backend = KvmBackend::new().unwrap();
     let (inst, rx) = start(&backend, "ticker", "ticker");
-    assert_eq!(next_line(&rx), "tick");
-    assert_eq!(next_line(&rx), "tick");
+    assert_eq!(support::next_line(&rx, LONG), "tick");
+    assert_eq!(support::next_line(&rx, LONG), "tick");
     inst.suspend().unwrap();
     assert_eq!(inst.state(), InstanceState::Paused);
     // At most one line can have been on its way when suspend() returned.
@@ -214,7 +203,7 @@ fn paused_guest_can_be_stopped() {
     }
     let backend = KvmBackend::new().unwrap();
     let (inst, rx) = start(&backend, "loop", "loop");
-    assert_eq!(next_line(&rx), "looping");
+    assert_eq!(support::next_line(&rx, LONG), "looping");
     inst.suspend().unwrap();
     assert_eq!(inst.state(), InstanceState::Paused);
     inst.stop().unwrap();
@@ -233,7 +222,7 @@ fn a_faulting_guest_leaves_another_running() {
     let backend = KvmBackend::new().unwrap();
     // The idle guest never ends by itself, so whatever ends it must come from outside.
     let (idle, idle_rx) = start(&backend, "idle", "idle");
-    assert_eq!(next_line(&idle_rx), "idle");
+    assert_eq!(support::next_line(&idle_rx, LONG), "idle");
     for guest in ["nullread", "textwrite", "badport", "badbuf"] {
         let (bad, bad_rx) = start(&backend, guest, guest);
         let (_, end) = support::wait_end(&bad_rx, LONG);
@@ -381,7 +370,7 @@ fn guest_sleeping_in_poll_stops_on_request() {
     }
     let backend = KvmBackend::new().unwrap();
     let (inst, rx) = start(&backend, "idle", "idle");
-    assert_eq!(next_line(&rx), "idle");
+    assert_eq!(support::next_line(&rx, LONG), "idle");
     std::thread::sleep(Duration::from_millis(20));
     inst.stop().unwrap();
     assert_eq!(

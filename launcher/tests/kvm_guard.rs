@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,17 +33,6 @@ fn wait_stopped(inst: &KvmInstance) {
     while inst.state() != InstanceState::Stopped {
         assert!(Instant::now() < deadline, "instance never reached Stopped");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Waits for the first console line.
-fn first_line(rx: &Receiver<InstanceEvent>) -> String {
-    loop {
-        match rx.recv_timeout(LONG).expect("console output") {
-            InstanceEvent::Console(l) => return l,
-            InstanceEvent::NetReady => {}
-            other => panic!("expected console output, got {other:?}"),
-        }
     }
 }
 
@@ -236,7 +224,7 @@ fn disallowed_syscall_in_the_vcpu_thread_faults_that_guest_only() {
     let other = backend
         .start_kvm(spec("bystander", "loop", GuestLimits::default()), sink)
         .unwrap();
-    assert_eq!(first_line(&other_rx), "looping");
+    assert_eq!(support::next_line(&other_rx, LONG), "looping");
     // A vCPU from the pool (confined in two stages) and one prepared on the start path (one
     // filter attached when its guest arrives).
     let deadline = Instant::now() + LONG;

@@ -39,3 +39,16 @@ pub fn wait_end(rx: &Receiver<InstanceEvent>, timeout: Duration) -> (Vec<String>
         }
     }
 }
+
+/// Waits (up to `timeout`) for the next console line, skipping NetReady.
+// Each test binary compiles this module; only kvm_boot and kvm_guard wait for console lines.
+#[allow(dead_code)]
+pub fn next_line(rx: &Receiver<InstanceEvent>, timeout: Duration) -> String {
+    loop {
+        match rx.recv_timeout(timeout).expect("console line") {
+            InstanceEvent::Console(l) => return l,
+            InstanceEvent::NetReady => {}
+            other => panic!("expected console output, got {other:?}"),
+        }
+    }
+}
