@@ -81,22 +81,6 @@ fn summon_and_get(d: &Daemon, name: &str, ip: &str) -> String {
     })
 }
 
-/// SIGTERM; the exit status, which must come within `limit`.
-fn terminate_within(d: &mut Daemon, limit: Duration) -> std::process::ExitStatus {
-    d.signal(libc::SIGTERM);
-    let t = Instant::now();
-    loop {
-        if let Some(s) = d.try_wait() {
-            return s;
-        }
-        assert!(
-            t.elapsed() < limit,
-            "summond did not exit within {limit:?} of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The daemon's threads named `vcpu-NAME…` (the vCPU thread of service NAME).
 fn vcpu_threads(pid: i32, service: &str) -> Vec<u32> {
     let want: String = format!("vcpu-{service}").chars().take(15).collect();
@@ -183,7 +167,7 @@ fn a_console_flooder_with_a_stalled_log_reader_starves_no_other_service() {
     let page = summon_and_get(&d, "api", API);
     assert!(page.contains("api"), "{page}");
 
-    let status = terminate_within(&mut d, Duration::from_secs(5));
+    let status = d.terminate_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
@@ -221,7 +205,7 @@ fn with_a_broken_log_pipe(tag: &str, flooder: bool) {
     let page = summon_and_get(&d, "api", API);
     assert!(page.contains("api"), "{page}");
     assert!(d.try_wait().is_none(), "summond died");
-    let status = terminate_within(&mut d, Duration::from_secs(5));
+    let status = d.terminate_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
@@ -313,7 +297,7 @@ fn a_spinner_with_a_20_percent_quota_uses_at_most_a_quarter_of_a_core() {
     let group = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/summond-{pid}"));
     let v1 = group.exists();
     let mut d = d;
-    let status = terminate_within(&mut d, Duration::from_secs(5));
+    let status = d.terminate_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}");
     if v1 {
         assert!(!group.exists(), "{} left after exit", group.display());

@@ -12,22 +12,6 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use summon_tests::netns::NetNs;
 
-/// SIGTERM, then the exit status, which must come within `bound`.
-fn terminate_within(d: &mut Daemon, bound: Duration) -> std::process::ExitStatus {
-    let t = Instant::now();
-    d.signal(libc::SIGTERM);
-    loop {
-        if let Some(s) = d.try_wait() {
-            return s;
-        }
-        assert!(
-            t.elapsed() < bound,
-            "summond did not exit within {bound:?} of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Cold summon of `name` at `ip`, then its page.
 fn summon_and_fetch(d: &Daemon, name: &str, ip: Ipv4Addr) {
     let m = d.query(&format!("{name}.{ZONE}"), RecordType::A);
@@ -73,7 +57,7 @@ fn a_log_reader_that_stalls_blocks_nothing_and_sigterm_still_works() {
     summon_and_fetch(&d, "api", Ipv4Addr::new(10, 77, 0, 11));
     // The lossy path really ran: lines were dropped, not written.
     assert!(d.metric("summon_log_dropped_total", &[]) > 0.0);
-    let status = terminate_within(&mut d, Duration::from_secs(5));
+    let status = d.terminate_within(Duration::from_secs(5));
     assert!(status.success(), "summond exited with {status}");
     drop(reader);
 }
@@ -112,7 +96,7 @@ fn a_log_reader_that_exited_does_not_kill_summond() {
     summon_and_fetch(&d, "api", Ipv4Addr::new(10, 77, 0, 11));
     assert!(d.try_wait().is_none(), "summond died");
     assert!(d.metric("summon_log_dropped_total", &[]) > 0.0);
-    let status = terminate_within(&mut d, Duration::from_secs(5));
+    let status = d.terminate_within(Duration::from_secs(5));
     assert!(status.success(), "summond exited with {status}");
 }
 
