@@ -75,6 +75,14 @@ pub fn set_persistent(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// of fds, glibc's helper socket fails and `if_nametoindex` leaves a misleading errno (ENOENT),
 /// while this reports the EMFILE itself.
 pub fn index(name: &str) -> io::Result<u32> {
+    let req = ifreq_query(name, libc::SIOCGIFINDEX)?;
+    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
+    let index = unsafe { req.ifr_ifru.ifru_ifindex };
+    u32::try_from(index).map_err(|_| io::Error::other(format!("bad interface index {index}")))
+}
+
+/// One interface query by name (SIOCGIF*) through a socket of our own; the filled-in ifreq.
+fn ifreq_query(name: &str, request: libc::c_ulong) -> io::Result<libc::ifreq> {
     let mut req = ifreq_named(name)?;
     // SAFETY: plain socket(2); the result is checked and then owned.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -83,13 +91,12 @@ pub fn index(name: &str) -> io::Result<u32> {
     }
     // SAFETY: `raw` was just created and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: SIOCGIFINDEX reads the name and writes ifru_ifindex of the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
+    // SAFETY: the SIOCGIF* queries read the name and write one union member of the ifreq we
+    // own, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: SIOCGIFINDEX succeeded, so the union holds the index.
-    let index = unsafe { req.ifr_ifru.ifru_ifindex };
-    u32::try_from(index).map_err(|_| io::Error::other(format!("bad interface index {index}")))
+    Ok(req)
 }
 
 /// Makes a handed-over fd non-blocking and checks that it is a tap; returns its interface name.
@@ -130,19 +137,8 @@ pub fn adopt_fd(fd: RawFd) -> io::Result<String> {
 
 /// The MTU of interface `name` in the current network namespace.
 pub fn mtu(name: &str) -> io::Result<u16> {
-    let mut req = ifreq_named(name)?;
-    // SAFETY: a plain socket(2); the result is checked and owned below.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `s` was just created and is owned by nobody else.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: SIOCGIFMTU reads the name and writes the MTU into `req`, which outlives the call.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled in the mtu member of the union.
+    let req = ifreq_query(name, libc::SIOCGIFMTU)?;
+    // SAFETY: SIOCGIFMTU succeeded, so the union holds the MTU.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     u16::try_from(mtu).map_err(|_| io::Error::other(format!("MTU {mtu} out of range")))
 }
