@@ -6,7 +6,7 @@
 //! guest with a fault; a bad argument (wrong handle, out-of-range block) is EINVAL.
 
 use std::mem::{offset_of, size_of};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,6 @@ use super::vcpu::VcpuRunner;
 
 /// `Ok(None)`: resume the guest; `Ok(Some(end))`: the guest is over; `Err(detail)`: fault.
 pub(super) type HcResult = Result<Option<End>, String>;
-
-/// epoll user data of the wake eventfd (net devices use their handle).
-const WAKE_TOKEN: u64 = u64::MAX;
 
 fn name(n: u16) -> &'static str {
     match n {
@@ -113,7 +110,8 @@ impl VcpuRunner {
             .mem
             .slice(r.data, r.len)
             .map_err(|e| access(nr::PUTS, "data", r.data, r.len, e, self.mem.size()))?;
-        let dropped = self.console.write(data, &self.events);
+        let events = &self.events;
+        let dropped = self.console.write(data, &|e| events.send(e));
         if dropped > 0 {
             self.counters
                 .console_dropped_bytes
@@ -244,38 +242,25 @@ impl VcpuRunner {
         Ok(None)
     }
 
-    fn ensure_epoll(&mut self) -> Result<libc::c_int, String> {
-        if let Some(ep) = &self.epoll {
-            return Ok(ep.as_raw_fd());
+    /// POLL's set, built once: the net devices' fds (in this thread's own table).
+    fn poll_set(&mut self) {
+        if self.poll_fds.len() == self.devices.nets().count() {
+            return;
         }
-        // SAFETY: plain epoll_create1(2); the result is checked and then owned.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!(
-                "hypercall POLL: epoll_create1 failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let ep = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut fds: Vec<(libc::c_int, u64)> = vec![(self.control.wake_fd(), WAKE_TOKEN)];
-        fds.extend(self.devices.nets().map(|(h, n)| (n.fd.as_raw_fd(), h)));
-        for (f, token) in fds {
-            // Level-triggered, like the reference tender: a frame left unread keeps POLL ready.
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: token,
-            };
-            // SAFETY: registers an fd we own (or that the devices own) with our epoll fd.
-            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, f, &mut ev) } < 0 {
-                return Err(format!(
-                    "hypercall POLL: epoll_ctl failed: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        self.epoll = Some(ep);
-        Ok(fd)
+        let (fds, handles) = self
+            .devices
+            .nets()
+            .map(|(h, n)| {
+                let fd = libc::pollfd {
+                    fd: n.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                (fd, h)
+            })
+            .unzip();
+        self.poll_fds = fds;
+        self.poll_handles = handles;
     }
 
     fn poll(&mut self, gpa: u64) -> HcResult {
@@ -284,10 +269,11 @@ impl VcpuRunner {
         if self.devices.has_net() {
             self.net_ready();
         }
-        let ep = self.ensure_epoll()?;
-        // A timeout too large to represent means "wait for a frame or a request".
+        self.poll_set();
+        // A timeout too large to represent means "wait for a frame or a request". No eventfd,
+        // no epoll: ppoll on the taps, and a stop or suspend kicks with a signal that only the
+        // call itself lets in (see `Control::sleep`).
         let deadline = Instant::now().checked_add(Duration::from_nanos(r.timeout_nsecs));
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];
         loop {
             let timeout = deadline.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
@@ -296,54 +282,31 @@ impl VcpuRunner {
                     tv_nsec: left.subsec_nanos() as libc::c_long,
                 }
             });
-            let tp = timeout
-                .as_ref()
-                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: `events` has room for 65 entries (64 handles at most, plus the wake fd);
-            // `tp` is null or points to a timespec that outlives the call.
-            let n = unsafe {
-                libc::epoll_pwait2(
-                    ep,
-                    events.as_mut_ptr(),
-                    events.len() as libc::c_int,
-                    tp,
-                    std::ptr::null(),
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    if self.control.requested() {
-                        if let Some(end) = self.control.handle_request() {
-                            return Ok(Some(end));
-                        }
-                    }
-                    continue;
-                }
-                return Err(format!("hypercall POLL: epoll_pwait2 failed: {e}"));
+            for p in &mut self.poll_fds {
+                p.revents = 0;
             }
+            let n = match self.control.sleep(&mut self.poll_fds, timeout.as_ref()) {
+                Err(end) => return Ok(Some(end)),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(format!("hypercall POLL: ppoll failed: {e}")),
+            };
             let mut ready: u64 = 0;
             let mut count = 0;
-            let mut woke = false;
-            for ev in &events[..n as usize] {
-                let token = ev.u64;
-                if token == WAKE_TOKEN {
-                    woke = true;
-                } else if let Some(bit) = 1u64.checked_shl(token as u32) {
-                    ready |= bit;
-                    count += 1;
-                }
-            }
-            if woke {
-                self.control.drain_wake();
-                if self.control.requested() {
-                    if let Some(end) = self.control.handle_request() {
-                        return Ok(Some(end));
+            if n > 0 {
+                for (p, &h) in self.poll_fds.iter().zip(&self.poll_handles) {
+                    // Level-triggered, like the reference tender: a frame left unread keeps
+                    // POLL ready. An error or hang-up on the tap also counts as ready, so that
+                    // the guest's read reports it instead of POLL spinning.
+                    if p.revents != 0 {
+                        if let Some(bit) = 1u64.checked_shl(h as u32) {
+                            ready |= bit;
+                            count += 1;
+                        }
                     }
                 }
             }
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            if count > 0 || n == 0 || expired {
+            if count > 0 || expired {
                 self.put(gpa, offset_of!(hc::Poll, ready_set), ready);
                 self.put(gpa, offset_of!(hc::Poll, ret), count);
                 return Ok(None);

@@ -3,12 +3,14 @@
 //!
 //! The controller never touches the vCPU itself. It records what it wants in `desired`, then
 //! kicks: it sets `immediate_exit` in the vCPU's `kvm_run` and signals the vCPU thread, so a
-//! guest inside KVM_RUN (even in an endless loop) comes out with EINTR, and writes the wake
-//! eventfd, so a guest sleeping in POLL wakes up. The vCPU thread acts on `desired` between
-//! exits. This is Firecracker's scheme; setting `immediate_exit` before the signal closes the
-//! race with a thread that is just about to enter KVM_RUN.
+//! guest inside KVM_RUN (even in an endless loop) comes out with EINTR, and so does a guest
+//! sleeping in POLL (or in an exit-storm wait): those sleep in `ppoll` with the kick signal
+//! blocked until the call itself unblocks it (see [`Control::sleep`]), so a kick that lands
+//! between the check of `desired` and the sleep is not lost. The vCPU thread acts on `desired`
+//! between exits. This is Firecracker's scheme; setting `immediate_exit` before the signal closes
+//! the race with a thread that is just about to enter KVM_RUN. No fd is involved: the vCPU thread
+//! lives in an fd table of its own (`private.rs`), where the controller's fds do not exist.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
@@ -73,28 +75,20 @@ pub(super) struct Control {
     desired: AtomicU8,
     inner: Mutex<Inner>,
     cond: Condvar,
-    /// Eventfd that wakes a guest sleeping in POLL.
-    wake: OwnedFd,
 }
 
 impl Control {
-    pub(super) fn new(immediate_exit: *const AtomicU8) -> Result<Self, KvmError> {
-        // SAFETY: plain eventfd(2); the result is checked and then owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(KvmError::last_os("eventfd"));
-        }
-        Ok(Control {
+    /// A control block for a vCPU thread that has not attached yet ([`Control::attach`]).
+    pub(super) fn new() -> Self {
+        Control {
             desired: AtomicU8::new(RUN),
             inner: Mutex::new(Inner {
                 state: InstanceState::Running,
-                immediate_exit,
+                immediate_exit: std::ptr::null(),
                 thread: None,
             }),
             cond: Condvar::new(),
-            // SAFETY: `fd` was just created and is owned by nobody else.
-            wake: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -106,17 +100,15 @@ impl Control {
         self.lock().immediate_exit
     }
 
-    /// Records the vCPU thread for kicks, unless it has already ended (then nothing may signal
-    /// it: its id may name another thread by now).
-    pub(super) fn set_thread(&self, thread: libc::pthread_t) {
+    /// vCPU thread, once its vCPU exists: records the thread and its vCPU's `immediate_exit`
+    /// for kicks. Only through [`FinishOnDrop::attach`], so that `finish` clears both again on
+    /// every way out of the thread. A request made before this is seen by the thread's first
+    /// check of `desired`.
+    fn attach(&self, immediate_exit: *const AtomicU8) {
         let mut inner = self.lock();
-        if !inner.immediate_exit.is_null() {
-            inner.thread = Some(thread);
-        }
-    }
-
-    pub(super) fn wake_fd(&self) -> libc::c_int {
-        self.wake.as_raw_fd()
+        inner.immediate_exit = immediate_exit;
+        // SAFETY: pthread_self has no preconditions.
+        inner.thread = Some(unsafe { libc::pthread_self() });
     }
 
     /// Cheap check for the vCPU thread after every exit.
@@ -124,11 +116,60 @@ impl Control {
         self.desired.load(Ordering::SeqCst) != RUN
     }
 
-    /// Clears the wake eventfd (vCPU thread, after POLL saw it readable).
-    pub(super) fn drain_wake(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into `v` from our own non-blocking eventfd.
-        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    /// vCPU thread: sleeps in `ppoll` on `fds` until one is ready, `timeout` passes (`None`:
+    /// no timeout) or a kick comes. Race-free against kicks: the kick signal is blocked while
+    /// `desired` is checked and unblocked only by `ppoll` itself, so a kick that comes after the
+    /// check interrupts the call at once. `Err(end)` when a request ends the guest; otherwise
+    /// what `ppoll` returned (`Ok(0)` also after a kick that did not end it, e.g. a resume).
+    pub(super) fn sleep(
+        &self,
+        fds: &mut [libc::pollfd],
+        timeout: Option<&libc::timespec>,
+    ) -> Result<std::io::Result<usize>, End> {
+        // SAFETY: sigset manipulation on local sets, then pthread_sigmask on this thread.
+        let old = unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            libc::sigaddset(&mut block, kick_signal());
+            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+            old
+        };
+        let restore = || {
+            // SAFETY: puts back the mask read above, on this thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        };
+        if self.requested() {
+            restore();
+            return match self.handle_request() {
+                Some(end) => Err(end),
+                None => Ok(Ok(0)),
+            };
+        }
+        let mut during = old;
+        // SAFETY: removes the kick signal from a local copy of the mask.
+        unsafe { libc::sigdelset(&mut during, kick_signal()) };
+        let tp = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `fds` is a valid slice of pollfds for the call, `tp` is null or points to a
+        // timespec that outlives it, `during` is a valid sigset.
+        let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tp, &during) };
+        let result = if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
+        restore();
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                if self.requested() {
+                    if let Some(end) = self.handle_request() {
+                        return Err(end);
+                    }
+                }
+                Ok(Ok(0))
+            }
+            r => Ok(r),
+        }
     }
 
     /// vCPU thread: acts on a pending request. Blocks while paused; `Some(End::Stop)` when the
@@ -180,9 +221,6 @@ impl Control {
                 unsafe { libc::pthread_kill(t, kick_signal()) };
             }
         }
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to our own eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
     fn wait_while<'a>(
@@ -271,6 +309,12 @@ impl Control {
 pub(super) struct FinishOnDrop(pub Arc<Control>);
 
 impl FinishOnDrop {
+    /// Records this thread and its vCPU's `immediate_exit` (see [`Control::attach`]). The guard
+    /// must be dropped before the vCPU fd.
+    pub(super) fn attach(&self, immediate_exit: *const AtomicU8) {
+        self.0.attach(immediate_exit);
+    }
+
     /// Marks the guest finished now (the drop does it again, harmlessly).
     pub(super) fn now(&self) {
         self.0.finish();

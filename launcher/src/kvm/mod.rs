@@ -1,10 +1,11 @@
 //! The embedded hvt VMM on KVM.
 //!
 //! [`KvmBackend`] starts guests that follow the Solo5 hvt ABI (docs/hvt-abi.md). Per process it
-//! holds what never changes: the `/dev/kvm` fd, the supported CPUID, the TSC frequency, the
-//! long-mode register template and a cache of parsed images. Per guest, `start` maps memory,
-//! loads the image, writes the low-memory structures, creates the VM and its vCPU, and hands
-//! everything to a vCPU thread that runs the guest to its end and tears it down.
+//! holds what never changes: the supported CPUID, the TSC frequency, the long-mode register
+//! template and a cache of parsed images. Per guest, a vCPU thread takes an fd table of its own
+//! and creates the VM and its vCPU there (`private.rs`: the process's table holds no fd per
+//! guest); `start` maps memory, loads the image, writes the low-memory structures, and hands
+//! everything to that thread, which runs the guest to its end and tears it down.
 
 mod boot_info;
 pub mod cgroup;
@@ -16,6 +17,7 @@ mod instance;
 mod layout;
 mod limit;
 mod memory;
+mod private;
 mod regs;
 mod seccomp;
 mod vcpu;
@@ -27,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::Kvm;
 
 use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
 
@@ -37,7 +39,8 @@ pub use summon_image::{ElfImage, ImageError};
 
 use devices::Devices;
 use memory::GuestMemory;
-use warm::{HostInfo, Job, Pool, WarmVcpu};
+use private::{InShared, Outbox};
+use warm::{HostInfo, Job, Pool, Template, WarmVcpu};
 
 /// Prepared vCPUs [`KvmBackend::new`] keeps ready (see `warm.rs`).
 pub const DEFAULT_PREWARM: usize = 1;
@@ -68,9 +71,9 @@ struct FileStamp {
 pub struct KvmBackend {
     host: Arc<HostInfo>,
     pool: Option<Arc<Pool>>,
-    /// Without a pool, the VM and vCPU probed for [`HostInfo`], kept for the first start: a
-    /// process that runs one guest (summon-run) then creates exactly one VM.
-    probe: Mutex<Option<(VmFd, VcpuFd)>>,
+    /// Without a pool, the vCPU thread whose VM was probed for [`HostInfo`], kept for the first
+    /// start: a process that runs one guest (summon-run) then creates exactly one VM.
+    probe: Mutex<Option<WarmVcpu>>,
     images: Mutex<HashMap<PathBuf, (FileStamp, Arc<ElfImage>)>>,
 }
 
@@ -83,7 +86,7 @@ impl KvmBackend {
 
     /// Like [`Self::new`], keeping `prewarm` prepared vCPUs (0: prepare each on its start, the
     /// first on the VM probed here). Each costs an idle VM, a vCPU and a parked thread: kernel
-    /// memory and two fds.
+    /// memory and two fds in that thread's own table.
     pub fn with_prewarm(prewarm: usize) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
         let api = kvm.get_api_version();
@@ -91,15 +94,25 @@ impl KvmBackend {
             return Err(KvmError::ApiVersion(api));
         }
         let cpuid = cpuid::supported(&kvm)?;
-        // The TSC frequency and the vCPU's reset state are read from a new vCPU. Reading changes
-        // nothing in it, so without a pool it serves the first start; a pool prepares its own
-        // (on another thread, with memory of the size of the latest start) and it is dropped.
-        let (probe, vcpu) = warm::new_vcpu(&kvm)?;
-        let tsc_khz = vcpu
-            .get_tsc_khz()
-            .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
-        let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+        // The backend keeps no fd in the process's table: every VM lives in its vCPU thread's.
+        drop(kvm);
         instance::install_kick_handler();
+        seccomp::install_sigsys_handler();
+        private::start_relay()?;
+        // The TSC frequency and the vCPU's reset state are read from the first vCPU, made by the
+        // first vCPU thread in its own table. Reading changes nothing in it, so it serves the
+        // first start (without a pool) or is the pool's first entry.
+        let mut first = WarmVcpu::prepare(
+            Template::Probe(cpuid.clone()),
+            0,
+            false,
+            prewarm > 0,
+            &warm::spawn_vcpu_thread,
+        )?;
+        let (tsc_khz, sregs) = first.ready()?.ok_or(KvmError::Sys {
+            op: "probing the first vCPU",
+            source: std::io::Error::other("no TSC frequency reported"),
+        })?;
         match cgroup::support() {
             Ok(h) => tracing::info!(
                 mode = ?h.mode(),
@@ -111,15 +124,16 @@ impl KvmBackend {
                 "guest CPU quotas are not applied: no usable cpu cgroup controller"
             ),
         }
-        seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
-            kvm,
             cpuid,
-            sregs: regs::long_mode_sregs(&reset),
+            sregs,
             tsc_khz,
         });
-        let pool = (prewarm > 0).then(|| Pool::start(host.clone(), prewarm));
-        let probe = pool.is_none().then_some((probe, vcpu));
+        let (pool, probe) = if prewarm > 0 {
+            (Some(Pool::start(host.clone(), prewarm, Some(first))), None)
+        } else {
+            (None, Some(first))
+        };
         Ok(KvmBackend {
             host,
             pool,
@@ -190,44 +204,40 @@ impl KvmBackend {
             _ => None,
         };
 
+        // A vCPU prepared here makes its VM on its own thread while this one loads the image
+        // into memory of its own (registered by the thread when the guest arrives).
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
             None => match self.take_probe() {
-                Some((vm, vcpu)) => WarmVcpu::from_vcpu(
-                    &self.host,
-                    vm,
-                    vcpu,
-                    mem_size,
+                Some(w) => w,
+                None => WarmVcpu::prepare(
+                    Template::Host(self.host.clone()),
+                    0,
                     false,
                     false,
                     &warm::spawn_vcpu_thread,
                 )?,
-                None => {
-                    WarmVcpu::prepare(&self.host, mem_size, false, false, &warm::spawn_vcpu_thread)?
-                }
             },
         };
         let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
         if let Some(p) = &self.pool {
             p.refill();
         }
-        let mem = loaded?;
+        let (mem, registered) = loaded?;
         let mem_range = (mem.host_base(), mem.size());
         let counters = Arc::new(InstanceCounters::default());
         let WarmVcpu {
-            vm,
-            mem: _,
             control,
             job,
             thread,
+            ..
         } = warm;
         let job_sent = job.send(Job {
             name: spec.name.clone(),
-            vm,
             mem,
-            devices,
-            events,
-            control: control.clone(),
+            registered,
+            devices: InShared::new(devices),
+            events: Outbox::new(events),
             regs: regs::initial_regs(image.entry, mem_size),
             cpu_group: cpu_group.clone(),
             limits: spec.limits,
@@ -252,15 +262,16 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
-    /// The probed VM and vCPU, the first time only (none when there is a pool).
-    fn take_probe(&self) -> Option<(VmFd, VcpuFd)> {
+    /// The probed vCPU thread, the first time only (none when there is a pool).
+    fn take_probe(&self) -> Option<WarmVcpu> {
         if self.pool.is_some() {
             return None;
         }
         self.probe.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Puts the guest into the prepared vCPU's memory, which it takes.
+    /// Puts the guest into the prepared vCPU's memory, which it takes, or into fresh memory;
+    /// `true` with the prepared memory (already the VM's slot 0).
     fn load(
         &self,
         warm: &mut WarmVcpu,
@@ -268,17 +279,12 @@ impl KvmBackend {
         mem_size: u64,
         devices: &Devices,
         cmdline: &[u8],
-    ) -> Result<GuestMemory, KvmError> {
-        let mut mem = match warm.mem.take() {
-            Some(m) if m.size() == mem_size => m,
-            other => {
-                if other.is_some() {
-                    // Prepared for another size: the slot goes before its memory does.
-                    vm::clear_memory(&warm.vm)?;
-                    drop(other);
-                }
-                warm::memory_for(&warm.vm, mem_size)?
-            }
+    ) -> Result<(GuestMemory, bool), KvmError> {
+        let (mut mem, registered) = match warm.mem.take() {
+            Some(m) if m.size() == mem_size => (m, true),
+            // Prepared for another size (or none): the vCPU thread replaces the slot with this
+            // memory before the guest runs, and nothing runs in the VM meanwhile.
+            _ => (warm::fresh_memory(mem_size)?, false),
         };
         for seg in &image.segments {
             mem.load(seg.gpa, image.segment_data(seg))
@@ -291,7 +297,7 @@ impl KvmBackend {
         }
         let mft = devices.manifest_bytes(&image.manifest);
         boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);
-        Ok(mem)
+        Ok((mem, registered))
     }
 }
 

@@ -17,8 +17,8 @@
 //! instruction here (170 us for the whole list, measured on this host), too much for the start
 //! path:
 //! - [`confine_prepared_thread`]: the whole list, plus the few calls the instance's own setup on
-//!   this thread needs (naming it, entering its CPU cgroup: `mkdir`, `openat`, `rmdir`,
-//!   `prctl`). Applied by the prepared thread right after its preparation, before it waits for
+//!   this thread needs (naming it, copying its devices into the thread's fd table, registering
+//!   memory of a new size: [`SETUP`], [`SETUP_IOCTLS`]). Applied by the prepared thread right after its preparation, before it waits for
 //!   a guest, so in the background for pooled vCPUs.
 //! - [`end_setup`]: a second, small filter that refuses those setup calls again. Applied at the
 //!   start of each guest, after its setup, before its first KVM_RUN. Stacked filters all apply,
@@ -49,24 +49,48 @@ const KVM_RUN: u64 = kvm_ioc(0, 0x80, 0);
 const KVM_GET_REGS: u64 = kvm_ioc(IOC_READ, 0x81, std::mem::size_of::<kvm_regs>());
 const KVM_SET_REGS: u64 = kvm_ioc(IOC_WRITE, 0x82, std::mem::size_of::<kvm_regs>());
 const KVM_GET_SREGS: u64 = kvm_ioc(IOC_READ, 0x83, std::mem::size_of::<kvm_sregs>());
+const KVM_SET_USER_MEMORY_REGION: u64 = kvm_ioc(
+    IOC_WRITE,
+    0x46,
+    std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+);
 
 /// What the thread's setup for one guest needs, between its preparation and the guest's first
-/// KVM_RUN: naming the thread (`prctl(PR_SET_NAME)`), entering the guest's CPU cgroup (create
-/// the group directory, sweep retired ones, open and write its control files) and attaching the
+/// KVM_RUN: naming the thread (`prctl(PR_SET_NAME)`), copying the guest's devices into the
+/// thread's own fd table (`pidfd_open`, `pidfd_getfd`: see `private.rs`), and attaching the
 /// second stage (`prctl(PR_SET_NO_NEW_PRIVS)`, `seccomp`). The second stage refuses all of these
 /// again; `seccomp` in particular, whose TSYNC flag could filter every thread of the process.
-/// Only the calls glibc and std make for these on x86_64 (`openat`, not `open`; `mkdir` and
-/// `rmdir`, not their `*at` forms): the second stage sits on every start path, and its cost
-/// grows with its length.
+/// (The CPU cgroup is entered by the mover thread, and the thread made its own table, VM and
+/// vCPU before its first filter: no `open`, `mkdir` or `close_range` here.) Registering guest
+/// memory of a new size (`KVM_SET_USER_MEMORY_REGION`) is in [`SETUP_IOCTLS`]. The second stage
+/// sits on every start path, and its cost grows with its length.
 const SETUP: &[libc::c_long] = &[
     libc::SYS_prctl,
     libc::SYS_seccomp,
-    libc::SYS_openat,
-    libc::SYS_mkdir,
-    libc::SYS_rmdir,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_getfd,
 ];
 
+/// The ioctls of the setup for one guest (see [`SETUP`]).
+const SETUP_IOCTLS: &[u64] = &[KVM_SET_USER_MEMORY_REGION];
+
+/// The vCPU ioctls the run loop and the fault reports use.
+const RUN_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS];
+
 /// The syscalls a vCPU thread may make while it runs a guest, by group, with why.
+fn ioctl_rules(reqs: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    reqs.iter()
+        .map(|&req| {
+            SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                req,
+            )?])
+        })
+        .collect()
+}
+
 fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut allow = |nrs: &[libc::c_long]| {
@@ -74,9 +98,9 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
             rules.insert(nr, Vec::new());
         }
     };
-    // Guest devices: tap frames (read/write), block sectors (pread64/pwrite64), the wake
-    // eventfd (read/write); write and writev also carry log lines and console output of the
-    // event sink.
+    // Guest devices: tap frames (read/write), block sectors (pread64/pwrite64); write and
+    // writev also carry log lines written straight to stderr (fd 2 is the process's in every
+    // table).
     allow(&[
         libc::SYS_read,
         libc::SYS_write,
@@ -85,17 +109,10 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
         libc::SYS_pread64,
         libc::SYS_pwrite64,
     ]);
-    // POLL: epoll over the taps and the wake eventfd (created on the first POLL, hence create and
-    // ctl); ppoll is the throttled exit-storm wait on the wake eventfd.
-    allow(&[
-        libc::SYS_epoll_create1,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_wait,
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_pwait2,
-        libc::SYS_ppoll,
-    ]);
-    // Locks and condvars (the control block, channel sends of the event sink, the log writer),
+    // POLL and the throttled exit-storm wait: ppoll on the taps (or on nothing), with the kick
+    // signal let in by the call's mask (no eventfd, no epoll).
+    allow(&[libc::SYS_ppoll]);
+    // Locks and condvars (the control block, the event relay's channel, the log queue),
     // and time: WALLTIME, POLL deadlines and rate limits read the clock (a vDSO call unless the
     // host clocksource forbids it).
     allow(&[
@@ -126,22 +143,11 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
         libc::SYS_exit,
     ]);
     // Signals: the kick handler and the SIGSYS handler return through rt_sigreturn; masks are
-    // saved and restored around them.
+    // saved and restored around them, and the kick signal is blocked around POLL's check.
     allow(&[libc::SYS_rt_sigreturn, libc::SYS_rt_sigprocmask]);
     // KVM: only the vCPU ioctls the run loop and the fault reports use. Everything else (new
     // memory slots, new vCPUs, device ioctls on taps) stays with the start path.
-    let ioctl = [KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS]
-        .into_iter()
-        .map(|req| {
-            SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                req,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_ioctl, ioctl);
+    rules.insert(libc::SYS_ioctl, ioctl_rules(RUN_IOCTLS)?);
     // Rust's standard library checks with fcntl(F_GETFD) that an owned fd is still open before
     // closing it (debug builds); nothing else of fcntl is needed.
     rules.insert(
@@ -179,6 +185,12 @@ fn prepared_program() -> Result<&'static BpfProgram, KvmError> {
             for &nr in SETUP {
                 rules.insert(nr, Vec::new());
             }
+            let mut ioctls = RUN_IOCTLS.to_vec();
+            ioctls.extend_from_slice(SETUP_IOCTLS);
+            rules.insert(
+                libc::SYS_ioctl,
+                ioctl_rules(&ioctls).map_err(|e| e.to_string())?,
+            );
             compile(rules, SeccompAction::Trap, SeccompAction::Allow)
         })
         .as_ref()
@@ -205,7 +217,12 @@ fn end_setup_program() -> Result<&'static BpfProgram, KvmError> {
     static PROGRAM: OnceLock<Result<BpfProgram, String>> = OnceLock::new();
     PROGRAM
         .get_or_init(|| {
-            let rules = SETUP.iter().map(|&nr| (nr, Vec::new())).collect();
+            let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+                SETUP.iter().map(|&nr| (nr, Vec::new())).collect();
+            rules.insert(
+                libc::SYS_ioctl,
+                ioctl_rules(SETUP_IOCTLS).map_err(|e| e.to_string())?,
+            );
             compile(rules, SeccompAction::Allow, SeccompAction::Trap)
         })
         .as_ref()
@@ -361,12 +378,21 @@ mod tests {
             let err = std::io::Error::last_os_error().raw_os_error();
             let first = take_violation();
             let again = take_violation();
-            // Setup may still open files until `end_setup`, and not after.
-            let before = std::fs::File::open("/proc/self/stat").is_ok();
+            // Setup may still copy fds in until `end_setup`, and not after.
+            let pidfd = || {
+                // SAFETY: pidfd_open(2) of our own process; a new fd (closed below) or -1.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+                if fd >= 0 {
+                    // SAFETY: closes the fd just opened.
+                    unsafe { libc::close(fd as libc::c_int) };
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error().raw_os_error())
+                }
+            };
+            let before = pidfd().is_ok();
             end_setup().unwrap();
-            let after = std::fs::File::open("/proc/self/stat")
-                .map_err(|e| e.raw_os_error())
-                .err();
+            let after = pidfd().err();
             let opened = take_violation();
             // Nor may it add filters (TSYNC would reach every thread of the process).
             let third = end_setup().is_err();
@@ -388,9 +414,9 @@ mod tests {
         assert_eq!(got.1, Some(libc::EPERM));
         assert_eq!(got.2, Some(libc::SYS_socket as u64));
         assert_eq!(got.3, None);
-        assert!(got.4, "setup could not open a file");
+        assert!(got.4, "setup could not open a pidfd");
         assert_eq!(got.5, Some(Some(libc::EPERM)));
-        assert_eq!(got.6, Some(libc::SYS_openat as u64));
+        assert_eq!(got.6, Some(libc::SYS_pidfd_open as u64));
         assert!(got.7);
         // prctl(PR_SET_NO_NEW_PRIVS) is the first call of attaching a filter.
         assert_eq!(got.8, Some(libc::SYS_prctl as u64));

@@ -10,7 +10,6 @@
 //! thread that is gone.
 
 use std::any::Any;
-use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::{EventSink, InstanceCounters, InstanceEvent};
+use crate::backend::{InstanceCounters, InstanceEvent};
 
 use super::cgroup::Entered;
 use super::devices::{Console, Devices};
@@ -26,7 +25,9 @@ use super::error::KvmError;
 use super::instance::{kick_signal, Control, End, FinishOnDrop};
 use super::limit::{ExitLimit, TxLimit};
 use super::memory::GuestMemory;
+use super::private::{Outbox, PrivateTable};
 use super::seccomp;
+use super::vm;
 use super::warm::Job;
 
 /// Everything the vCPU thread owns. Field order is drop order: `finish` goes first, so that
@@ -41,11 +42,14 @@ pub(super) struct VcpuRunner {
     pub mem: GuestMemory,
     pub devices: Devices,
     pub console: Console,
-    pub events: EventSink,
+    /// The only way out for events: the thread runs in its own fd table (`private.rs`).
+    pub events: Outbox,
     pub control: Arc<Control>,
     pub immediate_exit: *const AtomicU8,
-    /// Created on the first POLL, so guests that never poll never pay for it.
-    pub epoll: Option<OwnedFd>,
+    /// POLL's set: one entry per net device (fd, POLLIN), built on the first POLL.
+    pub poll_fds: Vec<libc::pollfd>,
+    /// The guest's handle of each entry of `poll_fds`.
+    pub poll_handles: Vec<u64>,
     pub net_ready_sent: bool,
     /// Shared with the instance handle; only this thread writes them.
     pub counters: Arc<InstanceCounters>,
@@ -55,6 +59,9 @@ pub(super) struct VcpuRunner {
     /// on every path.
     #[allow(dead_code)]
     pub cpu_group: Option<Entered>,
+    /// This thread's own fd table, where every fd above lives.
+    #[allow(dead_code)]
+    pub table: PrivateTable,
 }
 
 /// An exit, copied out of kvm_run so the vCPU is free to borrow again.
@@ -86,40 +93,67 @@ enum Exit {
 }
 
 impl VcpuRunner {
-    /// The parked thread's entry once it has a guest: end its setup stage, set the registers,
-    /// then run. `finish` was created by the thread before it could panic; `confined` is how
-    /// its stage-one seccomp filter went, `None` if it has none yet (see `seccomp.rs`).
+    /// The parked thread's entry once it has a guest: take the devices into this thread's fd
+    /// table, register the guest's memory unless it is the prepared one, end the setup stage,
+    /// set the registers, then run. `finish` was created by the thread before it could panic;
+    /// `had_mem`: the VM has a memory slot already; `confined` is how its stage-one seccomp
+    /// filter went, `None` if it has none yet (see `seccomp.rs`).
     pub fn start(
         vcpu: VcpuFd,
+        vm: VmFd,
+        had_mem: bool,
+        mut table: PrivateTable,
         job: Job,
         finish: FinishOnDrop,
         confined: Option<Result<(), KvmError>>,
     ) {
         set_thread_name(&job.name);
         let limits = job.limits;
-        // Order on this thread: name, CPU cgroup, then the syscall filter, then the guest.
+        // Order on this thread: name, CPU cgroup, devices and memory, then the syscall filter,
+        // then the guest.
         let cpu_group = job.cpu_group.as_ref().map(|g| g.enter());
+        let devices = match table.import_with(
+            job.devices,
+            |d| d.raw_fds(),
+            |d, fds| d.with_fds(fds),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = format!("taking the devices into the vCPU thread's fd table: {e}");
+                return Self::report_early(&job.events, finish, reason);
+            }
+        };
+        let registered = if job.registered {
+            Ok(())
+        } else {
+            // The prepared memory (if any) was of another size; its slot goes first.
+            let cleared = if had_mem { vm::clear_memory(&vm) } else { Ok(()) };
+            cleared.and_then(|()| vm::set_memory(&vm, &job.mem))
+        };
+        let control = finish.0.clone();
         let runner = VcpuRunner {
             finish,
             vcpu,
-            vm: job.vm,
+            vm,
             mem: job.mem,
-            devices: job.devices,
+            devices,
             console: Console::new(limits.console_bytes_per_sec),
             events: job.events,
-            immediate_exit: job.control.immediate_exit_ptr(),
-            control: job.control,
-            epoll: None,
+            immediate_exit: control.immediate_exit_ptr(),
+            control,
+            poll_fds: Vec::new(),
+            poll_handles: Vec::new(),
             net_ready_sent: false,
             cpu_group,
             counters: job.counters,
             tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),
             exit_limit: ExitLimit::new(limits.exits_per_sec),
+            table,
         };
-        let ready = match confined {
+        let ready = registered.and_then(|()| match confined {
             Some(stage_one) => stage_one.and_then(|()| seccomp::end_setup()),
             None => seccomp::confine_running_thread(kick_signal()),
-        };
+        });
         let ready = ready.map_err(|e| e.to_string()).and_then(|()| {
             runner
                 .vcpu
@@ -132,13 +166,25 @@ impl VcpuRunner {
         }
     }
 
+    /// The entry of a thread that could not make its VM: the guest it was given ends at once as
+    /// a fault with `reason`.
+    pub fn fail(job: Job, finish: FinishOnDrop, reason: String) {
+        Self::report_early(&job.events, finish, reason);
+    }
+
+    fn report_early(events: &Outbox, finish: FinishOnDrop, reason: String) {
+        events.send(InstanceEvent::Faulted(reason));
+        finish.now();
+    }
+
     /// The thread body: run the guest to its end, report it, release everything.
     fn run(mut self) {
         // A panic here would be a launcher bug (or a panicking event sink): the guest ends as a
         // fault, and `finish` still runs (also on any panic outside this, through its guard).
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let end = self.run_loop();
-            self.console.flush(&self.events);
+            let events = &self.events;
+            self.console.flush(&|e| events.send(e));
             end
         }));
         self.end(outcome);
@@ -156,11 +202,9 @@ impl VcpuRunner {
                 InstanceEvent::Faulted(format!("vCPU thread panicked: {what}"))
             }
         };
-        // A sink that panics on the final event has nobody left to tell; the guest is over
-        // either way. No logging here: a broken log sink is one way to get here.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.events)(event))) {
-            drop_payload(payload);
-        }
+        // The relay calls the sink (and survives a sink that panics). No logging here: a broken
+        // log sink is one way to get here.
+        self.events.send(event);
         self.finish.now();
         // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
         // thread rather than on anybody's start or stop path, and at a lower priority: nothing
@@ -169,8 +213,8 @@ impl VcpuRunner {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
     }
 
-    /// Charges one exit to `exits_per_sec`; a guest out of budget waits here, on the wake
-    /// eventfd, so that stop and suspend still reach it at once.
+    /// Charges one exit to `exits_per_sec`; a guest out of budget waits here, where stop and
+    /// suspend still reach it at once (see `Control::sleep`).
     fn charge_exit(&mut self) -> Option<End> {
         // Until the exit is paid for: the wait only brings the budget back.
         loop {
@@ -184,7 +228,7 @@ impl VcpuRunner {
         }
     }
 
-    /// Waits `wait` on the wake eventfd; `Some` when a stop came meanwhile.
+    /// Sleeps `wait` (kicks still reach it); `Some` when a stop came meanwhile.
     fn throttle_wait(&self, wait: Duration) -> Option<End> {
         let deadline = Instant::now() + wait;
         loop {
@@ -196,26 +240,14 @@ impl VcpuRunner {
                 tv_sec: left.as_secs() as libc::time_t,
                 tv_nsec: left.subsec_nanos() as libc::c_long,
             };
-            let mut pfd = libc::pollfd {
-                fd: self.control.wake_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd and a timespec, both alive for the call; no signal mask change.
-            let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-            if n > 0 {
-                self.control.drain_wake();
-            }
-            let interrupted = n > 0
-                || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
-            if interrupted && self.control.requested() {
-                if let Some(end) = self.control.handle_request() {
-                    return Some(end);
+            match self.control.sleep(&mut [], Some(&ts)) {
+                Err(end) => return Some(end),
+                Ok(Err(_)) => {
+                    // ppoll on no fds does not fail; should it, retrying at once would spin,
+                    // so sleep out the wait (in short steps, to see requests).
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
                 }
-            } else if n < 0 && !interrupted {
-                // ppoll on our own eventfd does not fail; should it, retrying at once would
-                // spin, so sleep out the wait (in short steps, to see requests).
-                std::thread::sleep(left.min(Duration::from_millis(10)));
+                Ok(Ok(_)) => {}
             }
         }
     }
@@ -351,7 +383,7 @@ impl VcpuRunner {
     }
 
     pub(super) fn emit(&self, e: InstanceEvent) {
-        (self.events)(e)
+        self.events.send(e)
     }
 }
 

@@ -11,20 +11,22 @@
 //! `prewarm = 0`), `start` prepares one inline: same code, just on the start path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::{EventSink, GuestLimits, InstanceCounters};
+use crate::backend::{GuestLimits, InstanceCounters};
 
 use super::devices::Devices;
 use super::error::KvmError;
 use super::instance::{self, Control, FinishOnDrop};
 use super::layout;
 use super::memory::GuestMemory;
+use super::private::{InShared, Outbox, PrivateTable};
+use super::regs;
 use super::seccomp;
 use super::vcpu::VcpuRunner;
 use super::vm;
@@ -34,31 +36,50 @@ const VCPU_STACK: usize = 256 << 10;
 
 /// What every guest of this process shares, read once.
 pub(super) struct HostInfo {
-    pub kvm: Kvm,
     pub cpuid: CpuId,
     pub sregs: kvm_sregs,
     pub tsc_khz: u32,
 }
 
-/// A VM and vCPU ready for a guest, and the parked thread that will run it.
+/// What a vCPU thread sets its new vCPU up with.
+pub(super) enum Template {
+    /// The host's, known.
+    Host(Arc<HostInfo>),
+    /// The first vCPU of the process: read the TSC frequency and the reset registers from it
+    /// (and report them in [`Ready::probed`]), with this CPUID.
+    Probe(CpuId),
+}
+
+/// What a vCPU thread reports once its VM and vCPU exist (in its own fd table).
+pub(super) struct Ready {
+    /// Registered as slot 0 of the thread's VM, low-memory structures written.
+    pub mem: Option<GuestMemory>,
+    /// For [`Template::Probe`]: the host's TSC frequency (kHz) and long-mode sregs.
+    pub probed: Option<(u32, kvm_sregs)>,
+}
+
+/// A vCPU thread that has (or is making) its VM and vCPU and waits for a guest. The VM and the
+/// vCPU live in the thread's own fd table: only the thread can touch them.
 pub(super) struct WarmVcpu {
-    pub vm: VmFd,
-    /// Registered as slot 0 of `vm`, low-memory structures written.
+    /// The thread's report, until taken ([`WarmVcpu::ready`]).
+    ready: Option<Receiver<Result<Ready, String>>>,
+    /// Slot 0 of the VM, once reported.
     pub mem: Option<GuestMemory>,
     pub control: Arc<Control>,
     pub job: Sender<Job>,
     pub thread: JoinHandle<()>,
 }
 
-/// What the start path hands to the parked vCPU thread: everything but the vCPU, which the
-/// thread already owns, plus the general registers to start with.
+/// What the start path hands to the parked vCPU thread, plus the general registers to start
+/// with. Nothing in it is an fd of the shared table the thread could misuse: the devices travel
+/// as [`InShared`], the sink as an [`Outbox`].
 pub(super) struct Job {
     pub name: String,
-    pub vm: VmFd,
     pub mem: GuestMemory,
-    pub devices: Devices,
-    pub events: EventSink,
-    pub control: Arc<Control>,
+    /// `mem` is the memory the thread registered itself (else it registers `mem` as slot 0).
+    pub registered: bool,
+    pub devices: InShared<Devices>,
+    pub events: Outbox,
     pub regs: kvm_regs,
     /// The CPU quota group the vCPU thread enters before the guest runs.
     pub cpu_group: Option<Arc<super::cgroup::Group>>,
@@ -76,7 +97,9 @@ const STUB_PORT: u16 = 0x80;
 /// Runs the vCPU once through a one-instruction stub, so that the guest's first KVM_RUN does not
 /// pay for KVM's first-run setup and for shadowing the ABI's page tables. Runs on the vCPU's own
 /// thread (a change of thread on KVM_RUN has its own cost on older kernels).
-fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
+fn pre_run(vcpu: &mut VcpuFd, mem: &GuestMemory) -> Result<(), String> {
+    mem.load(STUB_GPA, &STUB)
+        .map_err(|_| "guest memory too small for the pre-run stub".to_string())?;
     let regs = kvm_regs {
         rip: STUB_GPA,
         rflags: summon_hvt_abi::RFLAGS_INIT,
@@ -84,11 +107,13 @@ fn pre_run(vcpu: &mut VcpuFd) -> Result<(), String> {
     };
     vcpu.set_regs(&regs)
         .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
-    match vcpu.run() {
+    let r = match vcpu.run() {
         Ok(VcpuExit::IoOut(STUB_PORT, _)) => Ok(()),
         Ok(other) => Err(format!("unexpected exit {other:?}")),
         Err(e) => Err(format!("KVM_RUN: {e}")),
-    }
+    };
+    let _ = mem.load(STUB_GPA, &[0; STUB.len()]);
+    r
 }
 
 /// The body of a vCPU thread.
@@ -124,114 +149,141 @@ fn start_spawner() -> std::io::Result<Sender<SpawnRequest>> {
     Ok(tx)
 }
 
-impl WarmVcpu {
-    /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
-    /// (and memory) runs it once through a stub (which waits for the new thread: only for the
-    /// prewarm pool, not on a start path). `pooled`: the thread confines itself (seccomp stage
-    /// one) while it waits for a guest; otherwise, prepared on a start path, it attaches a single
-    /// filter once its guest has arrived (two attaches there would only compete with the start).
-    /// `spawn` creates the vCPU thread.
-    pub fn prepare(
-        host: &HostInfo,
-        mem_size: u64,
-        pre_run_it: bool,
-        pooled: bool,
-        spawn: &dyn Fn(VcpuBody) -> std::io::Result<JoinHandle<()>>,
-    ) -> Result<WarmVcpu, KvmError> {
-        let (vm, vcpu) = new_vcpu(&host.kvm)?;
-        Self::from_vcpu(host, vm, vcpu, mem_size, pre_run_it, pooled, spawn)
-    }
+/// A VM and its vCPU made by the vCPU thread, in its own table.
+struct Made {
+    vm: VmFd,
+    vcpu: VcpuFd,
+    ready: Ready,
+}
 
-    /// Like [`Self::prepare`], on a VM and vCPU that are new and have never run (the backend's
-    /// probe, see `KvmBackend::with_prewarm`).
-    pub fn from_vcpu(
-        host: &HostInfo,
-        vm: VmFd,
-        mut vcpu: VcpuFd,
+/// The vCPU thread's preparation: its own `/dev/kvm`, VM and vCPU (CPUID and long-mode sregs
+/// set), memory of `mem_size` as slot 0 when non-zero, and the pre-run when asked.
+fn make(template: &Template, mem_size: u64, pre_run_it: bool) -> Result<Made, String> {
+    // Opened here, in the thread's table, only to create the VM; the VM does not need it after.
+    let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+    let (vm, mut vcpu) = new_vcpu(&kvm).map_err(|e| e.to_string())?;
+    drop(kvm);
+    let (cpuid, sregs, probed) = match template {
+        Template::Host(h) => (&h.cpuid, h.sregs, None),
+        Template::Probe(cpuid) => {
+            let tsc = vcpu
+                .get_tsc_khz()
+                .map_err(|e| format!("KVM_GET_TSC_KHZ: {e}"))?;
+            let reset = vcpu
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            let sregs = regs::long_mode_sregs(&reset);
+            (cpuid, sregs, Some((tsc, sregs)))
+        }
+    };
+    vcpu.set_cpuid2(cpuid)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+    let mem = if mem_size > 0 {
+        let m = memory_for(&vm, mem_size).map_err(|e| e.to_string())?;
+        if pre_run_it {
+            pre_run(&mut vcpu, &m).map_err(|e| format!("pre-running a prepared vCPU: {e}"))?;
+        }
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Made {
+        vm,
+        vcpu,
+        ready: Ready { mem, probed },
+    })
+}
+
+impl WarmVcpu {
+    /// Spawns a vCPU thread (with `spawn`) that takes its own fd table and makes its VM and
+    /// vCPU there; with `mem_size > 0` also memory of that size, and with `pre_run` (and memory)
+    /// runs it once through a stub. `pooled`: the thread confines itself (seccomp stage one)
+    /// while it waits for a guest; otherwise, prepared on a start path, it attaches a single
+    /// filter once its guest has arrived (two attaches there would only compete with the start).
+    /// Returns at once; [`WarmVcpu::ready`] waits for the thread's report.
+    pub fn prepare(
+        template: Template,
         mem_size: u64,
         pre_run_it: bool,
         pooled: bool,
         spawn: &dyn Fn(VcpuBody) -> std::io::Result<JoinHandle<()>>,
     ) -> Result<WarmVcpu, KvmError> {
-        vcpu.set_cpuid2(&host.cpuid)
-            .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
-        vcpu.set_sregs(&host.sregs)
-            .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
-        let mem = if mem_size > 0 {
-            Some(memory_for(&vm, mem_size)?)
-        } else {
-            None
-        };
-        let immediate_exit =
-            std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
-        let control = Arc::new(Control::new(immediate_exit)?);
-        let pre_run_it = pre_run_it && mem.is_some();
-        if pre_run_it {
-            if let Some(m) = &mem {
-                m.load(STUB_GPA, &STUB).map_err(|_| KvmError::MemorySize {
-                    mib: mem_size >> 20,
-                })?;
-            }
-        }
+        let control = Arc::new(Control::new());
         let (job, jobs) = channel::<Job>();
-        let (ran_tx, ran) = channel::<Result<(), String>>();
+        let (ready_tx, ready) = channel::<Result<Ready, String>>();
         let thread_control = control.clone();
         let thread = spawn(Box::new(move || {
-            // Declared in this order so that `finish` is dropped first: `immediate_exit`
-            // points into the vCPU's kvm_run and must be nulled before the vCPU fd closes,
-            // whichever way this thread ends.
-            let mut vcpu = vcpu;
-            let finish = FinishOnDrop(thread_control);
-            if pre_run_it {
-                let r = pre_run(&mut vcpu);
-                let failed = r.is_err();
-                let _ = ran_tx.send(r);
-                if failed {
+            // Before anything on this thread opens an fd.
+            let table = match PrivateTable::enter() {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    // Still take the guest, to report the failure through its sink.
+                    if let Ok(job) = jobs.recv() {
+                        VcpuRunner::fail(job, FinishOnDrop(thread_control), e.to_string());
+                    }
                     return;
                 }
-            }
-            // Here rather than on the start path: attaching the filter is the costly part
-            // of confining the thread. A failure is the fault of the guest it gets.
-            let confined =
-                pooled.then(|| seccomp::confine_prepared_thread(instance::kick_signal()));
-            // Dropped unused (pool shut down) when the sender goes away.
-            if let Ok(job) = jobs.recv() {
-                VcpuRunner::start(vcpu, job, finish, confined);
+            };
+            match make(&template, mem_size, pre_run_it) {
+                Ok(Made { vm, vcpu, ready }) => {
+                    let had_mem = ready.mem.is_some();
+                    // Declared after `vcpu` so that it is dropped first: `immediate_exit`
+                    // points into the vCPU's kvm_run and must be nulled before the vCPU fd
+                    // closes, whichever way this thread ends.
+                    let mut vcpu = vcpu;
+                    let finish = FinishOnDrop(thread_control);
+                    let immediate_exit =
+                        std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
+                    finish.attach(immediate_exit);
+                    let _ = ready_tx.send(Ok(ready));
+                    // Here rather than on the start path: attaching the filter is the costly
+                    // part of confining the thread. A failure is the fault of the guest it gets.
+                    let confined =
+                        pooled.then(|| seccomp::confine_prepared_thread(instance::kick_signal()));
+                    // Dropped unused (pool shut down) when the sender goes away.
+                    if let Ok(job) = jobs.recv() {
+                        VcpuRunner::start(vcpu, vm, had_mem, table, job, finish, confined);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.clone()));
+                    if let Ok(job) = jobs.recv() {
+                        VcpuRunner::fail(job, FinishOnDrop(thread_control), e);
+                    }
+                }
             }
         }))
         .map_err(KvmError::Thread)?;
-        if pre_run_it {
-            match ran.recv() {
-                Ok(Ok(())) => {
-                    if let Some(m) = &mem {
-                        let _ = m.load(STUB_GPA, &[0; STUB.len()]);
-                    }
-                }
-                Ok(Err(e)) => {
-                    return Err(KvmError::Sys {
-                        op: "pre-running a prepared vCPU",
-                        source: std::io::Error::other(e),
-                    })
-                }
-                Err(_) => {
-                    return Err(KvmError::Sys {
-                        op: "pre-running a prepared vCPU",
-                        source: std::io::Error::other("vCPU thread ended"),
-                    })
-                }
-            }
-        }
-        {
-            use std::os::unix::thread::JoinHandleExt;
-            control.set_thread(thread.as_pthread_t());
-        }
         Ok(WarmVcpu {
-            vm,
-            mem,
+            ready: Some(ready),
+            mem: None,
             control,
             job,
             thread,
         })
+    }
+
+    /// Waits for the thread's report (once; later calls return what the first one kept):
+    /// takes its memory, returns the probe's figures.
+    pub fn ready(&mut self) -> Result<Option<(u32, kvm_sregs)>, KvmError> {
+        let Some(rx) = self.ready.take() else {
+            return Ok(None);
+        };
+        let failed = |e: String| KvmError::Sys {
+            op: "preparing a vCPU",
+            source: std::io::Error::other(e),
+        };
+        match rx.recv() {
+            Ok(Ok(r)) => {
+                self.mem = r.mem;
+                Ok(r.probed)
+            }
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(failed("vCPU thread ended".into())),
+        }
     }
 }
 
@@ -246,9 +298,15 @@ pub(super) fn new_vcpu(kvm: &Kvm) -> Result<(VmFd, VcpuFd), KvmError> {
 
 /// Fresh guest memory of `mem_size` with the low-memory structures, as slot 0 of `vm`.
 pub(super) fn memory_for(vm: &VmFd, mem_size: u64) -> Result<GuestMemory, KvmError> {
+    let mem = fresh_memory(mem_size)?;
+    vm::set_memory(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Fresh guest memory of `mem_size` with the low-memory structures, in no VM yet.
+pub(super) fn fresh_memory(mem_size: u64) -> Result<GuestMemory, KvmError> {
     let mem = GuestMemory::new(mem_size)?;
     layout::write_low_memory(&mem);
-    vm::set_memory(vm, &mem)?;
     Ok(mem)
 }
 
@@ -263,10 +321,13 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts the refill thread, which fills the pool up to `target` right away.
-    pub fn start(host: Arc<HostInfo>, target: usize) -> Arc<Pool> {
+    /// Starts the refill thread, which fills the pool up to `target` right away (`first`, the
+    /// probe's vCPU, counts).
+    pub fn start(host: Arc<HostInfo>, target: usize, first: Option<WarmVcpu>) -> Arc<Pool> {
+        let mut slots = Vec::with_capacity(target);
+        slots.extend(first);
         let pool = Arc::new(Pool {
-            slots: Mutex::new(Vec::with_capacity(target)),
+            slots: Mutex::new(slots),
             cond: Condvar::new(),
             target,
             shutdown: AtomicBool::new(false),
@@ -285,7 +346,7 @@ impl Pool {
         pool
     }
 
-    fn refill_loop(&self, host: &HostInfo, spawner: &Sender<SpawnRequest>) {
+    fn refill_loop(&self, host: &Arc<HostInfo>, spawner: &Sender<SpawnRequest>) {
         let spawn = |body: VcpuBody| {
             let (reply, handle) = channel();
             spawner
@@ -310,14 +371,20 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
-            let mut prepared = WarmVcpu::prepare(host, mem_size, pre_run_works, true, &spawn);
-            if pre_run_works && prepared.is_err() {
+            let prepare = |pre_run_it: bool| {
+                let mut w =
+                    WarmVcpu::prepare(Template::Host(host.clone()), mem_size, pre_run_it, true, &spawn)?;
+                w.ready()?;
+                Ok::<_, KvmError>(w)
+            };
+            let mut prepared = prepare(pre_run_works);
+            if pre_run_works && mem_size > 0 && prepared.is_err() {
                 // A host where the stub cannot run still gets prepared vCPUs, just not pre-run.
                 pre_run_works = false;
                 if let Err(e) = &prepared {
                     tracing::warn!("preparing a pre-run vCPU failed ({e}); not pre-running");
                 }
-                prepared = WarmVcpu::prepare(host, mem_size, false, true, &spawn);
+                prepared = prepare(false);
             }
             match prepared {
                 Ok(w) => self.slots.lock().unwrap_or_else(|p| p.into_inner()).push(w),

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::backend::BlockSpec;
@@ -62,6 +62,15 @@ impl BlockDevice {
     }
 
     /// The ABI's EINVAL rule: the request must lie inside the device.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Puts the device on `fd` (a copy of its file); returns the fd it had.
+    pub(crate) fn replace_fd(&mut self, fd: OwnedFd) -> OwnedFd {
+        OwnedFd::from(std::mem::replace(&mut self.file, File::from(fd)))
+    }
+
     pub fn in_range(&self, offset: u64, len: u64) -> bool {
         offset < self.capacity && offset.checked_add(len).is_some_and(|e| e <= self.capacity)
     }

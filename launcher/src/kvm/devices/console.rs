@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{EventSink, InstanceEvent};
+use crate::backend::InstanceEvent;
 use crate::kvm::limit::TokenBucket;
 
 /// A line longer than this is delivered in pieces, so a guest cannot grow host memory unbounded.
@@ -43,7 +43,7 @@ impl Console {
 
     /// Adds guest output within the rate limit and emits every line it completes; returns the
     /// number of bytes the limit dropped.
-    pub fn write(&mut self, bytes: &[u8], sink: &EventSink) -> u64 {
+    pub fn write(&mut self, bytes: &[u8], sink: &dyn Fn(InstanceEvent)) -> u64 {
         let Some(limit) = &mut self.limit else {
             self.split(bytes, sink);
             return 0;
@@ -65,7 +65,7 @@ impl Console {
     }
 
     /// Tells the operator why console lines are missing.
-    fn notice(&mut self, sink: &EventSink, now: Instant) {
+    fn notice(&mut self, sink: &dyn Fn(InstanceEvent), now: Instant) {
         if let Some(limit) = &mut self.limit {
             if limit.unreported > 0 {
                 let n = std::mem::take(&mut limit.unreported);
@@ -77,7 +77,7 @@ impl Console {
         }
     }
 
-    fn split(&mut self, mut bytes: &[u8], sink: &EventSink) {
+    fn split(&mut self, mut bytes: &[u8], sink: &dyn Fn(InstanceEvent)) {
         while !bytes.is_empty() {
             let room = MAX_LINE - self.line.len();
             let take = bytes.len().min(room);
@@ -99,14 +99,14 @@ impl Console {
     }
 
     /// Delivers a pending partial line and drop notice (at guest exit).
-    pub fn flush(&mut self, sink: &EventSink) {
+    pub fn flush(&mut self, sink: &dyn Fn(InstanceEvent)) {
         if !self.line.is_empty() {
             self.emit(sink);
         }
         self.notice(sink, Instant::now());
     }
 
-    fn emit(&mut self, sink: &EventSink) {
+    fn emit(&mut self, sink: &dyn Fn(InstanceEvent)) {
         if self.line.last() == Some(&b'\r') {
             self.line.pop();
         }
@@ -119,6 +119,7 @@ impl Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::EventSink;
     use std::sync::{Arc, Mutex};
 
     #[test]
@@ -127,10 +128,10 @@ mod tests {
         let g = got.clone();
         let sink: EventSink = Arc::new(move |e| g.lock().unwrap().push(e));
         let mut c = Console::new(None);
-        c.write(b"hel", &sink);
-        c.write(b"lo\r\nworld\n\npart", &sink);
-        c.write(&vec![b'x'; MAX_LINE + 1], &sink);
-        c.flush(&sink);
+        c.write(b"hel", &*sink);
+        c.write(b"lo\r\nworld\n\npart", &*sink);
+        c.write(&vec![b'x'; MAX_LINE + 1], &*sink);
+        c.flush(&*sink);
         let got = got.lock().unwrap();
         let lines: Vec<String> = got
             .iter()
@@ -154,9 +155,9 @@ mod tests {
         let g = got.clone();
         let sink: EventSink = Arc::new(move |e| g.lock().unwrap().push(e));
         let mut c = Console::new(Some(10));
-        assert_eq!(c.write(b"0123456789abcdef\n", &sink), 7);
-        assert_eq!(c.write(b"more\n", &sink), 5);
-        c.flush(&sink);
+        assert_eq!(c.write(b"0123456789abcdef\n", &*sink), 7);
+        assert_eq!(c.write(b"more\n", &*sink), 5);
+        c.flush(&*sink);
         let got = got.lock().unwrap();
         assert_eq!(
             *got,

@@ -4,7 +4,7 @@ pub mod block;
 pub mod console;
 pub mod net;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use summon_hvt_abi::{
     mft_size, MftEntry, MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, MFT_NAME_MAX, MFT_RESERVED_FIRST,
@@ -118,6 +118,33 @@ impl Devices {
                 Some(Device::Net(n)) => Some((h as u64, n)),
                 _ => None,
             })
+    }
+
+    /// The fd of every device, in handle order (what [`Devices::with_fds`] takes back).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.entries
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Device::Net(n) => n.fd.as_raw_fd(),
+                Device::Block(b) => b.raw_fd(),
+            })
+            .collect()
+    }
+
+    /// The same devices on `fds` (one per device, in the order of [`Devices::raw_fds`]), and the
+    /// fds they had. Moving a guest's devices into its vCPU thread's own fd table (`private.rs`).
+    pub fn with_fds(mut self, fds: Vec<OwnedFd>) -> (Devices, Vec<OwnedFd>) {
+        let mut fds = fds.into_iter();
+        let mut old = Vec::new();
+        for d in self.entries.iter_mut().flatten() {
+            let Some(new) = fds.next() else { break };
+            old.push(match d {
+                Device::Net(n) => std::mem::replace(&mut n.fd, new),
+                Device::Block(b) => b.replace_fd(new),
+            });
+        }
+        (self, old)
     }
 
     pub fn has_net(&self) -> bool {
