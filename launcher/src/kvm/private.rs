@@ -128,6 +128,9 @@ impl Outbox {
 /// Marks the calling thread as one that runs in its own fd table; made only by
 /// [`PrivateTable::enter`], never sent to another thread.
 pub(super) struct PrivateTable {
+    /// The process's id, read at [`PrivateTable::enter`] (before the thread's syscall filter,
+    /// which refuses getpid).
+    pid: libc::pid_t,
     /// The process's pidfd in this table, for `pidfd_getfd`; opened on the first import.
     pidfd: Option<OwnedFd>,
     _not_send: PhantomData<*const ()>,
@@ -151,6 +154,8 @@ impl PrivateTable {
             return Err(KvmError::last_os("close_range(CLOSE_RANGE_UNSHARE)"));
         }
         Ok(PrivateTable {
+            // SAFETY: getpid has no preconditions and cannot fail.
+            pid: unsafe { libc::getpid() },
             pidfd: None,
             _not_send: PhantomData,
         })
@@ -161,9 +166,9 @@ impl PrivateTable {
         let pidfd = match &self.pidfd {
             Some(p) => p.as_raw_fd(),
             None => {
-                // SAFETY: getpid has no preconditions; pidfd_open(2) of our own process (the
-                // thread-group leader, whose table is the shared one) returns a new fd or -1.
-                let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+                // SAFETY: pidfd_open(2) of our own process (the thread-group leader, whose table
+                // is the shared one) returns a new fd or -1.
+                let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
                 if raw < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -207,5 +212,38 @@ impl PrivateTable {
         // The pidfd is not needed once the guest runs.
         self.pidfd = None;
         Ok(ours)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek};
+
+    #[test]
+    fn a_private_table_holds_none_of_the_shared_fds_and_imports_by_copy() {
+        start_relay().unwrap();
+        let mut shared = std::fs::File::open("/proc/self/stat").unwrap();
+        let raw = shared.as_raw_fd();
+        let got = std::thread::spawn(move || {
+            let mut table = PrivateTable::enter().unwrap();
+            // SAFETY: fcntl(F_GETFD) only asks whether `raw` is open in this thread's table.
+            let missing = unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0;
+            let file = table.import_with(
+                InShared::new(shared),
+                |f| vec![f.as_raw_fd()],
+                |f, mut fds| (std::fs::File::from(fds.remove(0)), f),
+            );
+            let mut text = String::new();
+            let read = file.map(|mut f| {
+                f.rewind().unwrap();
+                f.read_to_string(&mut text).unwrap()
+            });
+            (missing, read.map_err(|e| e.to_string()), text)
+        })
+        .join()
+        .unwrap();
+        assert!(got.0, "fd {raw} of the shared table is open in the private one");
+        assert!(got.1.unwrap() > 0, "{}", got.2);
     }
 }

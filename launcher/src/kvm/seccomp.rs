@@ -371,7 +371,9 @@ mod tests {
     #[test]
     fn a_refused_syscall_returns_eperm_and_is_recorded() {
         // On a thread of its own: the filter stays with the thread and dies with it.
-        let got = std::thread::spawn(|| {
+        // SAFETY: getpid has no preconditions (and is refused once the thread is confined).
+        let pid = unsafe { libc::getpid() };
+        let got = std::thread::spawn(move || {
             confine_prepared_thread(libc::SIGRTMIN() + 1).unwrap();
             // SAFETY: plain socket(2); the filter refuses it before it runs.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
@@ -381,7 +383,7 @@ mod tests {
             // Setup may still copy fds in until `end_setup`, and not after.
             let pidfd = || {
                 // SAFETY: pidfd_open(2) of our own process; a new fd (closed below) or -1.
-                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
                 if fd >= 0 {
                     // SAFETY: closes the fd just opened.
                     unsafe { libc::close(fd as libc::c_int) };
@@ -390,7 +392,7 @@ mod tests {
                     Err(std::io::Error::last_os_error().raw_os_error())
                 }
             };
-            let before = pidfd().is_ok();
+            let before = pidfd();
             end_setup().unwrap();
             let after = pidfd().err();
             let opened = take_violation();
@@ -414,7 +416,7 @@ mod tests {
         assert_eq!(got.1, Some(libc::EPERM));
         assert_eq!(got.2, Some(libc::SYS_socket as u64));
         assert_eq!(got.3, None);
-        assert!(got.4, "setup could not open a pidfd");
+        assert_eq!(got.4, Ok(()), "setup could not open a pidfd");
         assert_eq!(got.5, Some(Some(libc::EPERM)));
         assert_eq!(got.6, Some(libc::SYS_pidfd_open as u64));
         assert!(got.7);
