@@ -39,9 +39,8 @@ fn start_fd_budget() -> anyhow::Result<FdBudget> {
     tracing::info!(
         limit = budget.limit(),
         client_fds = budget.client_fds(),
-        instance_fds = budget.instance_fds(),
-        instance_capacity = budget.instance_capacity(),
-        "file descriptor budget"
+        boot_fds = budget.boot_fds(),
+        "file descriptor budget (instances hold none: each vCPU thread has its own fd table)"
     );
     Ok(budget)
 }
@@ -98,7 +97,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
         metrics.clone(),
     );
-    registry.set_fd_capacity(fd_budget.instance_capacity());
+    let capacity = fds::InstanceCapacity::of_host();
+    tracing::info!(
+        instances = capacity.instances,
+        limit = capacity.limit,
+        "instance capacity of this host"
+    );
+    registry.set_host_capacity(capacity.instances, capacity.limit);
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
         &config,
         reload::next_serial(0),

@@ -1,35 +1,54 @@
-//! The process's file-descriptor budget: one limit (RLIMIT_NOFILE), split so that network
-//! clients can never take the descriptors an instance needs to boot.
+//! The process's limits: its file-descriptor budget (RLIMIT_NOFILE, split so that network
+//! clients can never take the descriptors a boot needs), and what bounds the number of live
+//! instances ([`InstanceCapacity`]).
 //!
-//! The arithmetic, with `limit` the soft RLIMIT_NOFILE after [`raise_nofile`]:
+//! A live KVM instance holds no fd in the process's table: its vCPU thread has a table of its
+//! own for the VM, the vCPU and the tap (`summon_launcher`'s `kvm/private.rs`), and the tap is
+//! persistent, so the daemon closes its fd once the vCPU thread has its copy. A boot holds one
+//! or two fds of the process's table for a moment (the tap until the copy, a netlink or sysctl
+//! fd). So the fd budget only splits the table between the daemon, clients and boots:
 //!
 //! ```text
 //! daemon    = DAEMON_FDS                        (stdio, epoll, signals, netlink, listeners,
-//!                                                /dev/kvm, logs, libraries; fixed)
+//!                                                logs, libraries; fixed)
 //! rest      = limit - daemon
 //! clients   = rest / CLIENT_SHARE_DIVISOR       (a quarter: DNS TCP, forwards, admin)
 //!   dns_tcp  = clients / 2
 //!   forwards = clients / 4
 //!   admin    = clients - dns_tcp - forwards
-//! instances = rest - clients                    (the reserve: taps, VMs, vCPUs, boots)
-//! instance_capacity = instances / FDS_PER_INSTANCE
+//! boots     = rest - clients                    (transient fds of boots under way)
 //! ```
 //!
 //! Each client kind is capped by its own share, so the shares add up to at most `clients` and a
-//! flood of one kind (idle TCP connections, say) can neither reach the reserve nor starve the
-//! other kinds. With `limit = 128`: rest 64, clients 16 (8 TCP, 4 forwards, 4 admin), 48 for
-//! instances (6 instances). With systemd's default hard limit of 524288: 131056 client fds and
-//! room for 49146 instances.
+//! flood of one kind (idle TCP connections, say) can neither reach the boots' reserve nor starve
+//! the other kinds. With `limit = 128`: rest 64, clients 16 (8 TCP, 4 forwards, 4 admin), 48 for
+//! boots. With systemd's default hard limit of 524288: 131056 client fds.
+//!
+//! What bounds the live instances instead ([`InstanceCapacity::of_host`]): tasks (each instance
+//! is a vCPU thread plus the per-VM `kvm-nx-lpage-recovery` task KVM creates in the process:
+//! `kernel.pid_max`, `kernel.threads-max`, RLIMIT_NPROC), and memory maps (about 7 per instance:
+//! guest memory split by protection, the vCPU's `kvm_run`, the thread's stack and guard;
+//! `vm.max_map_count`). Guest memory is `limits.memory_budget`'s.
 
 use std::io;
+use std::path::Path;
 
 /// Descriptors kept for the daemon's own, long-lived use.
 pub const DAEMON_FDS: u64 = 64;
 
-/// A running KVM instance holds its tap (the daemon's fd and the launcher's duplicate), the VM,
-/// the vCPU, the vCPU's wake eventfd and its epoll fd; a boot briefly opens the image too. Two
-/// more for slack (a prepared VM waiting in the prewarm pool holds fewer).
-pub const FDS_PER_INSTANCE: u64 = 8;
+/// Tasks per live KVM instance: its vCPU thread and the VM's NX huge-page recovery task (a
+/// kernel worker counted in the process, created on the first KVM_RUN).
+pub const TASKS_PER_INSTANCE: u64 = 2;
+
+/// Memory maps per live KVM instance: 7.15 measured by the density bench (guest memory in a
+/// read-only and a writable part, `kvm_run`, the vCPU thread's stack and guard page, and the
+/// allocator's share), rounded up.
+pub const MAPS_PER_INSTANCE: u64 = 8;
+
+/// Tasks and maps kept for everything else: the daemon's own threads and mappings, and (for the
+/// host-wide task limits) the rest of the host.
+pub const RESERVED_TASKS: u64 = 4096;
+pub const RESERVED_MAPS: u64 = 4096;
 
 /// Network clients get `1 / CLIENT_SHARE_DIVISOR` of what the daemon does not keep.
 pub const CLIENT_SHARE_DIVISOR: u64 = 4;
@@ -104,7 +123,7 @@ pub struct FdBudget {
     dns_tcp: u64,
     forwards: u64,
     admin: u64,
-    instances: u64,
+    boots: u64,
 }
 
 impl FdBudget {
@@ -120,7 +139,7 @@ impl FdBudget {
             dns_tcp,
             forwards,
             admin: clients - dns_tcp - forwards,
-            instances: rest - clients,
+            boots: rest - clients,
         }
     }
 
@@ -154,22 +173,87 @@ impl FdBudget {
         to_usize(self.admin)
     }
 
-    /// Descriptors reserved for instances and boots.
-    pub fn instance_fds(&self) -> u64 {
-        self.instances
-    }
-
-    /// Instances the reserve holds at [`FDS_PER_INSTANCE`] each.
-    pub fn instance_capacity(&self) -> u64 {
-        self.instances / FDS_PER_INSTANCE
+    /// Descriptors reserved for boots under way.
+    pub fn boot_fds(&self) -> u64 {
+        self.boots
     }
 }
 
-/// Instances summond's fd budget will hold once it has raised its soft limit to the hard one
-/// (what `check-config` compares `limits.max_instances` with); `None` when unknown.
-pub fn capacity_after_raise() -> Option<u64> {
-    let hard = getrlimit().ok()?.rlim_max;
-    Some(FdBudget::from_limit(hard).instance_capacity())
+/// How many live instances the host's limits allow, and which limit that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceCapacity {
+    pub instances: u64,
+    /// The limit that bounds it, as the operator would raise it.
+    pub limit: &'static str,
+}
+
+/// The limits [`InstanceCapacity::from_limits`] weighs; `None`: not set or unreadable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostLimits {
+    pub pid_max: Option<u64>,
+    pub threads_max: Option<u64>,
+    pub nproc: Option<u64>,
+    pub max_map_count: Option<u64>,
+}
+
+impl HostLimits {
+    /// This host's, read from /proc and getrlimit.
+    pub fn read() -> HostLimits {
+        let sysctl = |p: &str| -> Option<u64> {
+            std::fs::read_to_string(Path::new(p))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `r` is a valid, writable rlimit for the duration of the call.
+        let nproc = (unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut r) } == 0
+            && r.rlim_cur != libc::RLIM_INFINITY)
+            .then_some(r.rlim_cur);
+        HostLimits {
+            pid_max: sysctl("/proc/sys/kernel/pid_max"),
+            threads_max: sysctl("/proc/sys/kernel/threads-max"),
+            nproc,
+            max_map_count: sysctl("/proc/sys/vm/max_map_count"),
+        }
+    }
+}
+
+impl InstanceCapacity {
+    /// The smallest of what each limit allows (`u64::MAX`, "none", when no limit is known). The
+    /// task limits are host-wide or per user: the figure is what fits if summond is alone
+    /// there beyond [`RESERVED_TASKS`].
+    pub fn from_limits(l: HostLimits) -> InstanceCapacity {
+        let tasks =
+            |v: Option<u64>| v.map(|v| v.saturating_sub(RESERVED_TASKS) / TASKS_PER_INSTANCE);
+        let candidates = [
+            (tasks(l.pid_max), "kernel.pid_max"),
+            (tasks(l.threads_max), "kernel.threads-max"),
+            (tasks(l.nproc), "RLIMIT_NPROC"),
+            (
+                l.max_map_count
+                    .map(|v| v.saturating_sub(RESERVED_MAPS) / MAPS_PER_INSTANCE),
+                "vm.max_map_count",
+            ),
+        ];
+        candidates
+            .into_iter()
+            .filter_map(|(n, limit)| n.map(|instances| InstanceCapacity { instances, limit }))
+            .min_by_key(|c| c.instances)
+            .unwrap_or(InstanceCapacity {
+                instances: u64::MAX,
+                limit: "none",
+            })
+    }
+
+    /// This host's (what start-up and `check-config` compare `limits.max_instances` with).
+    pub fn of_host() -> InstanceCapacity {
+        InstanceCapacity::from_limits(HostLimits::read())
+    }
 }
 
 fn to_usize(n: u64) -> usize {
@@ -187,10 +271,10 @@ mod tests {
             let clients = (b.dns_tcp_connections() + b.forwards() + b.admin_connections()) as u64;
             assert_eq!(clients, b.client_fds(), "limit {limit}");
             assert!(
-                b.client_fds() + b.instance_fds() + DAEMON_FDS.min(limit) <= limit,
+                b.client_fds() + b.boot_fds() + DAEMON_FDS.min(limit) <= limit,
                 "limit {limit}"
             );
-            assert!(b.instance_fds() >= 3 * b.client_fds(), "limit {limit}");
+            assert!(b.boot_fds() >= 3 * b.client_fds(), "limit {limit}");
         }
     }
 
@@ -206,12 +290,43 @@ mod tests {
             ),
             (16, 8, 4, 4)
         );
-        assert_eq!((b.instance_fds(), b.instance_capacity()), (48, 6));
+        assert_eq!(b.boot_fds(), 48);
         let b = FdBudget::from_limit(524_288);
         assert_eq!(b.client_fds(), 131_056);
-        assert_eq!(b.instance_capacity(), 49_146);
         let b = FdBudget::from_limit(10);
-        assert_eq!((b.client_fds(), b.instance_capacity()), (0, 0));
+        assert_eq!((b.client_fds(), b.boot_fds()), (0, 0));
+    }
+
+    #[test]
+    fn the_smallest_limit_bounds_the_instances_and_is_named() {
+        // This development host: 10,000 fit; vm.max_map_count is what ends it.
+        let host = HostLimits {
+            pid_max: Some(4_194_304),
+            threads_max: Some(192_730),
+            nproc: Some(96_365),
+            max_map_count: Some(262_144),
+        };
+        let c = InstanceCapacity::from_limits(host);
+        assert_eq!(
+            c,
+            InstanceCapacity {
+                instances: 32_256,
+                limit: "vm.max_map_count"
+            }
+        );
+        // The kernel's default max_map_count (65530) ends at about 7,700.
+        let c = InstanceCapacity::from_limits(HostLimits {
+            max_map_count: Some(65_530),
+            ..host
+        });
+        assert_eq!((c.instances, c.limit), (7_679, "vm.max_map_count"));
+        let c = InstanceCapacity::from_limits(HostLimits {
+            nproc: Some(8_192),
+            ..host
+        });
+        assert_eq!((c.instances, c.limit), (2_048, "RLIMIT_NPROC"));
+        let c = InstanceCapacity::from_limits(HostLimits::default());
+        assert_eq!((c.instances, c.limit), (u64::MAX, "none"));
     }
 
     #[test]

@@ -253,7 +253,10 @@ fn sink_may_use_the_process_fds(backend: &KvmBackend) {
     assert_eq!(end, InstanceEvent::Exited(0));
     inst.join();
     for (open, sock, name) in checks.lock().unwrap().iter() {
-        assert!(*open && *sock, "sink on {name:?}: fd open {open}, socket {sock}");
+        assert!(
+            *open && *sock,
+            "sink on {name:?}: fd open {open}, socket {sock}"
+        );
         assert_eq!(name.as_deref(), Some("kvm-relay"));
     }
     drop(probe);

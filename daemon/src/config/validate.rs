@@ -407,15 +407,17 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut limits = Limits::default();
     if let Some(l) = &raw.limits {
         if let Some(v) = &l.max_instances {
-            let capacity = crate::fds::capacity_after_raise();
+            let capacity = crate::fds::InstanceCapacity::of_host();
             if *v.get_ref() == 0 {
                 c.err(v, "limits.max_instances: expected at least 1");
-            } else if let Some(cap) = capacity.filter(|&cap| u64::from(*v.get_ref()) > cap) {
+            } else if u64::from(*v.get_ref()) > capacity.instances {
                 c.err(
                     v,
                     format!(
-                        "limits.max_instances: {} instances do not fit in summond's file descriptor budget, which holds {cap} (RLIMIT_NOFILE hard limit; raise LimitNOFILE or lower max_instances)",
-                        v.get_ref()
+                        "limits.max_instances: {} instances do not fit in this host's {}, which holds {} (raise it or lower max_instances)",
+                        v.get_ref(),
+                        capacity.limit,
+                        capacity.instances
                     ),
                 );
             } else {

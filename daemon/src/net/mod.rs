@@ -16,29 +16,15 @@ pub use crate::config::{tap_name, TAP_PREFIX};
 pub use cleanup::remove_leftovers;
 pub use netlink::{LinkCounters, NetError, Netlink};
 pub use plumb_error::{PlumbError, PlumbStep};
-pub use tap::{Tap, TAP_GROUP};
+pub use tap::{Tap, TapStep, TAP_GROUP};
 
-/// An instance's host-side network: the open tap with its route and neighbour entry.
-/// Dropping it closes the daemon's fd; [`NetPlumber::teardown`] also deletes the link.
+/// An instance's host-side network: the new persistent tap (and the fd it was made with, for the
+/// launcher) with its route and neighbour entry. Dropping it closes that fd and leaves the link;
+/// [`NetPlumber::teardown`] deletes the link.
 #[derive(Debug)]
 pub struct InstanceNet {
     pub tap: Tap,
     pub guest: Ipv4Addr,
-}
-
-impl InstanceNet {
-    pub fn launcher_fd(&self) -> Result<OwnedFd, PlumbError> {
-        self.tap.dup_fd().map_err(|source| {
-            PlumbError::new(
-                PlumbStep::LauncherFd,
-                &self.tap.name,
-                NetError::Io {
-                    what: format!("duplicating the fd of tap {}", self.tap.name),
-                    source,
-                },
-            )
-        })
-    }
 }
 
 /// Creates and removes instance networks.
@@ -74,15 +60,12 @@ impl NetPlumber {
         mac: MacAddr,
     ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
-        let tap = Tap::open(&name).map_err(|source| {
-            PlumbError::new(
-                PlumbStep::TapOpen,
-                &name,
-                NetError::Io {
-                    what: format!("creating tap {name}"),
-                    source,
-                },
-            )
+        let tap = Tap::open(&name).map_err(|(step, source)| {
+            let (step, what) = match step {
+                TapStep::Open => (PlumbStep::TapOpen, format!("creating tap {name}")),
+                TapStep::Persist => (PlumbStep::Persist, "TUNSETPERSIST".to_string()),
+            };
+            PlumbError::new(step, &name, NetError::Io { what, source })
         })?;
         restrict_tap_sysctls(&name);
         let index = tap.index;
@@ -127,12 +110,13 @@ impl crate::registry::Plumbing for NetPlumber {
         svc: &crate::config::ServiceConfig,
     ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), PlumbError> {
         let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac).await?;
-        let fd = net.launcher_fd()?;
+        // The lease keeps no fd: the tap is persistent, and its one fd goes to the launcher.
+        let Tap { name, index, fd } = net.tap;
         Ok((
             crate::registry::NetLease {
-                tap: net.tap.name.clone(),
-                index: net.tap.index,
-                inner: Some(net),
+                tap: name,
+                index,
+                inner: None,
             },
             Some(fd),
         ))
@@ -149,8 +133,7 @@ impl crate::registry::Plumbing for NetPlumber {
     }
 
     async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
-        // Links first, in one batch, then the fds: closing the last fd of a tap unregisters it
-        // on its own, one device (and one RCU grace period) at a time.
+        // One batch for all links (one RTM_DELLINK for the group, one RCU grace period).
         let batch = self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await;
         if !matches!(batch, Ok(true)) {
             if let Err(e) = batch {

@@ -10,6 +10,8 @@ use super::NetError;
 pub enum PlumbStep {
     /// Creating the tap through /dev/net/tun.
     TapOpen,
+    /// Making the tap persistent (it outlives its fds until the daemon deletes the link).
+    Persist,
     /// Setting the link up (with its txqueuelen).
     Link,
     /// Adding the gateway's /32 to the host side.
@@ -18,10 +20,6 @@ pub enum PlumbStep {
     Route,
     /// Adding the guest's permanent neighbour entry.
     Neighbour,
-    /// Duplicating the tap fd for the launcher.
-    LauncherFd,
-    /// Making the tap persistent (libvirt opens it by name).
-    Persist,
 }
 
 impl fmt::Display for PlumbStep {
@@ -32,7 +30,6 @@ impl fmt::Display for PlumbStep {
             PlumbStep::Address => "adding the gateway address",
             PlumbStep::Route => "adding the route",
             PlumbStep::Neighbour => "adding the neighbour entry",
-            PlumbStep::LauncherFd => "duplicating the tap fd",
             PlumbStep::Persist => "making the tap persistent",
         })
     }
@@ -156,7 +153,7 @@ mod tests {
     #[test]
     fn errnos_say_what_they_mean() {
         assert!(io(PlumbStep::TapOpen, libc::EMFILE).contains("RLIMIT_NOFILE"));
-        assert!(io(PlumbStep::LauncherFd, libc::EMFILE).contains("LimitNOFILE"));
+        assert!(io(PlumbStep::Persist, libc::EMFILE).contains("LimitNOFILE"));
         assert!(io(PlumbStep::TapOpen, libc::ENFILE).contains("fs.file-max"));
         assert!(io(PlumbStep::TapOpen, libc::ENOENT).contains("/dev/net/tun"));
         assert!(io(PlumbStep::TapOpen, libc::ENODEV).contains("modprobe tun"));

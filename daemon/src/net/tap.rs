@@ -1,8 +1,15 @@
 //! Taps opened by the daemon itself through /dev/net/tun, so that the interface exists and
 //! queues packets before the guest (and even the DNS answer) is there.
+//!
+//! Every tap is persistent (TUNSETPERSIST): the link, its route and neighbour entry live until
+//! the daemon deletes the link by netlink (at stop, at exit as one group, or at the next start
+//! as a leftover marked as ours), not as long as some fd is open on it. So the daemon keeps no
+//! fd per instance: the one it creates the tap with goes to the launcher, whose vCPU thread
+//! copies it into its own fd table (the queue, and the packets in it, stay attached throughout)
+//! and has the daemon's copy closed.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use summon_launcher::tap;
 
@@ -12,7 +19,7 @@ use summon_launcher::tap;
 /// daemon's mark (`Netlink::delete_group_if_marked`).
 pub const TAP_GROUP: u32 = 0x736d; // "sm"
 
-/// An open tap: the fd keeps the (non-persistent) interface alive.
+/// A new persistent tap and the fd it was created with (its only one, for the launcher).
 #[derive(Debug)]
 pub struct Tap {
     pub name: String,
@@ -21,20 +28,24 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Creates (or attaches to) the tap `name` as IFF_TAP | IFF_NO_PI.
-    pub fn open(name: &str) -> io::Result<Tap> {
-        let fd = tap::open(name, tap::Blocking::Yes)?;
-        let index = tap::index(name)?;
+    /// Creates (or attaches to) the tap `name` as IFF_TAP | IFF_NO_PI and makes it persistent;
+    /// on an error nothing is left (the tap goes with its fd).
+    pub fn open(name: &str) -> Result<Tap, (TapStep, io::Error)> {
+        let fd = tap::open(name, tap::Blocking::Yes).map_err(|e| (TapStep::Open, e))?;
+        // Until TUNSETPERSIST, an error here drops the fd and with it the tap.
+        let index = tap::index(name).map_err(|e| (TapStep::Open, e))?;
+        tap::set_persistent(fd.as_fd()).map_err(|e| (TapStep::Persist, e))?;
         Ok(Tap {
             name: name.to_string(),
             index,
             fd,
         })
     }
+}
 
-    /// A second fd on the same queue, for the launcher; the daemon keeps its own so the
-    /// interface outlives a guest that exits, until the daemon has cleaned up.
-    pub fn dup_fd(&self) -> io::Result<OwnedFd> {
-        self.fd.try_clone()
-    }
+/// Which part of [`Tap::open`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapStep {
+    Open,
+    Persist,
 }

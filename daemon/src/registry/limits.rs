@@ -4,7 +4,7 @@
 //! queries without bound.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -16,8 +16,10 @@ pub struct Admission {
     /// MiB of guest memory live instances may have together, and have now.
     memory_budget: AtomicU64,
     memory_live: AtomicU64,
-    /// Live instances the fd budget holds (`FdBudget::instance_capacity`); unlimited until set.
-    fd_capacity: AtomicU32,
+    /// Live instances the host's limits hold (`crate::fds::InstanceCapacity`), and the limit
+    /// that bounds them; unlimited until set.
+    host_capacity: AtomicU32,
+    host_limit: Mutex<&'static str>,
 }
 
 /// Which limit refused a start.
@@ -26,8 +28,8 @@ pub enum Limit {
     Instances,
     Boots,
     Memory,
-    /// The process's fd budget holds no more instances (`crate::fds`).
-    Fds,
+    /// The host's limits (tasks, memory maps: `crate::fds::InstanceCapacity`) hold no more.
+    Host,
 }
 
 impl Limit {
@@ -37,14 +39,14 @@ impl Limit {
             Limit::Instances => "max_instances",
             Limit::Boots => "max_concurrent_boots",
             Limit::Memory => "memory_budget",
-            Limit::Fds => "fd_budget",
+            Limit::Host => "host_capacity",
         }
     }
 
     /// The `result` label of `summon_summons_total` for a summon this limit refused.
     pub fn result_label(self) -> &'static str {
         match self {
-            Limit::Instances | Limit::Boots | Limit::Fds => "limit",
+            Limit::Instances | Limit::Boots | Limit::Host => "limit",
             Limit::Memory => "memory",
         }
     }
@@ -105,7 +107,8 @@ impl Admission {
             boots_max: AtomicU32::new(max_boots),
             memory_budget: AtomicU64::new(memory_budget_mib),
             memory_live: AtomicU64::new(0),
-            fd_capacity: AtomicU32::new(u32::MAX),
+            host_capacity: AtomicU32::new(u32::MAX),
+            host_limit: Mutex::new("none"),
         }
     }
 
@@ -113,16 +116,16 @@ impl Admission {
     /// `memory_mib` of the budget until [`Admission::release`].
     pub fn try_admit(&self, memory_mib: u64) -> Result<Admitted, Limit> {
         let max = self.max_instances.load(Ordering::Relaxed);
-        let fds = self.fd_capacity.load(Ordering::Relaxed);
+        let host = self.host_capacity.load(Ordering::Relaxed);
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max.min(fds)).then_some(n + 1)
+                (n < max.min(host)).then_some(n + 1)
             })
             .map_err(|n| {
                 if n >= max {
                     Limit::Instances
                 } else {
-                    Limit::Fds
+                    Limit::Host
                 }
             })?;
         let budget = self.memory_budget.load(Ordering::Relaxed);
@@ -145,16 +148,19 @@ impl Admission {
         }
     }
 
-    /// How many live instances the process's fd budget holds.
-    pub fn set_fd_capacity(&self, instances: u64) {
-        self.fd_capacity.store(
+    /// How many live instances the host's limits hold, and which limit that is.
+    pub fn set_host_capacity(&self, instances: u64, limit: &'static str) {
+        *self.host_limit.lock().unwrap_or_else(|p| p.into_inner()) = limit;
+        self.host_capacity.store(
             u32::try_from(instances).unwrap_or(u32::MAX),
             Ordering::Relaxed,
         );
     }
 
-    pub fn fd_capacity(&self) -> u32 {
-        self.fd_capacity.load(Ordering::Relaxed)
+    /// The live instances the host's limits hold, and the limit (for a refusal's log line).
+    pub fn host_capacity(&self) -> (u32, &'static str) {
+        let limit = *self.host_limit.lock().unwrap_or_else(|p| p.into_inner());
+        (self.host_capacity.load(Ordering::Relaxed), limit)
     }
 
     /// One live instance of `memory_mib` fewer.

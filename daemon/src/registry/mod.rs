@@ -240,10 +240,10 @@ impl Registry {
         v
     }
 
-    /// How many live instances the process's fd budget holds; beyond, boots are refused with
-    /// `Limit::Fds` instead of failing on an unrelated errno.
-    pub fn set_fd_capacity(&self, instances: u64) {
-        self.shared.admission.set_fd_capacity(instances);
+    /// How many live instances the host's limits hold (`limit` names the one that bounds
+    /// them); beyond, boots are refused with `Limit::Host` instead of failing half-way.
+    pub fn set_host_capacity(&self, instances: u64, limit: &'static str) {
+        self.shared.admission.set_host_capacity(instances, limit);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -166,12 +166,13 @@ impl Registry {
         let admitted = match self.shared.admission.try_admit(cfg.memory_mib) {
             Ok(a) => a,
             Err(l) => {
-                if l == limits::Limit::Fds {
-                    let capacity = self.shared.admission.fd_capacity();
+                if l == limits::Limit::Host {
+                    let (capacity, limit) = self.shared.admission.host_capacity();
                     tracing::warn!(
                         service = %slot.name,
                         capacity,
-                        "boot refused: the file descriptor budget holds {capacity} instances and all are live (RLIMIT_NOFILE; raise LimitNOFILE to run more)"
+                        limit,
+                        "boot refused: the host's {limit} holds {capacity} instances and all are live (raise {limit} to run more)"
                     );
                 }
                 if l == limits::Limit::Memory {

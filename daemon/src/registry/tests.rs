@@ -706,21 +706,21 @@ async fn a_query_during_a_stop_boots_a_fresh_instance_after_it() {
     assert_eq!(f.plumbing.live.lock().unwrap().len(), 1);
 }
 
-/// Beyond the fd budget a boot is refused at once with `Limit::Fds` (reason `limit`), never
-/// tried until the tap creation fails with EMFILE.
+/// Beyond what the host's limits hold a boot is refused at once with `Limit::Host` (reason
+/// `limit`), never tried until a thread or a mapping fails half-way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boots_beyond_the_fd_budget_are_refused_as_limit() {
+async fn boots_beyond_the_host_capacity_are_refused_as_limit() {
     let f = fixture(
         vec![svc("a", 10), svc("b", 11)],
         Limits::default(),
         Script::Healthy,
     );
-    f.reg.set_fd_capacity(1);
+    f.reg.set_host_capacity(1, "vm.max_map_count");
     let a = f.reg.get("a").unwrap();
     let b = f.reg.get("b").unwrap();
     f.reg.summon(&a).await.unwrap();
     let e = f.reg.summon(&b).await.unwrap_err();
-    assert_eq!(e, SummonError::Limit(Limit::Fds));
+    assert_eq!(e, SummonError::Limit(Limit::Host));
     assert_eq!(e.result_label(), "limit");
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
     assert!(f

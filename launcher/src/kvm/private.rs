@@ -243,7 +243,10 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(got.0, "fd {raw} of the shared table is open in the private one");
+        assert!(
+            got.0,
+            "fd {raw} of the shared table is open in the private one"
+        );
         assert!(got.1.unwrap() > 0, "{}", got.2);
     }
 }

@@ -112,22 +112,23 @@ impl VcpuRunner {
         // Order on this thread: name, CPU cgroup, devices and memory, then the syscall filter,
         // then the guest.
         let cpu_group = job.cpu_group.as_ref().map(|g| g.enter());
-        let devices = match table.import_with(
-            job.devices,
-            |d| d.raw_fds(),
-            |d, fds| d.with_fds(fds),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                let reason = format!("taking the devices into the vCPU thread's fd table: {e}");
-                return Self::report_early(&job.events, finish, reason);
-            }
-        };
+        let devices =
+            match table.import_with(job.devices, |d| d.raw_fds(), |d, fds| d.with_fds(fds)) {
+                Ok(d) => d,
+                Err(e) => {
+                    let reason = format!("taking the devices into the vCPU thread's fd table: {e}");
+                    return Self::report_early(&job.events, finish, reason);
+                }
+            };
         let registered = if job.registered {
             Ok(())
         } else {
             // The prepared memory (if any) was of another size; its slot goes first.
-            let cleared = if had_mem { vm::clear_memory(&vm) } else { Ok(()) };
+            let cleared = if had_mem {
+                vm::clear_memory(&vm)
+            } else {
+                Ok(())
+            };
             cleared.and_then(|()| vm::set_memory(&vm, &job.mem))
         };
         let control = finish.0.clone();

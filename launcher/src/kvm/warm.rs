@@ -235,8 +235,8 @@ impl WarmVcpu {
                     // closes, whichever way this thread ends.
                     let mut vcpu = vcpu;
                     let finish = FinishOnDrop(thread_control);
-                    let immediate_exit =
-                        std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
+                    let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit)
+                        .cast::<AtomicU8>();
                     finish.attach(immediate_exit);
                     let _ = ready_tx.send(Ok(ready));
                     // Here rather than on the start path: attaching the filter is the costly
@@ -372,8 +372,13 @@ impl Pool {
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
             let prepare = |pre_run_it: bool| {
-                let mut w =
-                    WarmVcpu::prepare(Template::Host(host.clone()), mem_size, pre_run_it, true, &spawn)?;
+                let mut w = WarmVcpu::prepare(
+                    Template::Host(host.clone()),
+                    mem_size,
+                    pre_run_it,
+                    true,
+                    &spawn,
+                )?;
                 w.ready()?;
                 Ok::<_, KvmError>(w)
             };
