@@ -216,7 +216,7 @@ fn density_config(n: usize) -> (String, Option<u64>) {
 fn run(n: usize, idle_window: Duration) -> Run {
     let (cfg, fd_cap) = density_config(n);
     if let Some(cap) = fd_cap {
-        eprintln!("  the fd budget holds {cap} instances: max_instances = {cap}");
+        eprintln!("  the host's limits hold {cap} instances: max_instances = {cap}");
     }
     let mut d = Daemon::start_in(NetNs::new("dens"), &cfg);
     let pid = d.pid();
@@ -374,7 +374,7 @@ fn main() {
             quantile(&r.last, 0.5).as_secs_f64() / quantile(&r.first, 0.5).as_secs_f64().max(1e-9);
         if let Some(cap) = r.fd_cap {
             println!(
-                "N = {}: summond's fd budget (RLIMIT_NOFILE hard limit) holds {cap} instances; the rest were refused with reason limit",
+                "N = {}: the host's limits hold {cap} instances; the rest were refused with reason limit",
                 r.n
             );
         }
