@@ -104,3 +104,88 @@ fn without_colours(log: &str) -> String {
     }
     out
 }
+
+/// Entries of `/proc/PID/fd`: summond's shared fd table (vCPU threads have their own).
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn live_instances_hold_no_fd_of_summond_and_a_stopped_one_leaves_no_link() {
+    if !prerequisites("fds per instance") {
+        return;
+    }
+    const M: usize = 50;
+    let mut services = String::new();
+    for i in 0..M {
+        services += &http_service(
+            &format!("f{i:02}"),
+            &ip(i).to_string(),
+            "idle_timeout = \"1h\"",
+        );
+    }
+    services += &http_service("short", &ip(M).to_string(), "idle_timeout = \"1s\"");
+    let mut d = Daemon::start("fdtab", &config(0, &[], "", &services));
+    let pid = d.pid();
+    let dns: SocketAddr = DNS.parse().unwrap();
+    // The prewarm pool fills right after start; its vCPU threads hold their fds elsewhere too.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = fd_count(pid);
+    let failed: Vec<String> = d.ns.run(move || {
+        (0..M)
+            .filter_map(|i| {
+                let q = format!("f{i:02}.svc.test.");
+                match query_udp(dns, &q, RecordType::A) {
+                    Ok(m) if m.metadata.response_code == ResponseCode::NoError => None,
+                    Ok(m) => Some(format!("{q}: {}", m.metadata.response_code)),
+                    Err(e) => Some(format!("{q}: {e}")),
+                }
+            })
+            .collect()
+    });
+    assert!(failed.is_empty(), "summons failed: {failed:?}");
+    for i in [0, M - 1] {
+        let addr = SocketAddr::new(ip(i).into(), 80);
+        assert!(d
+            .ns
+            .run(move || http_get(addr, "/healthz"))
+            .expect("GET")
+            .contains("ok"));
+    }
+    assert_eq!(
+        d.metric("summon_instances", &[("state", "running")]),
+        M as f64
+    );
+    let after = fd_count(pid);
+    eprintln!("summond's fd table: {before} fds before, {after} with {M} live instances");
+    // Before the vCPU threads had tables of their own this grew by 6 per instance (300 here);
+    // a few may come and go with the daemon's own work (netlink, sysctl writes).
+    assert!(
+        after <= before + 8,
+        "{before} fds before, {after} with {M} live instances"
+    );
+    // An instance that stops (idle) takes its persistent tap with it.
+    let addr = SocketAddr::new(ip(M).into(), 80);
+    d.ns.run(move || query_udp(dns, "short.svc.test.", RecordType::A))
+        .expect("summon short");
+    assert!(d
+        .ns
+        .run(move || http_get(addr, "/healthz"))
+        .expect("GET short")
+        .contains("ok"));
+    assert_eq!(d.taps().len(), M + 1);
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || d.taps().len() == M),
+        "the stopped instance's tap is still there: {:?}",
+        d.taps()
+    );
+    assert_eq!(
+        d.metric("summon_instances", &[("state", "running")]),
+        M as f64
+    );
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(d.taps().is_empty(), "left after exit: {:?}", d.taps());
+}
