@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn a_private_table_holds_none_of_the_shared_fds_and_imports_by_copy() {
         start_relay().unwrap();
-        let mut shared = std::fs::File::open("/proc/self/stat").unwrap();
+        let shared = std::fs::File::open("/proc/self/stat").unwrap();
         let raw = shared.as_raw_fd();
         let got = std::thread::spawn(move || {
             let mut table = PrivateTable::enter().unwrap();

@@ -17,10 +17,10 @@ use crate::time;
 /// so 10,000 idle guests cost the host nothing — with a bound of 10 s they woke 1,000 times a
 /// second together, and each wake runs the guest's ring-0 code, which a nested host emulates.
 #[cfg(not(feature = "virtio"))]
-const IDLE_POLL_NS: u64 = u64::MAX;
+const IDLE_POLL_NS: Option<u64> = None;
 /// On virtio the wait halts in slices anyway (see `wait`); the bound only ends the loop.
 #[cfg(feature = "virtio")]
-const IDLE_POLL_NS: u64 = 10_000_000_000;
+const IDLE_POLL_NS: Option<u64> = Some(10_000_000_000);
 
 /// An interface, its device and its sockets.
 pub struct Stack {
@@ -82,12 +82,15 @@ impl Stack {
             }
             let timeout = match self.iface.poll_delay(self::now(), &self.sockets) {
                 Some(d) => d.total_micros().saturating_mul(1000),
-                None => IDLE_POLL_NS,
+                None => u64::MAX,
             };
             if timeout == 0 {
                 continue;
             }
-            wait(&mut self.device, timeout.min(IDLE_POLL_NS));
+            wait(
+                &mut self.device,
+                IDLE_POLL_NS.map_or(timeout, |cap| timeout.min(cap)),
+            );
         }
     }
 }
