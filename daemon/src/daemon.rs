@@ -40,7 +40,7 @@ fn start_fd_budget() -> anyhow::Result<FdBudget> {
         limit = budget.limit(),
         client_fds = budget.client_fds(),
         boot_fds = budget.boot_fds(),
-        "file descriptor budget (instances hold none: each vCPU thread has its own fd table)"
+        "file descriptor budget"
     );
     Ok(budget)
 }
