@@ -291,9 +291,24 @@ impl KvmBackend {
                 .map_err(|_| image_error_fits(image, mem_size))?;
         }
         // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
-        // read-write, so only the others need an mprotect.
+        // read-write, so only the others need an mprotect — one per run of adjacent read-only
+        // segments (text and rodata are usually one): every mprotect in this process calls the
+        // MMU notifier of every live VM, so at thousands of guests each call costs milliseconds
+        // (docs/benchmarks.md, Density).
+        let mut run: Option<(u64, u64)> = None;
         for seg in image.segments.iter().filter(|s| !s.writable) {
-            mem.protect(seg.aligned_start(), seg.aligned_end(), false)?;
+            let (start, end) = (seg.aligned_start(), seg.aligned_end());
+            run = match run {
+                Some((s, e)) if start == e => Some((s, end)),
+                Some((s, e)) => {
+                    mem.protect(s, e, false)?;
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((s, e)) = run {
+            mem.protect(s, e, false)?;
         }
         let mft = devices.manifest_bytes(&image.manifest);
         boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);
