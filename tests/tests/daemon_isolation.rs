@@ -164,32 +164,43 @@ fn rp_filter_drops(d: &Daemon) -> u64 {
     panic!("no IPReversePathFilter in /proc/net/netstat")
 }
 
-/// A duplicate of summond's file descriptor attached to tap `name` (found through fdinfo's
-/// `iff:` line).
+/// A duplicate of the fd attached to tap `name` (found through fdinfo's `iff:` line) in any of
+/// summond's fd tables: a live instance's tap is in its vCPU thread's own table.
 fn duplicate_tap_fd(pid: i32, name: &str) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    let dir = format!("/proc/{pid}/fd");
-    let target = std::fs::read_dir(&dir)
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|fd| {
-            let link = std::fs::read_link(format!("{dir}/{fd}")).unwrap_or_default();
-            link.to_str() == Some("/dev/net/tun")
-                && std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| l.trim() == format!("iff:\t{name}").trim())
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let (tid, target) = tids
+        .iter()
+        .find_map(|&tid| {
+            let dir = format!("/proc/{pid}/task/{tid}/fd");
+            std::fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .find(|fd| {
+                    let link = std::fs::read_link(format!("{dir}/{fd}")).unwrap_or_default();
+                    link.to_str() == Some("/dev/net/tun")
+                        && std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/fdinfo/{fd}"))
+                            .unwrap_or_default()
+                            .lines()
+                            .any(|l| l.trim() == format!("iff:\t{name}").trim())
+                })
+                .map(|fd| (tid, fd))
         })
-        .unwrap_or_else(|| panic!("summond holds no fd for {name}"));
-    // SAFETY: pidfd_open on our own child's pid; the result is checked before use.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        .unwrap_or_else(|| panic!("no fd table of summond holds an fd for {name}"));
+    // PIDFD_THREAD (O_EXCL): a pidfd for that thread, whose fd table pidfd_getfd reads.
+    let flags = if tid == pid { 0 } else { libc::O_EXCL };
+    // SAFETY: pidfd_open on a thread of our own child; the result is checked before use.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, flags) } as i32;
     assert!(
         pidfd >= 0,
         "pidfd_open: {}",
         std::io::Error::last_os_error()
     );
-    // SAFETY: pidfd is the valid descriptor just opened; target is an fd number of that process.
+    // SAFETY: pidfd is the valid descriptor just opened; target is an fd number of that thread.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
     let err = std::io::Error::last_os_error();
     // SAFETY: pidfd is ours and not used after this.
