@@ -1,14 +1,16 @@
-//! Prepared vCPUs: a VM with its vCPU (CPUID and long-mode sregs already set), guest memory
-//! already mapped, registered with KVM and holding the ABI's GDT and page tables, its control
-//! block and a parked vCPU thread, made ahead of time so that `start` only has to load the
-//! image, write the boot info and set the general registers.
+//! Prepared vCPUs: a parked vCPU thread that made, in its own fd table (`private.rs`), a VM with
+//! its vCPU (CPUID and long-mode sregs already set) and guest memory already mapped, registered
+//! with KVM and holding the ABI's GDT and page tables, plus its control block, made ahead of time
+//! so that `start` only has to load the image, write the boot info and set the general
+//! registers.
 //!
 //! Creating the VM and vCPU, setting the CPUID and registering the memory slot (which waits for
 //! an SRCU grace period) are the costliest steps of a start and depend on nothing in the image,
 //! so the backend keeps a few ready ([`Pool`]) and a background thread, at a lower priority,
 //! refills the pool after each start. The memory is sized like the previous start's; a start of
-//! another size re-registers memory of its own. With the pool empty (a burst of starts, or
-//! `prewarm = 0`), `start` prepares one inline: same code, just on the start path.
+//! another size maps memory of its own, which the vCPU thread registers instead. With the pool
+//! empty (a burst of starts, or `prewarm = 0`), `start` spawns a thread that makes its VM while
+//! the start path loads the image into fresh memory.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
