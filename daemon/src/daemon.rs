@@ -5,13 +5,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_server::Server;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{BackendKind, Config};
-use crate::dns::rrl::Rrl;
+use crate::dns::rrl::{Prefixes, Rrl};
 use crate::dns::{self, DnsFront, Zone};
 use crate::fds::{self, FdBudget};
 use crate::hostlock::HostLock;
@@ -125,9 +124,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         max_forwards,
         Rrl::new(&config.dns.rrl),
     );
-    let mut server = Server::new(front.clone());
+    let prefixes = Prefixes::new(&config.dns.rrl);
     let tcp_clients = Arc::new(Semaphore::new(tcp_max_clients));
-    let mut tcp_servers = JoinSet::new();
+    let mut dns_servers = JoinSet::new();
     for addr in &config.dns.listen {
         let udp = tokio::net::UdpSocket::bind(addr)
             .await
@@ -135,8 +134,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding DNS TCP {addr}"))?;
-        server.register_socket(udp);
-        tcp_servers.spawn(dns::tcp::serve(
+        dns_servers.spawn(dns::udp::serve(udp, front.clone(), prefixes));
+        dns_servers.spawn(dns::tcp::serve(
             tcp,
             front.clone(),
             tcp_clients.clone(),
@@ -189,10 +188,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     systemd::stopping();
     reaper.abort();
-    tcp_servers.abort_all();
-    let t = std::time::Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
+    // Queries still waiting for a boot go unanswered: every instance is about to stop.
+    dns_servers.shutdown().await;
     registry.stop_all().await;
     backends.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {

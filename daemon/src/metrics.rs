@@ -99,6 +99,8 @@ pub struct Metrics {
     pub dns_tcp_connections: IntGauge,
     /// DNS TCP connections closed at accept because the cap was reached.
     pub dns_tcp_rejected: IntCounter,
+    /// UDP queries dropped because too many were already waiting for a boot or a forward.
+    pub dns_udp_shed: IntCounter,
     /// Out-of-zone queries not forwarded, by reason (`cap`: SERVFAIL, `not_allowed`: REFUSED).
     pub dns_forwards_rejected: IntCounterVec,
     /// UDP responses held back by response-rate limiting, by action (`dropped`, `slipped`).
@@ -187,6 +189,11 @@ impl Metrics {
             "DNS TCP connections closed at once because dns.tcp_max_clients (or the fd budget) was reached",
         )
         .expect("valid metric");
+        let dns_udp_shed = IntCounter::new(
+            "summon_dns_udp_shed_total",
+            "DNS UDP queries dropped unanswered because 4096 per socket were already waiting for a boot or a forward",
+        )
+        .expect("valid metric");
         let dns_forwards_rejected = IntCounterVec::new(
             Opts::new(
                 "summon_dns_forwards_rejected_total",
@@ -222,6 +229,9 @@ impl Metrics {
             .expect("unique metric");
         registry
             .register(Box::new(dns_tcp_connections.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(dns_udp_shed.clone()))
             .expect("unique metric");
         for c in [
             &dns_queries,
@@ -259,6 +269,7 @@ impl Metrics {
             guest_ended: Mutex::new(BTreeMap::new()),
             dns_tcp_connections,
             dns_tcp_rejected,
+            dns_udp_shed,
             dns_forwards_rejected,
             dns_rrl,
         }

@@ -12,6 +12,7 @@ pub mod rrl;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
+pub mod udp;
 pub mod zone;
 
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,298 @@
+//! DNS over UDP: summond's own receive/answer/send loop for a zone socket, in place of
+//! hickory-server's (which reads one datagram per syscall and spawns a task per query, so a
+//! legitimate query waits behind every flood query queued before it, each parsed, answered
+//! and sent by itself).
+//!
+//! One round: up to [`BATCH`] datagrams in one `recvmmsg`; a cheap pre-check on the raw bytes
+//! (a header, not a response, an address that can be answered) drops what hickory-server would
+//! have dropped after parsing; the rest are answered in round-robin order over source prefixes
+//! (every prefix's first query, then every prefix's second…), so one source's backlog does not
+//! sit in front of another's query; the replies to the first of that order go out in one
+//! `sendmmsg` before the rest are handled, the rest in another. Each query goes through
+//! [`super::local::answer_from`], as over TCP; response-rate limiting decides before a response
+//! is built. An answer that is ready at once (the zone's own answers, warm summons, errors,
+//! RRL) is answered inline; one that must wait (a boot, a forward) continues in a task of its
+//! own, which sends its reply itself, so nothing a client asks can stall the loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hickory_server::net::xfer::Protocol;
+use socket2::{SockAddr, SockAddrStorage};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+
+use super::rrl::Prefixes;
+use super::DnsFront;
+
+/// Datagrams per `recvmmsg` (and at most as many replies per `sendmmsg`).
+pub const BATCH: usize = 32;
+
+/// Largest datagram read whole, as hickory-server's UDP stream: longer ones are cut here
+/// (and then fail to parse: FORMERR).
+const DATAGRAM: usize = 4096;
+
+/// Queries waiting for a boot or a forward in their own task, per socket; beyond, a query that
+/// would wait is dropped (and counted) as a full socket buffer would drop it.
+pub const MAX_WAITING: usize = 4096;
+
+/// After a receive error other than "nothing to read" (which should not persist), a pause
+/// instead of a spin.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// How long a flush waits for room in the socket's send buffer before it drops the replies.
+const SEND_WAIT: Duration = Duration::from_millis(10);
+
+/// Serves `socket` until the task is dropped (which drops the queries still waiting).
+/// `prefixes` is the unit of fairness (the RRL's source prefix).
+pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
+    let socket = Arc::new(socket);
+    let front = Arc::new(front);
+    let shed = front.metrics().dns_udp_shed.clone();
+    let mut rx = RecvBatch::new();
+    let mut out = Vec::with_capacity(BATCH);
+    let mut order: Vec<(u32, usize)> = Vec::with_capacity(BATCH);
+    let mut ranks: HashMap<u128, u32> = HashMap::with_capacity(BATCH);
+    let mut waiting = JoinSet::new();
+    loop {
+        let n = match socket
+            .try_io(Interest::READABLE, || rx.recv(socket.as_raw_fd()))
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = socket.readable().await {
+                    tracing::debug!(error = %e, "DNS UDP readiness");
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS UDP receive");
+                tokio::time::sleep(ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        while waiting.try_join_next().is_some() {}
+        ranks.clear();
+        order.clear();
+        for i in 0..n {
+            let Some(src) = rx.source(i).filter(|_| worth_answering(rx.datagram(i))) else {
+                continue;
+            };
+            let rank = ranks.entry(prefixes.of(src.ip())).or_insert(0);
+            order.push((*rank, i));
+            *rank += 1;
+        }
+        // By rank, then arrival: each prefix's first query, then each one's second, …
+        order.sort_unstable();
+        let first_round = order.iter().take_while(|(rank, _)| *rank == 0).count();
+        for (k, &(_, i)) in order.iter().enumerate() {
+            if k == first_round && k > 0 {
+                flush(&socket, &mut out).await;
+            }
+            let Some(src) = rx.source(i) else { continue };
+            let mut answer = Box::pin(answer(front.clone(), rx.datagram(i).to_vec(), src));
+            match answer
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+            {
+                Poll::Ready(Some(reply)) => out.push((SockAddr::from(src), reply)),
+                Poll::Ready(None) => {}
+                Poll::Pending if waiting.len() >= MAX_WAITING => shed.inc(),
+                Poll::Pending => {
+                    // Polled again at once in its task, which registers the real waker.
+                    let socket = socket.clone();
+                    waiting.spawn(async move {
+                        if let Some(reply) = answer.await {
+                            if let Err(e) = socket.send_to(&reply, src).await {
+                                tracing::debug!(%src, error = %e, "sending DNS UDP answer");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        flush(&socket, &mut out).await;
+    }
+}
+
+async fn answer(front: Arc<DnsFront>, packet: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
+    super::local::answer_from(&front, packet, src, Protocol::Udp).await
+}
+
+/// Whether a datagram could get an answer at all: hickory-server drops anything without a
+/// whole header and any response (a reflection loop otherwise), after parsing it.
+fn worth_answering(datagram: &[u8]) -> bool {
+    const QR: u8 = 0x80;
+    datagram.len() >= 12 && datagram[2] & QR == 0
+}
+
+/// Whether a reply to `src` can go anywhere (hickory-server's check): not port 0, not an
+/// unspecified or broadcast address.
+fn answerable(src: &SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip().to_canonical() {
+            IpAddr::V4(a) => !a.is_unspecified() && !a.is_broadcast(),
+            IpAddr::V6(a) => !a.is_unspecified(),
+        }
+}
+
+/// Sends `out` (destination, reply) with `sendmmsg`, [`BATCH`] at a time, and empties it. A
+/// reply the kernel refuses is skipped; when the send buffer stays full for [`SEND_WAIT`], the
+/// rest are dropped as the network would drop them.
+async fn flush(socket: &UdpSocket, out: &mut Vec<(SockAddr, Vec<u8>)>) {
+    let mut sent = 0;
+    while sent < out.len() {
+        let rest = &out[sent..];
+        match socket.try_io(Interest::WRITABLE, || send_batch(socket.as_raw_fd(), rest)) {
+            Ok(n) => sent += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout(SEND_WAIT, socket.writable())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(dropped = rest.len(), "DNS UDP send buffer full");
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sending DNS UDP answer");
+                sent += 1;
+            }
+        }
+    }
+    out.clear();
+}
+
+/// One `sendmmsg` of up to [`BATCH`] of `out`: how many went.
+fn send_batch(fd: RawFd, out: &[(SockAddr, Vec<u8>)]) -> io::Result<usize> {
+    let n = out.len().min(BATCH);
+    // SAFETY: iovec and mmsghdr are plain C structs for which all zeroes (null pointers,
+    // zero lengths) is a valid value.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (dst, reply)) in out[..n].iter().enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: reply.as_ptr().cast_mut().cast(),
+            iov_len: reply.len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = dst.as_ptr().cast_mut().cast();
+        h.msg_namelen = dst.len();
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: the first `n` headers point at `n` live addresses and `n` iovecs, each naming a
+    // live reply buffer of its length; sendmmsg only reads through them (the pointers made
+    // mutable above are never written through) and writes each header's msg_len.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// The buffers of one `recvmmsg`: [`BATCH`] datagrams of up to [`DATAGRAM`] bytes and their
+/// sources.
+struct RecvBatch {
+    bufs: Box<[[u8; DATAGRAM]]>,
+    addrs: Box<[SockAddrStorage]>,
+    /// Per datagram of the last receive: its length and its source, if one that can be answered.
+    got: [(usize, Option<SocketAddr>); BATCH],
+}
+
+impl RecvBatch {
+    fn new() -> RecvBatch {
+        RecvBatch {
+            bufs: vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice(),
+            addrs: (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect(),
+            got: [(0, None); BATCH],
+        }
+    }
+
+    /// One non-blocking `recvmmsg`: how many datagrams arrived (`WouldBlock` when none).
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        // SAFETY: plain C structs, valid all zeroes (see `send_batch`).
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: DATAGRAM,
+            };
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut SockAddrStorage).cast();
+            h.msg_namelen = self.addrs[i].size_of();
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: each of the BATCH headers points at its own iovec naming a buffer of
+        // DATAGRAM bytes and at its own address storage of msg_namelen bytes, all owned by
+        // `self` or this frame and alive for the call; the kernel writes only within them.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = r as usize;
+        for (i, h) in hdrs.iter().enumerate().take(n) {
+            let namelen = h.msg_hdr.msg_namelen;
+            let storage = std::mem::replace(&mut self.addrs[i], SockAddrStorage::zeroed());
+            let src = (namelen <= storage.size_of()).then(|| {
+                // SAFETY: the kernel wrote a socket address of this family and length into
+                // this storage in the recvmmsg above (the length checked to fit).
+                unsafe { SockAddr::new(storage, namelen) }
+            });
+            let src = src.and_then(|a| a.as_socket()).filter(answerable);
+            self.got[i] = ((h.msg_len as usize).min(DATAGRAM), src);
+        }
+        Ok(n)
+    }
+
+    fn datagram(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.got[i].0]
+    }
+
+    /// The source of datagram `i` of the last receive, if it can be answered.
+    fn source(&self, i: usize) -> Option<SocketAddr> {
+        self.got[i].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_check_drops_what_hickory_would_drop() {
+        assert!(!worth_answering(&[]));
+        assert!(!worth_answering(&[0; 11]));
+        assert!(worth_answering(&[0; 12]));
+        let mut response = [0u8; 12];
+        response[2] = 0x80;
+        assert!(!worth_answering(&response));
+        assert!(!answerable(&"127.0.0.1:0".parse().unwrap()));
+        assert!(!answerable(&"0.0.0.0:53".parse().unwrap()));
+        assert!(!answerable(&"255.255.255.255:53".parse().unwrap()));
+        assert!(!answerable(&"[::]:53".parse().unwrap()));
+        assert!(!answerable(&"[::ffff:0.0.0.0]:53".parse().unwrap()));
+        assert!(answerable(&"192.0.2.1:53000".parse().unwrap()));
+        assert!(answerable(&"[2001:db8::1]:53000".parse().unwrap()));
+    }
+}
