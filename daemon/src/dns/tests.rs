@@ -163,7 +163,8 @@ async fn ask_from(
     src: &str,
     protocol: hickory_server::net::xfer::Protocol,
 ) -> Option<Message> {
-    let bytes = super::local::answer_from(front, packet.to_vec(), src.parse().unwrap(), protocol).await?;
+    let bytes =
+        super::local::answer_from(front, packet.to_vec(), src.parse().unwrap(), protocol).await?;
     Some(Message::from_vec(&bytes).expect("well-formed response"))
 }
 

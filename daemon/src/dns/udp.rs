@@ -62,9 +62,7 @@ pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
     let mut ranks: HashMap<u128, u32> = HashMap::with_capacity(BATCH);
     let mut waiting = JoinSet::new();
     loop {
-        let n = match socket
-            .try_io(Interest::READABLE, || rx.recv(socket.as_raw_fd()))
-        {
+        let n = match socket.try_io(Interest::READABLE, || rx.recv(socket.as_raw_fd())) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = socket.readable().await {
@@ -80,19 +78,11 @@ pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
             }
         };
         while waiting.try_join_next().is_some() {}
-        ranks.clear();
-        order.clear();
-        for i in 0..n {
-            let Some(src) = rx.source(i).filter(|_| worth_answering(rx.datagram(i))) else {
-                continue;
-            };
-            let rank = ranks.entry(prefixes.of(src.ip())).or_insert(0);
-            order.push((*rank, i));
-            *rank += 1;
-        }
-        // By rank, then arrival: each prefix's first query, then each one's second, …
-        order.sort_unstable();
-        let first_round = order.iter().take_while(|(rank, _)| *rank == 0).count();
+        let answerable = (0..n).filter_map(|i| {
+            let src = rx.source(i).filter(|_| worth_answering(rx.datagram(i)))?;
+            Some((i, prefixes.of(src.ip())))
+        });
+        let first_round = fair_order(answerable, &mut ranks, &mut order);
         for (k, &(_, i)) in order.iter().enumerate() {
             if k == first_round && k > 0 {
                 flush(&socket, &mut out).await;
@@ -121,6 +111,25 @@ pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
         }
         flush(&socket, &mut out).await;
     }
+}
+
+/// Fills `order` with (rank, index) of the datagrams given as (index, source prefix), in the
+/// order to answer them: by rank (a datagram's place among its prefix's in this batch), then
+/// by arrival, i.e. round-robin over prefixes. Returns how many are first of their prefix.
+fn fair_order(
+    datagrams: impl Iterator<Item = (usize, u128)>,
+    ranks: &mut HashMap<u128, u32>,
+    order: &mut Vec<(u32, usize)>,
+) -> usize {
+    ranks.clear();
+    order.clear();
+    for (i, prefix) in datagrams {
+        let rank = ranks.entry(prefix).or_insert(0);
+        order.push((*rank, i));
+        *rank += 1;
+    }
+    order.sort_unstable();
+    ranks.len()
 }
 
 async fn answer(front: Arc<DnsFront>, packet: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
@@ -278,6 +287,21 @@ impl RecvBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_answered_round_robin_over_source_prefixes() {
+        let (a, b, c) = (1u128, 2u128, 3u128);
+        let batch = [a, a, a, b, a, c, b];
+        let (mut ranks, mut order) = (HashMap::new(), Vec::new());
+        let first = fair_order(batch.iter().copied().enumerate(), &mut ranks, &mut order);
+        let idx: Vec<usize> = order.iter().map(|&(_, i)| i).collect();
+        assert_eq!(idx, [0, 3, 5, 1, 6, 2, 4]);
+        assert_eq!(first, 3);
+        // Reused buffers start afresh; skipped datagrams keep their indices.
+        let first = fair_order([(2, b), (9, b)].into_iter(), &mut ranks, &mut order);
+        assert_eq!(order, [(0, 2), (1, 9)]);
+        assert_eq!(first, 1);
+    }
 
     #[test]
     fn pre_check_drops_what_hickory_would_drop() {
