@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use crate::registry::Registry;
 
 const MAX_REQUEST: usize = 8192;
-/// Connections served at once; more are closed at once (a scraper and an operator need few).
+/// Connections served at once at most (a scraper and an operator need few); fewer when the fd
+/// budget's admin share is smaller. More are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
 /// A connection that has not sent its whole request (and had it answered) by then is closed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,11 +52,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves admin requests; with `token`, all but `GET /metrics` and `GET /healthz` need it.
-pub async fn serve(listener: TcpListener, registry: Registry, token: Option<String>) {
+/// Serves admin requests, `max_connections` at once; with `token`, all but `GET /metrics` and
+/// `GET /healthz` need it.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    token: Option<String>,
+    max_connections: usize,
+) {
     let registry = Arc::new(registry);
     let token: Option<Arc<[u8]>> = token.map(|t| Arc::from(t.into_bytes()));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -66,7 +73,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, token: Option<Stri
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            tracing::debug!(%peer, "admin connection refused: {max_connections} already open");
             drop(stream);
             continue;
         };

@@ -109,12 +109,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .dns
         .tcp_max_clients
         .min(fd_budget.dns_tcp_connections());
-    if tcp_max_clients < config.dns.tcp_max_clients || max_forwards < config.dns.max_forwards {
+    let admin_max_clients = admin::MAX_CONNECTIONS.min(fd_budget.admin_connections());
+    if tcp_max_clients < config.dns.tcp_max_clients
+        || max_forwards < config.dns.max_forwards
+        || (config.admin.is_some() && admin_max_clients < admin::MAX_CONNECTIONS)
+    {
         tracing::warn!(
             tcp_max_clients,
             max_forwards,
+            admin_max_clients,
             limit = fd_budget.limit(),
-            "DNS caps lowered to fit the file descriptor budget"
+            "client caps lowered to fit the file descriptor budget"
         );
     }
     let front = DnsFront::new(
@@ -146,7 +151,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("binding admin {}", a.listen))?;
-        tokio::spawn(admin::serve(l, registry.clone(), admin_token));
+        tokio::spawn(admin::serve(
+            l,
+            registry.clone(),
+            admin_token,
+            admin_max_clients,
+        ));
     }
     let reaper = reaper::spawn(registry.clone());
 

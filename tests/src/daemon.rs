@@ -314,6 +314,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without ANSI colour sequences (tracing colours field names).
+    pub fn plain_log(&self) -> String {
+        plain(&self.log())
+    }
+
     /// Replaces the config file and sends SIGHUP; waits for the daemon's READY after reload.
     pub fn reload(&mut self, config_text: &str) {
         std::fs::write(&self.config, with_own_lock(config_text, &self.dir)).unwrap();
@@ -510,4 +515,18 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// `text` without ANSI colour sequences.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

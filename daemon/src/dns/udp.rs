@@ -3,7 +3,8 @@
 //! legitimate query waits behind every flood query queued before it, each parsed, answered
 //! and sent by itself).
 //!
-//! One round: up to [`BATCH`] datagrams in one `recvmmsg`; a cheap pre-check on the raw bytes
+//! One round: what the socket holds, up to [`ROUND_BATCHES`] `recvmmsg` of [`BATCH`]
+//! datagrams; a cheap pre-check on the raw bytes
 //! (a header, not a response, an address that can be answered) drops what hickory-server would
 //! have dropped after parsing; the rest are answered in round-robin order over source prefixes
 //! (every prefix's first query, then every prefix's second…), so one source's backlog does not
@@ -35,6 +36,17 @@ use super::DnsFront;
 /// Datagrams per `recvmmsg` (and at most as many replies per `sendmmsg`).
 pub const BATCH: usize = 32;
 
+/// `recvmmsg` calls per round at most: the window the round-robin order spans. After a stall
+/// (the daemon descheduled on a busy host) the socket holds a backlog; reading several batches
+/// before answering lets a query from another source be answered among the first, not after
+/// every flood query that arrived before it.
+const ROUND_BATCHES: usize = 4;
+
+/// The socket's receive buffer, asked for beyond `net.core.rmem_max` when summond may
+/// (CAP_NET_ADMIN): the default 208 KiB holds about 10 ms of a 20,000 queries/s flood, and a
+/// stall longer than that on a busy host would drop legitimate queries with the flood's.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// Largest datagram read whole, as hickory-server's UDP stream: longer ones are cut here
 /// (and then fail to parse: FORMERR).
 const DATAGRAM: usize = 4096;
@@ -53,24 +65,25 @@ const SEND_WAIT: Duration = Duration::from_millis(10);
 /// Serves `socket` until the task is dropped (which drops the queries still waiting).
 /// `prefixes` is the unit of fairness (the RRL's source prefix).
 pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
+    enlarge_receive_buffer(&socket);
     let socket = Arc::new(socket);
     let front = Arc::new(front);
     let shed = front.metrics().dns_udp_shed.clone();
     let mut rx = RecvBatch::new();
     let mut out = Vec::with_capacity(BATCH);
-    let mut order: Vec<(u32, usize)> = Vec::with_capacity(BATCH);
-    let mut ranks: HashMap<u128, u32> = HashMap::with_capacity(BATCH);
+    let mut order: Vec<(u32, usize)> = Vec::with_capacity(rx.capacity());
+    let mut ranks: HashMap<u128, u32> = HashMap::with_capacity(rx.capacity());
     let mut waiting = JoinSet::new();
     loop {
-        let n = match socket.try_io(Interest::READABLE, || rx.recv(socket.as_raw_fd())) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let n = match rx.fill(&socket) {
+            Ok(0) => {
                 if let Err(e) = socket.readable().await {
                     tracing::debug!(error = %e, "DNS UDP readiness");
                     tokio::time::sleep(ERROR_PAUSE).await;
                 }
                 continue;
             }
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS UDP receive");
                 tokio::time::sleep(ERROR_PAUSE).await;
@@ -209,49 +222,101 @@ fn send_batch(fd: RawFd, out: &[(SockAddr, Vec<u8>)]) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-/// The buffers of one `recvmmsg`: [`BATCH`] datagrams of up to [`DATAGRAM`] bytes and their
-/// sources.
+/// Asks for [`RECEIVE_BUFFER`]: forced when summond may, else as far as `rmem_max` allows.
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    let size = libc::c_int::try_from(RECEIVE_BUFFER).unwrap_or(libc::c_int::MAX);
+    let set = |opt| {
+        // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a live c_int.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if let Err(e) = set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF)) {
+        tracing::debug!(error = %e, "DNS UDP receive buffer");
+    }
+    let got = socket2::SockRef::from(socket).recv_buffer_size();
+    tracing::debug!(asked = RECEIVE_BUFFER, got = ?got.ok(), "DNS UDP receive buffer");
+}
+
+/// The buffers of one round: [`ROUND_BATCHES`] × [`BATCH`] datagrams of up to [`DATAGRAM`]
+/// bytes and their sources.
 struct RecvBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
     addrs: Box<[SockAddrStorage]>,
-    /// Per datagram of the last receive: its length and its source, if one that can be answered.
-    got: [(usize, Option<SocketAddr>); BATCH],
+    /// Per datagram of the round: its length and its source, if one that can be answered.
+    got: Box<[(usize, Option<SocketAddr>)]>,
 }
 
 impl RecvBatch {
     fn new() -> RecvBatch {
+        let n = ROUND_BATCHES * BATCH;
         RecvBatch {
-            bufs: vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice(),
-            addrs: (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect(),
-            got: [(0, None); BATCH],
+            bufs: vec![[0u8; DATAGRAM]; n].into_boxed_slice(),
+            addrs: (0..n).map(|_| SockAddrStorage::zeroed()).collect(),
+            got: vec![(0, None); n].into_boxed_slice(),
         }
     }
 
-    /// One non-blocking `recvmmsg`: how many datagrams arrived (`WouldBlock` when none).
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    fn capacity(&self) -> usize {
+        self.got.len()
+    }
+
+    /// Reads what `socket` holds, up to the round's capacity, one `recvmmsg` at a time: how
+    /// many datagrams (0 when none; the socket's readiness is then cleared).
+    fn fill(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let mut n = 0;
+        while n < self.capacity() {
+            match socket.try_io(Interest::READABLE, || self.recv(socket.as_raw_fd(), n)) {
+                Ok(0) => break,
+                Ok(got) => n += got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // What was read still gets its answers; the error comes back next time.
+                Err(_) if n > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// One non-blocking `recvmmsg` into slots `from..from + BATCH`: how many datagrams arrived
+    /// (`WouldBlock` when none).
+    fn recv(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let slots = (self.capacity() - from).min(BATCH);
         // SAFETY: plain C structs, valid all zeroes (see `send_batch`).
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
+        for k in 0..slots {
+            let i = from + k;
+            iovs[k] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr().cast(),
                 iov_len: DATAGRAM,
             };
-            let h = &mut hdrs[i].msg_hdr;
+            let h = &mut hdrs[k].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut SockAddrStorage).cast();
             h.msg_namelen = self.addrs[i].size_of();
-            h.msg_iov = &mut iovs[i];
+            h.msg_iov = &mut iovs[k];
             h.msg_iovlen = 1;
         }
-        // SAFETY: each of the BATCH headers points at its own iovec naming a buffer of
-        // DATAGRAM bytes and at its own address storage of msg_namelen bytes, all owned by
+        // SAFETY: each of the first `slots` headers points at its own iovec naming a buffer
+        // of DATAGRAM bytes and at its own address storage of msg_namelen bytes, all owned by
         // `self` or this frame and alive for the call; the kernel writes only within them.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
                 hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                slots as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -260,7 +325,8 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let n = r as usize;
-        for (i, h) in hdrs.iter().enumerate().take(n) {
+        for (k, h) in hdrs.iter().enumerate().take(n) {
+            let i = from + k;
             let namelen = h.msg_hdr.msg_namelen;
             let storage = std::mem::replace(&mut self.addrs[i], SockAddrStorage::zeroed());
             let src = (namelen <= storage.size_of()).then(|| {
