@@ -43,13 +43,13 @@ fn a_log_reader_that_stalls_blocks_nothing_and_sigterm_still_works() {
         Some(Stdio::from(writer)),
     );
     summon_and_fetch(&d, "web", Ipv4Addr::new(10, 77, 0, 10));
-    // At trace level every query logs about 800 bytes: 2,000 of them are more than the pipe
-    // (64 KiB) and the log queue (1 MiB) hold together.
-    for i in 0..2000 {
+    // At trace level every query logs a line of about 250 bytes: 6,000 of them are more than
+    // the pipe (64 KiB) and the log queue (1 MiB) hold together.
+    for i in 0..6000 {
         let name = format!("nope{i}.{ZONE}");
         let m = d.query(&name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
-        if i % 10 == 0 {
+        if i % 30 == 0 {
             let m = d.query_tcp("web.svc.test.", RecordType::A);
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         }

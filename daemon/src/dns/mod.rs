@@ -199,7 +199,18 @@ impl DnsFront {
                 );
             }
         }
-        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        let question = request.queries.queries().first();
+        let qtype = question.map(|q| q.query_type());
+        // What hickory-server's own UDP loop logged per request (summond's loop does not).
+        tracing::trace!(
+            src = %request.src(),
+            protocol = %request.protocol(),
+            id = request.metadata.id,
+            name = ?question.map(|q| q.name()),
+            ?qtype,
+            ?rcode,
+            "DNS request answered"
+        );
         self.metrics
             .dns_queries
             .with_label_values(&[qtype.map(qtype_label).unwrap_or("none"), rcode_label(rcode)])
