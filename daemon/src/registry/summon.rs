@@ -12,6 +12,13 @@ use super::instance::Inner;
 use super::{backoff, limits, Phase, Registry, Served, Slot, SummonError, NET_DEVICE};
 use crate::config::{ReplyMode, ServiceConfig, StopMode};
 
+/// Whether the service's backend calls (start, resume) are short enough for a tokio worker:
+/// the KVM launcher's never wait for the guest (docs/launcher.md); other backends (libvirt)
+/// may block for long.
+fn calls_inline(cfg: &ServiceConfig) -> bool {
+    cfg.backend == crate::config::BackendKind::Kvm
+}
+
 impl Registry {
     /// Makes sure the service's instance runs (booting or resuming it) and returns its address.
     /// Concurrent callers share one start.
@@ -21,6 +28,11 @@ impl Registry {
         let cfg = slot.config();
         // Bounds the wait for a start under way (or for readiness); never unbounded.
         let deadline = t0 + cfg.ready_timeout;
+        if !calls_inline(&cfg) && slot.phase() == Phase::Suspended {
+            // The resume below blocks (a libvirt RPC): a caller that polls this future once in
+            // place (the DNS UDP loop) sees it pending and moves the query to a task of its own.
+            tokio::task::yield_now().await;
+        }
         let mut waited_gen = None;
         let result = loop {
             let mut rx = {
@@ -271,10 +283,9 @@ impl Registry {
             let t = Instant::now();
             (t, backend.start(spec, sink), t.elapsed())
         };
-        // The KVM launcher's start is short and never waits for the guest (docs/launcher.md):
-        // called in place it saves two thread hand-offs on the cold path. Other backends
-        // (libvirt) may block for long, so they get a blocking thread.
-        let started = if cfg.backend == crate::config::BackendKind::Kvm {
+        // Called in place when short, it saves two thread hand-offs on the cold path; otherwise
+        // on a blocking thread.
+        let started = if calls_inline(&cfg) {
             Ok(launch())
         } else {
             tokio::task::spawn_blocking(launch).await
