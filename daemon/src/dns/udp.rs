@@ -4,16 +4,16 @@
 //! and sent by itself).
 //!
 //! One round: what the socket holds, up to [`ROUND_BATCHES`] `recvmmsg` of [`BATCH`]
-//! datagrams; a cheap pre-check on the raw bytes
-//! (a header, not a response, an address that can be answered) drops what hickory-server would
-//! have dropped after parsing; the rest are answered in round-robin order over source prefixes
-//! (every prefix's first query, then every prefix's second…), so one source's backlog does not
-//! sit in front of another's query; the replies to the first of that order go out in one
-//! `sendmmsg` before the rest are handled, the rest in another. Each query goes through
-//! [`super::local::answer_from`], as over TCP; response-rate limiting decides before a response
-//! is built. An answer that is ready at once (the zone's own answers, warm summons, errors,
-//! RRL) is answered inline; one that must wait (a boot, a forward) continues in a task of its
-//! own, which sends its reply itself, so nothing a client asks can stall the loop.
+//! datagrams. A cheap pre-check on the raw bytes (a whole header, not a response, a source
+//! that can be answered) drops what hickory-server would have dropped after parsing. The rest
+//! are answered in round-robin order over source prefixes (every prefix's first query, then
+//! every prefix's second…), so one source's backlog does not sit in front of another's query;
+//! the replies to every prefix's first query leave in one `sendmmsg` before the rest are
+//! handled. Each query goes through [`super::local::answer_from`], as over TCP; response-rate
+//! limiting decides before a response is built. An answer that is ready at once (the zone's
+//! own answers, warm summons, errors, RRL) is made inline; one that must wait (a boot, a
+//! forward) continues in a task of its own, which sends its reply itself, so nothing a client
+//! asks can stall the loop.
 
 use std::collections::HashMap;
 use std::future::Future;
