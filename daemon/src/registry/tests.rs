@@ -750,3 +750,39 @@ async fn boots_beyond_the_fd_budget_are_refused_as_limit() {
     assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
     f.reg.summon(&b).await.unwrap();
 }
+
+/// Polls `f` once in place, as the DNS UDP loop does: whether it was ready at once.
+fn ready_at_first_poll<F: std::future::Future>(f: F) -> bool {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.as_mut().poll(&mut cx).is_ready()
+}
+
+#[tokio::test]
+async fn a_resume_that_may_block_is_not_ready_at_the_first_poll() {
+    for (backend, inline) in [(BackendKind::Kvm, true), (BackendKind::Libvirt, false)] {
+        let mut s = svc("nap", 22);
+        s.stop = StopMode::Suspend;
+        s.backend = backend;
+        let f = fixture(vec![s], Limits::default(), Script::Healthy);
+        let slot = f.reg.get("nap").unwrap();
+        f.reg.summon(&slot).await.unwrap();
+        // A warm answer is ready at once whatever the backend.
+        assert!(ready_at_first_poll(f.reg.summon(&slot)), "{backend:?}");
+        assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+        assert_eq!(
+            ready_at_first_poll(f.reg.summon(&slot)),
+            inline,
+            "{backend:?}"
+        );
+        // KVM resumed in that poll; libvirt's yield came before anything changed, so the slot
+        // is still suspended and the next summon resumes it (in a task, for the UDP loop).
+        let (phase, served) = if inline {
+            (Phase::Running, Served::Warm)
+        } else {
+            (Phase::Suspended, Served::Resumed)
+        };
+        assert_eq!(slot.phase(), phase, "{backend:?}");
+        assert_eq!(f.reg.summon(&slot).await.unwrap().1, served);
+    }
+}
