@@ -19,6 +19,8 @@ impl Registry {
         limits: Limits,
         ttl: u32,
     ) -> Result<(), DriverError> {
+        // The new and changed services, with their new drivers: the one place that decides
+        // which services change.
         let mut drivers: HashMap<&str, Arc<dyn Driver>> = HashMap::new();
         for s in services {
             let unchanged = self.get(&s.name).is_some_and(|slot| *slot.config() == *s);
@@ -68,31 +70,29 @@ impl Registry {
                     slot.changed.send_replace(());
                     tracing::info!(service = %slot.name, "service removed");
                 }
-                Some(new) if *slot.config() != *new => {
+                Some(new) => {
+                    let Some(driver) = drivers.get(slot.name.as_str()) else {
+                        return;
+                    };
                     self.settle(slot).await;
                     self.stop(slot, StopMode::Destroy, "config changed").await;
-                    let driver = drivers
-                        .get(slot.name.as_str())
-                        .expect("built above for every changed service")
-                        .clone();
                     *slot.entry.write().unwrap_or_else(|p| p.into_inner()) = Entry {
                         cfg: Arc::new(new.clone()),
-                        driver,
+                        driver: driver.clone(),
                     };
                     let mut g = slot.lock();
                     g.failures = 0;
                     g.backoff_until = None;
                     tracing::info!(service = %slot.name, "service changed");
                 }
-                Some(_) => {}
             }
         });
         futures::future::join_all(updates).await;
         for s in services {
-            if self.get(&s.name).is_none() {
-                let Some(driver) = drivers.get(s.name.as_str()) else {
-                    continue;
-                };
+            if self.get(&s.name).is_some() {
+                continue;
+            }
+            if let Some(driver) = drivers.get(s.name.as_str()) {
                 self.insert(s.clone(), driver.clone());
                 tracing::info!(service = %s.name, "service added");
             }
