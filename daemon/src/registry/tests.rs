@@ -243,6 +243,8 @@ struct FakeDrivers {
     backend: Arc<FakeBackend>,
     plumbing: Arc<FakePlumbing>,
     built: Mutex<Vec<(String, Arc<FakeDriver>)>>,
+    /// A service whose driver cannot be built (like a libvirt URI that does not answer).
+    refuse: Mutex<Option<String>>,
 }
 
 impl FakeDrivers {
@@ -260,6 +262,15 @@ impl FakeDrivers {
 #[async_trait::async_trait]
 impl Drivers for FakeDrivers {
     fn for_service(&self, svc: &ServiceConfig) -> Result<Arc<dyn Driver>, DriverError> {
+        if self.refuse.lock().unwrap().as_deref() == Some(svc.name.as_str()) {
+            return Err(DriverError::Libvirt {
+                service: svc.name.clone(),
+                uri: "test:///unreachable".into(),
+                source: Box::new(summon_launcher::libvirt::LibvirtError::Unsupported(
+                    "refused by the test".into(),
+                )),
+            });
+        }
         let d = Arc::new(FakeDriver {
             backend: self.backend.clone(),
             plumbing: self.plumbing.clone(),
@@ -316,6 +327,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         backend: backend.clone(),
         plumbing: plumbing.clone(),
         built: Mutex::new(Vec::new()),
+        refuse: Mutex::new(None),
     });
     let reg = Registry::new(
         &services,
@@ -798,6 +810,43 @@ async fn drivers_are_built_at_load_and_reload_and_used_per_service() {
     assert_eq!(f.drivers.of("b")[1].starts.load(Ordering::SeqCst), 1);
     f.reg.stop_all().await;
     assert!(f.plumbing.live.lock().unwrap().is_empty());
+}
+
+/// A reload in which one service's driver cannot be built changes nothing: no service is
+/// stopped, added, removed or given a new config or limits, and the error names the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_whose_driver_cannot_be_built_changes_nothing() {
+    let f = fixture(
+        vec![svc("keep", 10), svc("changed", 11), svc("gone", 12)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    for n in ["keep", "changed", "gone"] {
+        let s = f.reg.get(n).unwrap();
+        f.reg.summon(&s).await.unwrap();
+    }
+    *f.drivers.refuse.lock().unwrap() = Some("new".into());
+    let mut changed = svc("changed", 11);
+    changed.memory_mib = 32;
+    let limits = Limits {
+        max_instances: 1,
+        ..Limits::default()
+    };
+    let err = f
+        .reg
+        .apply(&[svc("keep", 10), changed, svc("new", 13)], limits, 0)
+        .await
+        .expect_err("the new service's driver is refused");
+    assert!(err.to_string().contains("service new"), "{err}");
+    for n in ["keep", "changed", "gone"] {
+        assert_eq!(f.reg.get(n).unwrap().phase(), Phase::Running, "{n}");
+    }
+    assert_eq!(f.reg.get("changed").unwrap().config().memory_mib, 16);
+    assert!(f.reg.get("new").is_none());
+    assert_eq!(f.drivers.of("changed").len(), 2, "built, then dropped");
+    assert_eq!(f.reg.shared.limits.read().unwrap().max_instances, 64);
+    assert_eq!(f.plumbing.live.lock().unwrap().len(), 3);
+    f.reg.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
