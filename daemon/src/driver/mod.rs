@@ -5,13 +5,13 @@
 //! a tokio worker), and where the reaper reads the instance's traffic. The registry calls the
 //! service's driver; it never looks at which backend a service has.
 //!
-//! - [`kvm::KvmDriver`]: the embedded launcher; a tap (fd handed to the VMM), route and
-//!   neighbour entry; the start runs inline; the launcher counts the guest's frames.
-//! - [`libvirt::GeneratedDomain`]: a transient domain generated from the service; a persistent
-//!   tap libvirt opens by name, first SYNs held until the guest answers ([`hold`]); the start
+//! - [`KvmDriver`]: the embedded launcher; a tap (fd handed to the VMM), route and neighbour
+//!   entry; the start runs inline; the launcher counts the guest's frames.
+//! - [`GeneratedDomain`]: a transient domain generated from the service; a persistent tap
+//!   libvirt opens by name, first SYNs held until the guest answers ([`HeldBackend`]); the start
 //!   runs on a blocking thread; traffic from the tap's counter.
-//! - [`libvirt::ExistingDomain`]: a domain the operator defined; its NIC is the operator's, so
-//!   no host network and no traffic reading (DNS alone keeps it up); SYN hold as above.
+//! - [`ExistingDomain`]: a domain the operator defined; its NIC is the operator's, so no host
+//!   network and no traffic reading (DNS alone keeps it up); SYN hold as above.
 
 mod hold;
 mod kvm;
