@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::cluster::Cluster;
 use crate::config::{BackendKind, Config};
 use crate::dns::rrl::Rrl;
 use crate::dns::{self, DnsFront, Zone};
@@ -118,13 +119,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             "DNS caps lowered to fit the file descriptor budget"
         );
     }
-    let front = DnsFront::new(
+    // Standalone unless [cluster] is set: then, and only then, etcd is contacted.
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            Cluster::start(
+                c.clone(),
+                &config.dns.zone,
+                config.dns.ttl,
+                registry.clone(),
+                nl.clone(),
+                metrics.clone(),
+            )
+            .await
+            .context("joining the cluster")?,
+        ),
+        None => None,
+    };
+    let mut front = DnsFront::new(
         zone.clone(),
         registry.clone(),
         metrics.clone(),
         max_forwards,
         Rrl::new(&config.dns.rrl),
     );
+    if let Some(c) = &cluster {
+        front = front.with_cluster(c.clone());
+    }
     let mut server = Server::new(front.clone());
     let tcp_clients = Arc::new(Semaphore::new(tcp_max_clients));
     let mut tcp_servers = JoinSet::new();
@@ -194,6 +214,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
     registry.stop_all().await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     backends.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {
         let h = h.clone();

@@ -558,7 +558,10 @@ fn cluster_section_parsed_with_defaults() {
     let src = with_cluster(
         "node = \"Host-A\"\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
     );
-    let c = Config::parse(&src, Path::new("/")).unwrap().cluster.unwrap();
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
     assert_eq!(c.node, "host-a");
     assert_eq!(c.etcd, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
     assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
@@ -568,7 +571,10 @@ fn cluster_section_parsed_with_defaults() {
     let src = with_cluster(
         "node = \"a\"\netcd = [\"http://10.0.0.1:2379\"]\nmode = \"arp\"\nuplink = \"eth0\"\nlease_ttl = \"3s\"\nadvertise = \"10.0.0.11:5300\"",
     );
-    let c = Config::parse(&src, Path::new("/")).unwrap().cluster.unwrap();
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
     assert_eq!(
         c.mode,
         ClusterMode::Arp {
@@ -591,7 +597,10 @@ fn cluster_errors_point_at_values() {
         "node = \"a\"\netcd = [\"10.0.0.1:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
     ));
     assert_eq!((p.line, p.column), (Some(12), Some(9)), "{p}");
-    assert!(p.message.contains("cluster.etcd: expected an endpoint"), "{p}");
+    assert!(
+        p.message.contains("cluster.etcd: expected an endpoint"),
+        "{p}"
+    );
 
     let p = one_error(&with_cluster(
         "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"bgp\"\nadvertise = \"10.0.0.11\"",
@@ -602,7 +611,11 @@ fn cluster_errors_point_at_values() {
         "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nlease_ttl = \"1500ms\"\nadvertise = \"10.0.0.11\"",
     ));
     assert_eq!(p.line, Some(14), "{p}");
-    assert!(p.message.contains("cluster.lease_ttl: expected whole seconds"), "{p}");
+    assert!(
+        p.message
+            .contains("cluster.lease_ttl: expected whole seconds"),
+        "{p}"
+    );
 
     let p = one_error(&with_cluster(
         "node = \"a b\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",

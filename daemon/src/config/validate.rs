@@ -120,7 +120,12 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn socket(&mut self, v: &Spanned<String>, key: &str, default_port: u16) -> Option<SocketAddr> {
+    pub(super) fn socket(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        default_port: u16,
+    ) -> Option<SocketAddr> {
         let s = v.get_ref();
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Some(a);
