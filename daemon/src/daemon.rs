@@ -167,7 +167,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("binding admin {}", a.listen))?;
-        tokio::spawn(admin::serve(l, registry.clone(), admin_token));
+        tokio::spawn(admin::serve(
+            l,
+            registry.clone(),
+            cluster.clone(),
+            admin_token,
+        ));
     }
     let reaper = reaper::spawn(registry.clone());
 
