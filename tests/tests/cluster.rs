@@ -3,11 +3,13 @@
 //! client resolves through any host and reaches the one instance at the same address.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use summon_tests::cluster::{prerequisites, Cluster, Spec};
-use summon_tests::daemon::{a_records, http_service, query_udp};
+use summon_tests::daemon::{a_records, http_service, query_udp, wait_until};
+use summon_tests::netns::ip;
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 
@@ -42,6 +44,9 @@ fn owners(c: &Cluster, service: &str) -> Vec<Option<String>> {
     c.hosts
         .iter()
         .map(|h| {
+            if !h.daemon.is_running() {
+                return None;
+            }
             let rows: serde_json::Value =
                 serde_json::from_str(&h.daemon.admin("/v1/instances")).unwrap();
             rows.as_array()
@@ -166,4 +171,162 @@ fn concurrent_queries_at_three_hosts_boot_one_instance() {
         .get(SocketAddr::new(WEB.into(), 80), "/")
         .expect("GET / after the race");
     assert!(page.contains("web"), "{page}");
+}
+
+#[test]
+fn a_dead_owner_s_service_boots_elsewhere_at_the_same_address() {
+    if !prerequisites("cluster test") {
+        return;
+    }
+    let services = web();
+    let mut c = Cluster::start(&spec(&services));
+    let lease_ttl = Duration::from_secs(3);
+    let addr = SocketAddr::new(WEB.into(), 80);
+    assert_eq!(a_records(&c.query(0, "web.svc.test.")), vec![(WEB, 5)]);
+    c.get(addr, "/").expect("GET / from h0");
+
+    // h0 fails as a machine does: summond killed (its instance dies with it), link down.
+    c.hosts[0].daemon.kill9();
+    let host0 = c.hosts[0].daemon.ns.name().to_string();
+    ip(&["-n", &host0, "link", "set", "eth0", "down"]);
+    let t = Instant::now();
+    // Until h0's lease ends, h1 still answers for h0's instance; then it claims and boots.
+    let moved = wait_until(lease_ttl + Duration::from_secs(1), || {
+        let m = c.query(1, "web.svc.test.");
+        m.metadata.response_code == ResponseCode::NoError && c.running("web") == vec![1]
+    });
+    assert!(
+        moved,
+        "web did not move to h1 within lease_ttl + 1 s ({:?}); h1 view: {}\nh1 log:\n{}",
+        t.elapsed(),
+        c.hosts[1].view(),
+        c.hosts[1].daemon.log()
+    );
+    // Same address, now through h1's proxy entry (its gratuitous ARP moved the client).
+    let page = c.get(addr, "/").expect("GET / from h1 at the same address");
+    assert!(page.contains("web"), "{page}");
+    assert_eq!(client_neighbour(&c, WEB), mac_of(&c, 1));
+    assert_eq!(
+        owners(&c, "web")[1..],
+        [Some("h1".into()), Some("h1".into())]
+    );
+
+    // h0 comes back (taking its link down flushed its proxy entry) and answers for h1's
+    // instance without booting its own.
+    ip(&["-n", &host0, "link", "set", "eth0", "up"]);
+    c.hosts[0].daemon.restart();
+    c.wait_joined(Duration::from_secs(20));
+    assert_eq!(a_records(&c.query(0, "web.svc.test.")), vec![(WEB, 5)]);
+    assert_eq!(c.running("web"), vec![1]);
+
+    // A summond killed with its link up leaves its proxy entry; restarted, it removes it.
+    c.hosts[1].daemon.kill9();
+    let left = c.hosts[1].daemon.ip(&["neigh", "show", "proxy"]);
+    assert!(
+        left.contains("10.77.0.10"),
+        "the kill left the entry: {left}"
+    );
+    c.hosts[1].daemon.restart();
+    let after = c.hosts[1].daemon.ip(&["neigh", "show", "proxy"]);
+    assert!(!after.contains("10.77.0.10"), "{after}");
+}
+
+#[test]
+fn a_lost_etcd_member_is_survived_and_a_host_cut_off_from_etcd_fences() {
+    if !prerequisites("cluster test") {
+        return;
+    }
+    let services =
+        web() + &http_service("api", "10.77.0.11", "") + &http_service("new", "10.77.0.12", "");
+    let mut c = Cluster::start(&spec(&services));
+    let lease_ttl = Duration::from_secs(3);
+
+    // One etcd member of three dies: the cluster keeps its quorum and summons still work.
+    c.etcd.kill(0);
+    let m = c.query(1, "web.svc.test.");
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "{:?}",
+        c.hosts[1].view()
+    );
+    assert_eq!(a_records(&m), vec![(WEB, 5)]);
+    c.get(SocketAddr::new(WEB.into(), 80), "/")
+        .expect("GET / after losing a member");
+    assert_eq!(c.running("web"), vec![1]);
+
+    // h2 runs api, then loses etcd (not the clients): it stops api before its lease can
+    // expire, so that api can move without ever running twice.
+    assert_eq!(
+        a_records(&c.query(2, "api.svc.test.")),
+        vec![(Ipv4Addr::new(10, 77, 0, 11), 5)]
+    );
+    assert_eq!(c.running("api"), vec![2]);
+    let host2 = c.hosts[2].daemon.ns.name().to_string();
+    let t = Instant::now();
+    for a in c.etcd.addrs() {
+        ip(&[
+            "-n",
+            &host2,
+            "route",
+            "add",
+            "blackhole",
+            &format!("{a}/32"),
+        ]);
+    }
+    let fenced = wait_until(lease_ttl, || c.hosts[2].live().is_empty());
+    assert!(
+        fenced,
+        "h2 still runs {:?} {:?} after losing etcd\n{}",
+        c.hosts[2].live(),
+        t.elapsed(),
+        c.hosts[2].daemon.log()
+    );
+    // Without etcd, h2 claims nothing new.
+    let m = c.query(2, "new.svc.test.");
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(c.running("new").is_empty());
+    // Once h2's lease has expired, api boots on a host that has etcd.
+    let moved = wait_until(lease_ttl + Duration::from_secs(2), || {
+        c.query(0, "api.svc.test.").metadata.response_code == ResponseCode::NoError
+            && c.running("api") == vec![0]
+    });
+    assert!(moved, "api did not move: {}", c.hosts[0].view());
+}
+
+#[test]
+fn a_hundred_services_over_three_hosts_of_forty_each() {
+    if !prerequisites("cluster test") {
+        return;
+    }
+    let services: String = (0..100)
+        .map(|i| http_service(&format!("s{i}"), &format!("10.77.1.{}", 10 + i), ""))
+        .collect();
+    let c = Cluster::start(&Spec {
+        limits: "[limits]\nmax_instances = 40",
+        ..spec(&services)
+    });
+    // All through h0: past its 40, it relays to the hosts with room.
+    for i in 0..100 {
+        let m = c.query(0, &format!("s{i}.svc.test."));
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "s{i}: {}",
+            c.hosts[0].view()
+        );
+        assert_eq!(
+            a_records(&m),
+            vec![(Ipv4Addr::new(10, 77, 1, 10 + i as u8), 5)],
+            "s{i}"
+        );
+    }
+    let live: Vec<usize> = c.hosts.iter().map(|h| h.live().len()).collect();
+    assert_eq!(live.iter().sum::<usize>(), 100, "{live:?}");
+    assert!(live.iter().all(|&n| n <= 40), "{live:?}");
+    assert_eq!(live[0], 40, "{live:?}");
+    let relayed = c.hosts[0]
+        .daemon
+        .metric("summon_cluster_events_total", &[("event", "relayed")]);
+    assert_eq!(relayed, 60.0);
 }
