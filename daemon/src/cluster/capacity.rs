@@ -22,6 +22,10 @@ impl Cluster {
         loop {
             self.capacity.notified().await;
             let Some(lease) = self.session.lease() else {
+                // Published once a lease is proven again (a grant notifies too, but may
+                // come before the lease can be proven).
+                tokio::time::sleep(COALESCE * 5).await;
+                self.capacity.notify_one();
                 continue;
             };
             let free = self.registry.room(self.unit_mib);
@@ -35,9 +39,9 @@ impl Cluster {
             .encode();
             let key = self.keys.node(&self.cfg.node);
             let put = self
-                .etcd(|mut c| async move {
-                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                        .await
+                .etcd(|mut c| {
+                    let (k, v) = (key.clone(), value.clone());
+                    async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
                 })
                 .await;
             match put {

@@ -33,7 +33,12 @@ impl Cluster {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.etcd(|mut c| async move { c.txn(txn).await }).await?;
+        let resp = self
+            .etcd(|mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         if resp.succeeded() {
             return Ok(Claim::Won(rev));
@@ -77,7 +82,12 @@ impl Cluster {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self.etcd(|mut c| async move { c.txn(txn).await }).await?;
+        let resp = self
+            .etcd(|mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
         Ok(resp
             .succeeded()
             .then(|| resp.header().map_or(0, |h| h.revision())))
@@ -89,7 +99,12 @@ impl Cluster {
         let txn = Txn::new()
             .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(key, None)]);
-        let resp = self.etcd(|mut c| async move { c.txn(txn).await }).await?;
+        let resp = self
+            .etcd(|mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 }

@@ -18,7 +18,7 @@ mod session;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,11 @@ use claim::Claim;
 use keys::Keys;
 use session::Session;
 
-/// One etcd request's bound: a claim on the cold path waits no longer for a partitioned etcd.
-const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+/// One attempt of an etcd request, on one member. A request that went to a member that died
+/// (or lost its leader) fails or times out while the others answer: it is tried on the next
+/// member, within [`ETCD_BUDGET`] in all (an election takes about a second).
+const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+const ETCD_BUDGET: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -54,6 +57,19 @@ pub enum ClusterError {
     BadValue(String),
     #[error(transparent)]
     Summon(#[from] SummonError),
+}
+
+/// Failures of the connection rather than answers of etcd.
+fn retryable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        _ => false,
+    }
 }
 
 /// What a host does with a query for a service.
@@ -78,7 +94,11 @@ struct ServiceState {
 pub struct Cluster {
     cfg: ClusterConfig,
     keys: Keys,
-    client: Client,
+    /// One client per endpoint: a dead member is skipped at once instead of being balanced
+    /// onto.
+    clients: Vec<Client>,
+    /// The member that answered last.
+    current: AtomicUsize,
     session: Session,
     cache: Cache,
     registry: Registry,
@@ -129,10 +149,15 @@ impl Cluster {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(1))
-            .with_timeout(ETCD_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
-        let client = Client::connect(&cfg.etcd, Some(options)).await?;
+            .with_connect_timeout(ETCD_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            // A member cut off from the others fails requests (and watches) at once instead
+            // of serving stale reads or waiting.
+            .with_require_leader(true);
+        let mut clients = Vec::with_capacity(cfg.etcd.len());
+        for e in &cfg.etcd {
+            clients.push(Client::connect([e], Some(options.clone())).await?);
+        }
         let announce = announce::Announcer::new(&cfg.mode, netlink).await;
         let unit_mib = registry
             .slots()
@@ -149,7 +174,8 @@ impl Cluster {
             keys: Keys::new(zone),
             session: Session::new(cfg.lease_ttl),
             cfg,
-            client,
+            clients,
+            current: AtomicUsize::new(0),
             cache: Cache::new(),
             registry: registry.clone(),
             metrics,
@@ -177,15 +203,49 @@ impl Cluster {
         &self.cfg.node
     }
 
-    /// One etcd request on a clone of the client (cheap: shared channels), bounded in time.
+    /// A client on the member that answered last (cheap to clone: shared channels).
+    fn client(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
+
+    /// Moves on from a member that stopped answering (for the lease's own requests).
+    fn next_member(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One etcd request, each attempt bounded in time; a failure of the connection or of the
+    /// member is tried on the next member, within [`ETCD_BUDGET`]. Requests here are
+    /// idempotent or checked by the caller (a claim retried after it succeeded finds our own
+    /// key).
     async fn etcd<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(ETCD_TIMEOUT, f(self.client.clone())).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ClusterError::EtcdTimeout(ETCD_TIMEOUT)),
+        let deadline = Instant::now() + ETCD_BUDGET;
+        let mut at = self.current.load(Ordering::Relaxed);
+        loop {
+            let client = self.clients[at % self.clients.len()].clone();
+            let t = Instant::now();
+            let err = match tokio::time::timeout(ETCD_TIMEOUT, f(client)).await {
+                Ok(Ok(v)) => {
+                    self.current
+                        .store(at % self.clients.len(), Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) if retryable(&e) => ClusterError::Etcd(e),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => ClusterError::EtcdTimeout(ETCD_TIMEOUT),
+            };
+            if Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, member = %self.cfg.etcd[at % self.clients.len()], "etcd request failed; trying the next member");
+            at += 1;
+            // Every member failing fast (no leader during an election): do not spin.
+            if t.elapsed() < Duration::from_millis(50) && at % self.clients.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -391,7 +451,7 @@ impl Cluster {
         };
         let key = self.keys.queried(service);
         let node = self.cfg.node.clone();
-        let client = self.client.clone();
+        let client = self.client();
         tokio::spawn(async move {
             let mut c = client;
             let put = c.put(
@@ -460,25 +520,29 @@ impl Cluster {
     }
 
     async fn watch_once(&self, prefix: &str) -> Result<(), ClusterError> {
-        let p = prefix.to_string();
         let snapshot = self
-            .etcd(|mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await })
+            .etcd(|mut c| {
+                let p = prefix.to_string();
+                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let rev = snapshot.header().map_or(0, |h| h.revision());
         self.cache.reset(&self.keys, snapshot.kvs(), rev);
-        let p = prefix.to_string();
         let mut stream = self
-            .etcd(|mut c| async move {
-                c.watch(
-                    p,
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev + 1)
-                            .with_progress_notify(),
-                    ),
-                )
-                .await
+            .etcd(|mut c| {
+                let p = prefix.to_string();
+                async move {
+                    c.watch(
+                        p,
+                        Some(
+                            WatchOptions::new()
+                                .with_prefix()
+                                .with_start_revision(rev + 1)
+                                .with_progress_notify(),
+                        ),
+                    )
+                    .await
+                }
             })
             .await?;
         while let Some(resp) = stream.message().await? {

@@ -79,12 +79,13 @@ impl Cluster {
         let ttl = self.cfg.lease_ttl;
         let every = ttl / 3;
         loop {
+            // Not through `etcd()`'s retries: the TTL counts from this attempt's send time.
             let sent = Instant::now();
-            let granted = self
-                .etcd(|mut c| async move { c.lease_grant(ttl.as_secs() as i64, None).await })
-                .await;
+            let mut c = self.client();
+            let granted =
+                tokio::time::timeout(every, c.lease_grant(ttl.as_secs() as i64, None)).await;
             let lease = match granted {
-                Ok(g) => {
+                Ok(Ok(g)) => {
                     self.session.renewed(g.id(), sent, g.ttl());
                     tracing::info!(
                         lease = format!("{:x}", g.id()),
@@ -93,9 +94,15 @@ impl Cluster {
                     );
                     g.id()
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "etcd lease grant failed; retrying");
-                    tokio::time::sleep(every.min(Duration::from_millis(500))).await;
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "etcd lease grant failed; retrying")
+                        }
+                        _ => tracing::warn!("etcd lease grant timed out; retrying"),
+                    }
+                    self.next_member();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
@@ -115,7 +122,7 @@ impl Cluster {
                 Ok(ks) => ks,
                 Err(e) => {
                     tracing::warn!(error = %e, "etcd keep-alive stream failed");
-                    tokio::time::sleep(every / 2).await;
+                    tokio::time::sleep(every / 4).await;
                     continue;
                 }
             };
@@ -140,6 +147,8 @@ impl Cluster {
                 }
                 tokio::time::sleep_until((sent + every).into()).await;
             }
+            // This member stopped renewing: the next stream goes to another.
+            self.next_member();
             tokio::time::sleep(every / 4).await;
         }
     }
