@@ -330,3 +330,34 @@ fn a_hundred_services_over_three_hosts_of_forty_each() {
         .metric("summon_cluster_events_total", &[("event", "relayed")]);
     assert_eq!(relayed, 60.0);
 }
+
+/// Without `[cluster]` summond is standalone: no cluster view, no cluster metric, and nothing
+/// connects to etcd's port even with an etcd-looking listener in its namespace.
+#[test]
+fn without_a_cluster_section_summond_is_standalone_and_contacts_no_etcd() {
+    if !summon_tests::daemon::prerequisites("standalone test") {
+        return;
+    }
+    use summon_tests::daemon::{config, Daemon, ADMIN};
+    let d = Daemon::start("standalone", &config(5, &[], "", &web()));
+    let listener =
+        d.ns.run(|| std::net::TcpListener::bind("127.0.0.1:2379").expect("bind 2379"));
+    listener.set_nonblocking(true).unwrap();
+    let m = d.query("web.svc.test.", RecordType::A);
+    assert_eq!(a_records(&m), vec![(WEB, 5)]);
+    let admin: SocketAddr = ADMIN.parse().unwrap();
+    let cluster =
+        d.ns.run(move || summon_tests::daemon::http_get(admin, "/v1/cluster"));
+    let err = cluster
+        .expect_err("standalone has no /v1/cluster")
+        .to_string();
+    assert!(err.contains("404"), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&d.admin("/v1/instances")).unwrap();
+    assert!(rows[0].get("owner").is_none(), "{rows}");
+    assert!(!d.admin("/metrics").contains("summon_cluster_events_total{"));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "something connected to the etcd port"
+    );
+    assert!(!d.log().contains("cluster member"), "{}", d.log());
+}

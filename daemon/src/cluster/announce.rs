@@ -6,30 +6,24 @@ use std::net::Ipv4Addr;
 
 use crate::config::ClusterMode;
 use crate::net::proxy_arp::{gratuitous_arp, Uplink};
-use crate::net::Netlink;
+use crate::net::{NetError, Netlink};
 
 pub enum Announcer {
     Arp {
         netlink: Netlink,
         name: String,
-        uplink: Option<Uplink>,
+        uplink: Uplink,
     },
     Route,
 }
 
 impl Announcer {
     /// Looks the uplink up and removes the proxy entries an earlier summond left on it.
-    pub async fn new(mode: &ClusterMode, netlink: Netlink) -> Announcer {
+    pub async fn new(mode: &ClusterMode, netlink: Netlink) -> Result<Announcer, NetError> {
         let ClusterMode::Arp { uplink: name } = mode else {
-            return Announcer::Route;
+            return Ok(Announcer::Route);
         };
-        let uplink = match netlink.uplink(name).await {
-            Ok(u) => Some(u),
-            Err(e) => {
-                tracing::error!(uplink = %name, error = %e, "cluster uplink not found: service addresses will not be announced");
-                None
-            }
-        };
+        let uplink = netlink.uplink(name).await?;
         let a = Announcer::Arp {
             netlink,
             name: name.clone(),
@@ -39,7 +33,7 @@ impl Announcer {
         if left > 0 {
             tracing::warn!(uplink = %name, removed = left, "removed proxy ARP entries left by an earlier summond");
         }
-        a
+        Ok(a)
     }
 
     /// This host now serves `ip`.
@@ -47,7 +41,7 @@ impl Announcer {
         let Announcer::Arp {
             netlink,
             name,
-            uplink: Some(u),
+            uplink: u,
         } = self
         else {
             return;
@@ -66,7 +60,7 @@ impl Announcer {
         if let Announcer::Arp {
             netlink,
             name,
-            uplink: Some(u),
+            uplink: u,
         } = self
         {
             if let Err(e) = netlink.del_proxy(u.index, ip).await {
@@ -80,7 +74,7 @@ impl Announcer {
         let Announcer::Arp {
             netlink,
             name,
-            uplink: Some(u),
+            uplink: u,
         } = self
         else {
             return 0;

@@ -34,6 +34,12 @@ pub struct Cache {
     changed: watch::Sender<()>,
 }
 
+/// Every owner and node by name, sorted.
+pub struct Snapshot {
+    pub owners: Vec<(String, Owner)>,
+    pub nodes: Vec<(String, NodeValue)>,
+}
+
 /// A `queried/<service>` mark written by `node`.
 pub struct Queried {
     pub service: String,
@@ -196,7 +202,7 @@ impl Cache {
     }
 
     /// Every owner and node, sorted, for the admin API.
-    pub fn view(&self) -> (Vec<(String, Owner)>, Vec<(String, NodeValue)>) {
+    pub fn view(&self) -> Snapshot {
         let st = self.read();
         let mut owners: Vec<_> = st
             .owners
@@ -206,6 +212,6 @@ impl Cache {
         owners.sort_by(|a, b| a.0.cmp(&b.0));
         let mut nodes: Vec<_> = st.nodes.iter().map(|(k, v)| (k.clone(), *v)).collect();
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
-        (owners, nodes)
+        Snapshot { owners, nodes }
     }
 }

@@ -57,6 +57,8 @@ pub enum ClusterError {
     BadValue(String),
     #[error(transparent)]
     Summon(#[from] SummonError),
+    #[error("cluster.uplink: {0}")]
+    Uplink(crate::net::NetError),
 }
 
 /// Failures of the connection rather than answers of etcd.
@@ -158,7 +160,9 @@ impl Cluster {
         for e in &cfg.etcd {
             clients.push(Client::connect([e], Some(options.clone())).await?);
         }
-        let announce = announce::Announcer::new(&cfg.mode, netlink).await;
+        let announce = announce::Announcer::new(&cfg.mode, netlink)
+            .await
+            .map_err(ClusterError::Uplink)?;
         let unit_mib = registry
             .slots()
             .iter()
@@ -243,7 +247,7 @@ impl Cluster {
             tracing::debug!(error = %err, member = %self.cfg.etcd[at % self.clients.len()], "etcd request failed; trying the next member");
             at += 1;
             // Every member failing fast (no leader during an election): do not spin.
-            if t.elapsed() < Duration::from_millis(50) && at % self.clients.len() == 0 {
+            if t.elapsed() < Duration::from_millis(50) && at.is_multiple_of(self.clients.len()) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -269,7 +273,7 @@ impl Cluster {
 
     /// Whether `o` is this host's claim under its current lease.
     fn is_mine(&self, o: &Owner) -> bool {
-        &*o.node == self.cfg.node && o.lease == self.session.lease_id() && o.lease != 0
+        *o.node == self.cfg.node && o.lease == self.session.lease_id() && o.lease != 0
     }
 
     /// Serves a query for `slot` in the cluster: from this host's instance, by the owner's
@@ -294,7 +298,7 @@ impl Cluster {
                         return Ok(a);
                     }
                 }
-                Some(o) if o.running && &*o.node != self.cfg.node => {
+                Some(o) if o.running && *o.node != self.cfg.node => {
                     self.mark_queried(&slot.name);
                     self.metrics
                         .cluster_events
@@ -571,7 +575,7 @@ impl Cluster {
 
     /// What this host knows of the cluster.
     pub fn view(&self) -> View {
-        let (owners, nodes) = self.cache.view();
+        let cache::Snapshot { owners, nodes } = self.cache.view();
         View {
             node: self.cfg.node.clone(),
             lease: self.session.lease().map(|l| format!("{l:x}")),

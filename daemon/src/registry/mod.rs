@@ -105,6 +105,9 @@ impl SummonError {
     }
 }
 
+/// Told the name of a service whose instance stopped being live (see [`Registry::on_release`]).
+pub type ReleaseHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// One service and its (at most one) instance.
 pub struct Slot {
     pub name: String,
@@ -166,7 +169,7 @@ struct Shared {
     reap: reap::ReapQueue,
     /// Told when an instance stops being live (a cluster host releases its claim); called
     /// under the slot's lock, so it must only hand the name on.
-    on_release: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
+    on_release: std::sync::OnceLock<ReleaseHook>,
 }
 
 /// All services, by lower-case name.
@@ -258,7 +261,7 @@ impl Registry {
     }
 
     /// Sets the hook told of every instance that stops being live (once per process).
-    pub fn on_release(&self, f: Box<dyn Fn(&str) + Send + Sync>) {
+    pub fn on_release(&self, f: ReleaseHook) {
         if self.shared.on_release.set(f).is_err() {
             tracing::warn!("registry release hook set twice; keeping the first");
         }
