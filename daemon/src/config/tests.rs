@@ -636,3 +636,30 @@ fn cluster_errors_point_at_values() {
     let p = one_error(&with_cluster("node = \"a\"\nmode = \"route\""));
     assert!(p.message.contains("missing field `etcd`"), "{p}");
 }
+
+#[test]
+fn shipped_example_cluster_section_is_valid_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("# [cluster]\n")
+        .expect("example has a [cluster] block");
+    let block: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(&with_cluster_block(&block), Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.node, "host-a");
+    assert_eq!(c.etcd.len(), 3);
+    assert_eq!(c.advertise, "10.0.0.11:53".parse().unwrap());
+}
+
+fn with_cluster_block(block: &str) -> String {
+    base(&format!("\n{block}\n{}", service("")))
+}
