@@ -361,3 +361,47 @@ fn without_a_cluster_section_summond_is_standalone_and_contacts_no_etcd() {
     );
     assert!(!d.log().contains("cluster member"), "{}", d.log());
 }
+
+/// Idleness across hosts: queries answered by another host keep the owner's instance alive
+/// (the `queried` marks); once nobody asks, the owner reaps it and releases its claim, and the
+/// next query anywhere claims the service afresh.
+#[test]
+fn queries_at_other_hosts_keep_an_instance_alive_and_its_reaping_frees_the_claim() {
+    if !prerequisites("cluster test") {
+        return;
+    }
+    let services = http_service("web", "10.77.0.10", "idle_timeout = \"1s\"");
+    // TTL 1: idle after 2 s without a query (and 1 s without a packet).
+    let c = Cluster::start(&Spec {
+        ttl: 1,
+        ..spec(&services)
+    });
+    assert_eq!(a_records(&c.query(0, "web.svc.test.")), vec![(WEB, 1)]);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        assert_eq!(a_records(&c.query(1, "web.svc.test.")), vec![(WEB, 1)]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        c.running("web"),
+        vec![0],
+        "reaped although h1 kept answering"
+    );
+    assert_eq!(
+        c.hosts[0]
+            .daemon
+            .metric("summon_reaped_total", &[("service", "web")]),
+        0.0
+    );
+    assert!(wait_until(Duration::from_secs(8), || c
+        .running("web")
+        .is_empty()));
+    assert!(
+        wait_until(Duration::from_secs(3), || owners(&c, "web")
+            == vec![None; 3]),
+        "claim not released: {:?}",
+        owners(&c, "web")
+    );
+    assert_eq!(a_records(&c.query(2, "web.svc.test.")), vec![(WEB, 1)]);
+    assert_eq!(c.running("web"), vec![2]);
+}

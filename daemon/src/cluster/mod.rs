@@ -280,7 +280,11 @@ impl Cluster {
     /// (from the watch cache: no etcd round trip), by claiming and booting it here, or by
     /// relaying to a host with room. `from` is the query's source: a query a peer relayed is
     /// never relayed on.
-    pub async fn summon(&self, slot: &Arc<Slot>, from: IpAddr) -> Result<Answer, ClusterError> {
+    pub async fn summon(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        from: IpAddr,
+    ) -> Result<Answer, ClusterError> {
         let deadline = Instant::now() + slot.config().ready_timeout;
         loop {
             let mut changed = self.cache.subscribe();
@@ -326,7 +330,7 @@ impl Cluster {
     /// Claims the service and boots it here, one claim at a time per service on this host.
     /// `None`: another host holds it; wait for the cache to change.
     async fn claim_and_boot(
-        &self,
+        self: &Arc<Self>,
         slot: &Arc<Slot>,
         from: IpAddr,
     ) -> Result<Option<Answer>, ClusterError> {
@@ -387,11 +391,11 @@ impl Cluster {
         }
     }
 
-    /// The instance runs here: make its address reach this host, then tell the other hosts
-    /// (in the background: the local answer does not wait for it).
-    async fn took(&self, slot: &Arc<Slot>) {
-        let ip = slot.config().ip;
-        self.announce.take(ip).await;
+    /// The instance runs here: make its address reach this host (before the answer leaves),
+    /// then tell the other hosts in the background: the cold path pays one etcd round trip,
+    /// the claim.
+    async fn took(self: &Arc<Self>, slot: &Arc<Slot>) {
+        self.announce.take(slot.config().ip).await;
         self.capacity_changed();
         let Some(lease) = self.session.lease() else {
             return;
@@ -403,19 +407,24 @@ impl Cluster {
         {
             return;
         }
-        match self.announce(&slot.name, lease).await {
-            Ok(Some(rev)) => self.cache.learn(
-                &slot.name,
-                Owner {
-                    node: self.cfg.node.as_str().into(),
-                    running: true,
-                    lease,
-                    rev,
-                },
-            ),
-            Ok(None) => tracing::warn!(service = %slot.name, "claim lost before announcing it"),
-            Err(e) => tracing::warn!(service = %slot.name, error = %e, "announcing"),
-        }
+        let this = self.clone();
+        let name = slot.name.clone();
+        tokio::spawn(async move {
+            match this.announce(&name, lease).await {
+                Ok(Some(rev)) => this.cache.learn(
+                    &name,
+                    Owner {
+                        node: this.cfg.node.as_str().into(),
+                        running: true,
+                        lease,
+                        rev,
+                    },
+                ),
+                // Released meanwhile (the instance stopped at once), or the lease is gone.
+                Ok(None) => tracing::debug!(service = %name, "claim gone before announcing it"),
+                Err(e) => tracing::warn!(service = %name, error = %e, "announcing"),
+            }
+        });
     }
 
     /// The address of the host with the most room, unless the query came from a peer.
@@ -436,7 +445,7 @@ impl Cluster {
     }
 
     /// Marks `service` queried here, at most once per DNS TTL (in the background).
-    fn mark_queried(self: &Cluster, service: &str) {
+    fn mark_queried(&self, service: &str) {
         let state = self.service(service);
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = state.marked_ms.load(Ordering::Relaxed);

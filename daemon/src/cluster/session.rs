@@ -214,9 +214,9 @@ impl Cluster {
             }
         });
         futures::future::join_all(stops).await;
+        self.announce.remove_all().await;
         for s in &owned {
             if let Some(o) = self.cache.owner(s) {
-                self.unannounce(s).await;
                 self.cache.forget(s, o.rev);
             }
         }

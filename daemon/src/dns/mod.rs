@@ -148,7 +148,7 @@ impl DnsFront {
     /// it, or relayed to a host with room.
     async fn summon_clustered<'z>(
         &self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         request: &Request,
         name: &str,
         zone: &'z Zone,
