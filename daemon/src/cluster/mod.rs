@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex as AsyncMutex, Notify};
 
@@ -91,6 +92,31 @@ pub enum Answer {
 struct ServiceState {
     claim: AsyncMutex<()>,
     marked_ms: AtomicU64,
+    /// The address this host answers ARP for while it runs the service (kept here: a
+    /// service removed by a reload is no longer in the registry when its release comes).
+    announced: std::sync::Mutex<Option<std::net::Ipv4Addr>>,
+}
+
+/// `summon_cluster_events_total`, by event, resolved once.
+struct Events {
+    claim_won: IntCounter,
+    claim_lost: IntCounter,
+    remote: IntCounter,
+    relayed: IntCounter,
+    fenced: IntCounter,
+}
+
+impl Events {
+    fn new(m: &Metrics) -> Events {
+        let c = |e: &str| m.cluster_events.with_label_values(&[e]);
+        Events {
+            claim_won: c("claim_won"),
+            claim_lost: c("claim_lost"),
+            remote: c("remote"),
+            relayed: c("relayed"),
+            fenced: c("fenced"),
+        }
+    }
 }
 
 pub struct Cluster {
@@ -104,7 +130,7 @@ pub struct Cluster {
     session: Session,
     cache: Cache,
     registry: Registry,
-    metrics: Arc<Metrics>,
+    events: Events,
     services: RwLock<HashMap<String, Arc<ServiceState>>>,
     epoch: Instant,
     /// How often a host marks a service it answers for but does not run: the DNS TTL.
@@ -182,7 +208,7 @@ impl Cluster {
             current: AtomicUsize::new(0),
             cache: Cache::new(),
             registry: registry.clone(),
-            metrics,
+            events: Events::new(&metrics),
             services: RwLock::new(services),
             epoch: Instant::now(),
             mark_every: Duration::from_secs(u64::from(dns_ttl.max(1))),
@@ -271,6 +297,18 @@ impl Cluster {
             .clone()
     }
 
+    /// After a fence removed every proxy entry: nothing is announced any more.
+    fn forget_announced(&self) {
+        for st in self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            *st.announced.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// Whether `o` is this host's claim under its current lease.
     fn is_mine(&self, o: &Owner) -> bool {
         *o.node == self.cfg.node && o.lease == self.session.lease_id() && o.lease != 0
@@ -304,10 +342,7 @@ impl Cluster {
                 }
                 Some(o) if o.running && *o.node != self.cfg.node => {
                     self.mark_queried(&slot.name);
-                    self.metrics
-                        .cluster_events
-                        .with_label_values(&["remote"])
-                        .inc();
+                    self.events.remote.inc();
                     return Ok(Answer::There);
                 }
                 // Starting elsewhere, or our own claim under a lease we lost: wait for news.
@@ -348,10 +383,7 @@ impl Cluster {
                 }
                 match self.claim(&slot.name, lease).await? {
                     Claim::Won(rev) => {
-                        self.metrics
-                            .cluster_events
-                            .with_label_values(&["claim_won"])
-                            .inc();
+                        self.events.claim_won.inc();
                         self.cache.learn(
                             &slot.name,
                             Owner {
@@ -364,10 +396,7 @@ impl Cluster {
                         rev
                     }
                     Claim::Held(o) => {
-                        self.metrics
-                            .cluster_events
-                            .with_label_values(&["claim_lost"])
-                            .inc();
+                        self.events.claim_lost.inc();
                         self.cache.learn(&slot.name, o);
                         return Ok(None);
                     }
@@ -375,6 +404,14 @@ impl Cluster {
             }
         };
         match self.registry.summon(slot).await {
+            Ok(_) if self.session.lease() != Some(lease) => {
+                // Fenced while booting (the fence may have looked before this instance was
+                // live): this host cannot prove the claim any more, so the instance goes.
+                self.registry
+                    .stop(slot, crate::config::StopMode::Destroy, "fenced")
+                    .await;
+                Err(ClusterError::NoLease)
+            }
             Ok((_, served)) => {
                 self.took(slot).await;
                 Ok(Some(Answer::Here(served)))
@@ -395,7 +432,13 @@ impl Cluster {
     /// then tell the other hosts in the background: the cold path pays one etcd round trip,
     /// the claim.
     async fn took(self: &Arc<Self>, slot: &Arc<Slot>) {
-        self.announce.take(slot.config().ip).await;
+        let ip = slot.config().ip;
+        self.announce.take(ip).await;
+        *self
+            .service(&slot.name)
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(ip);
         self.capacity_changed();
         let Some(lease) = self.session.lease() else {
             return;
@@ -437,10 +480,7 @@ impl Cluster {
             .roomiest(&self.cfg.node)
             .ok_or(ClusterError::NoRoom)?;
         tracing::debug!(%node, %dns, "no room here: relaying");
-        self.metrics
-            .cluster_events
-            .with_label_values(&["relayed"])
-            .inc();
+        self.events.relayed.inc();
         Ok(Answer::Relay(dns))
     }
 
@@ -490,16 +530,25 @@ impl Cluster {
     async fn release_stopped(&self, name: &str) {
         let state = self.service(name);
         let _claiming = state.claim.lock().await;
-        let Some(slot) = self.registry.get(name) else {
+        // Gone from the registry (removed by a reload): released all the same.
+        if self
+            .registry
+            .get(name)
+            .is_some_and(|slot| slot.phase().is_live())
+        {
             return;
-        };
-        if slot.phase().is_live() {
-            return;
+        }
+        let announced = state
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(ip) = announced {
+            self.announce.release(ip).await;
         }
         let Some(o) = self.cache.owner(name).filter(|o| self.is_mine(o)) else {
             return;
         };
-        self.unannounce(name).await;
         match self.release(name, o.lease).await {
             Ok(_) => {
                 self.cache.forget(name, o.rev);
@@ -510,13 +559,6 @@ impl Cluster {
                 // boots the service here again, under the claim it still holds.
                 tracing::warn!(service = name, error = %e, "releasing a claim");
             }
-        }
-    }
-
-    /// Stops answering ARP for `service`'s address.
-    async fn unannounce(&self, service: &str) {
-        if let Some(slot) = self.registry.get(service) {
-            self.announce.release(slot.config().ip).await;
         }
     }
 

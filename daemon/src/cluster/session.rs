@@ -202,10 +202,7 @@ impl Cluster {
             instances = live.len(),
             "fenced: stopping this host's instances"
         );
-        self.metrics
-            .cluster_events
-            .with_label_values(&["fenced"])
-            .inc();
+        self.events.fenced.inc();
         let stops = live.into_iter().map(|slot| {
             let reg = self.registry.clone();
             async move {
@@ -215,6 +212,7 @@ impl Cluster {
         });
         futures::future::join_all(stops).await;
         self.announce.remove_all().await;
+        self.forget_announced();
         for s in &owned {
             if let Some(o) = self.cache.owner(s) {
                 self.cache.forget(s, o.rev);
