@@ -78,6 +78,7 @@ fn main() {
         lease_ttl: "5s",
         limits: "",
         services: &services,
+        route: false,
     });
     // The standalone summond, on the same segment.
     let ns = NetNs::new("solo");

@@ -20,6 +20,11 @@ pub const LAN_PREFIX: &str = "10.99.0";
 pub const CLIENT: &str = "10.99.0.100";
 
 /// etcd, and the tools the cluster tests need; false = skip (never under CI=true).
+/// `bird` (BIRD 2) for the route-mode test; false = skip (never under CI=true).
+pub fn bird_prerequisites(what: &str) -> bool {
+    prerequisites(what) && require::check(what, require::tool("bird"))
+}
+
 pub fn prerequisites(what: &str) -> bool {
     daemon::prerequisites(what)
         && require::check(what, require::tool("etcd"))
@@ -232,6 +237,9 @@ pub struct Spec<'a> {
     pub lease_ttl: &'a str,
     pub limits: &'a str,
     pub services: &'a str,
+    /// `mode = "route"` (a routing daemon exports the instances' routes) instead of `"arp"`
+    /// on eth0.
+    pub route: bool,
 }
 
 impl Cluster {
@@ -318,15 +326,21 @@ impl Cluster {
     }
 }
 
-/// A host's config: listens on its segment address, `[cluster]` in mode arp on eth0.
+/// A host's config: listens on its segment address, `[cluster]` in mode arp on eth0 (or
+/// route).
 pub fn host_config(spec: &Spec<'_>, node: &str, addr: Ipv4Addr, etcd: &str) -> String {
     let base = daemon::config(spec.ttl, &[], spec.limits, spec.services).replacen(
         &format!("listen = [\"{}\"]", daemon::DNS),
         &format!("listen = [\"{addr}:53\", \"{}\"]", daemon::DNS),
         1,
     );
+    let mode = if spec.route {
+        "mode = \"route\""
+    } else {
+        "mode = \"arp\"\nuplink = \"eth0\""
+    };
     format!(
-        "{base}\n\n[cluster]\nnode = \"{node}\"\netcd = {etcd}\nlease_ttl = \"{}\"\nmode = \"arp\"\nuplink = \"eth0\"\n",
+        "{base}\n\n[cluster]\nnode = \"{node}\"\netcd = {etcd}\nlease_ttl = \"{}\"\n{mode}\n",
         spec.lease_ttl
     )
 }
@@ -343,4 +357,46 @@ pub fn sysctl(ns: &NetNs, setting: &str) {
         "sysctl {setting}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A BIRD 2 daemon in a namespace, with its own config and control socket; killed on drop.
+pub struct Bird {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Bird {
+    pub fn start(ns: &NetNs, config: &str) -> Bird {
+        let dir = std::env::temp_dir().join(format!("summon-bird-{}", ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("bird.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = std::fs::File::create(dir.join("bird.log")).unwrap();
+        let child = ns
+            .command_net_only("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bird");
+        Bird { child, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

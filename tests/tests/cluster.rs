@@ -25,6 +25,7 @@ fn spec(services: &str) -> Spec<'_> {
         lease_ttl: "3s",
         limits: "",
         services,
+        route: false,
     }
 }
 
@@ -404,4 +405,133 @@ fn queries_at_other_hosts_keep_an_instance_alive_and_its_reaping_frees_the_claim
     );
     assert_eq!(a_records(&c.query(2, "web.svc.test.")), vec![(WEB, 1)]);
     assert_eq!(c.running("web"), vec![2]);
+}
+
+/// The BIRD config docs/cluster.md gives for `mode = "route"`, for the host at `addr` with AS
+/// `asn` and the router at `router`.
+fn documented_bird_config(addr: Ipv4Addr, asn: u32, router: &str) -> String {
+    let doc = include_str!("../../docs/cluster.md");
+    let start = doc
+        .find("# /etc/bird/bird.conf on host-a")
+        .expect("docs/cluster.md has the BIRD config");
+    let block = &doc[start..doc[start..].find("```").map(|e| start + e).unwrap()];
+    assert!(block.contains("learn;"), "{block}");
+    block
+        .replace("10.0.0.11", &addr.to_string())
+        .replace("65011", &asn.to_string())
+        .replace(
+            "10.0.0.1 as 65000;",
+            &format!("{router} as 65000; {FAST_BGP}"),
+        )
+}
+
+/// Sessions up within a second or two instead of BIRD's start-up delay and retry times.
+const FAST_BGP: &str = "connect delay time 1; connect retry time 1;";
+
+#[test]
+fn route_mode_instance_routes_are_exported_by_bird() {
+    if !summon_tests::cluster::bird_prerequisites("cluster route-mode test") {
+        return;
+    }
+    use summon_tests::cluster::{sysctl, Bird};
+    use summon_tests::daemon::{admin_post, ADMIN};
+    use summon_tests::netns::NetNs;
+    let services = web();
+    let c = Cluster::start(&Spec {
+        hosts: 2,
+        etcd_members: 1,
+        route: true,
+        ..spec(&services)
+    });
+    let router = NetNs::new("router");
+    c.lan.attach(&router, &["10.99.0.1"]);
+    sysctl(&router, "net.ipv4.ip_forward=1");
+    let peers: String = c
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!(
+                "protocol bgp h{i} {{ local 10.99.0.1 as 65000; neighbor {} as {}; {FAST_BGP} ipv4 {{ import all; export none; }}; }}\n",
+                h.addr,
+                65011 + i
+            )
+        })
+        .collect();
+    let router_bird = Bird::start(
+        &router,
+        &format!(
+            "router id 10.99.0.1;\nprotocol device {{ }}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n{peers}"
+        ),
+    );
+    let _host_birds: Vec<Bird> = c
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            Bird::start(
+                &h.daemon.ns,
+                &documented_bird_config(h.addr, 65011 + i as u32, "10.99.0.1"),
+            )
+        })
+        .collect();
+    // The client reaches service addresses through the router only.
+    ip(&[
+        "-n",
+        c.client.name(),
+        "route",
+        "replace",
+        "10.77.0.0/16",
+        "via",
+        "10.99.0.1",
+    ]);
+    let route_at_router = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", router.name(), "route", "show", "10.77.0.10/32"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    assert_eq!(a_records(&c.query(0, "web.svc.test.")), vec![(WEB, 5)]);
+    assert!(
+        wait_until(Duration::from_secs(20), || route_at_router()
+            .contains("via 10.99.0.11")),
+        "no route to web via h0 at the router: {:?}\n{}",
+        route_at_router(),
+        router_bird.log()
+    );
+    let addr = SocketAddr::new(WEB.into(), 80);
+    let page = c.get(addr, "/").expect("GET / through the router to h0");
+    assert!(page.contains("web"), "{page}");
+    // No proxy ARP in route mode.
+    assert!(!c.hosts[0]
+        .daemon
+        .ip(&["neigh", "show", "proxy"])
+        .contains("10.77.0.10"));
+
+    // The instance stops on h0: its route is withdrawn; the next query boots it on h1, whose
+    // route the router then takes.
+    let admin: SocketAddr = ADMIN.parse().unwrap();
+    c.hosts[0]
+        .daemon
+        .ns
+        .run(move || admin_post(admin, "/v1/instances/web/stop"))
+        .expect("stop");
+    assert!(
+        wait_until(Duration::from_secs(10), || route_at_router().is_empty()),
+        "route not withdrawn: {:?}",
+        route_at_router()
+    );
+    assert!(wait_until(Duration::from_secs(5), || owners(&c, "web")
+        == vec![None; 2]));
+    assert_eq!(a_records(&c.query(1, "web.svc.test.")), vec![(WEB, 5)]);
+    assert!(
+        wait_until(Duration::from_secs(20), || route_at_router()
+            .contains("via 10.99.0.12")),
+        "no route to web via h1 at the router: {:?}",
+        route_at_router()
+    );
+    let page = c.get(addr, "/").expect("GET / through the router to h1");
+    assert!(page.contains("web"), "{page}");
 }
