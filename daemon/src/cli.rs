@@ -154,3 +154,26 @@ pub fn status_table(json: &str) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_owners_and_the_cluster_view() {
+        let rows = r#"[{"service":"web","ip":"10.77.0.10","state":"running","tap":"sm-web","boots":1,"failures":0,"state_seconds":2.0,"owner":"h0"}]"#;
+        let t = status_table(rows).unwrap();
+        assert!(t.lines().next().unwrap().ends_with("OWNER"), "{t}");
+        assert!(t.contains("  h0"), "{t}");
+        let standalone = r#"[{"service":"web","ip":"10.77.0.10","state":"stopped","tap":null,"boots":0,"failures":0,"state_seconds":2.0}]"#;
+        assert!(!status_table(standalone).unwrap().contains("OWNER"));
+        let view = r#"{"node":"h0","lease":"1f","owners":[],"nodes":[{"node":"h1","dns":"10.99.0.12:53","free":40}]}"#;
+        let c = cluster_table(view).unwrap();
+        assert!(c.contains("this node h0, lease 1f"), "{c}");
+        assert!(
+            c.contains("h1") && c.contains("10.99.0.12:53") && c.contains("40"),
+            "{c}"
+        );
+        assert!(cluster_table("not json").is_err());
+    }
+}
