@@ -17,6 +17,9 @@ use summon_tests::cluster::{prerequisites, sysctl, Cluster, Spec};
 use summon_tests::daemon::{self, admin_post, http_service, query_udp, wait_until, Daemon, ADMIN};
 use summon_tests::netns::NetNs;
 
+/// Thousands of queries a second from one client: response-rate limiting off on every server.
+const NO_RRL: &str = "[dns.rrl]\nrate = 0";
+
 const SOLO: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 50);
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -79,12 +82,13 @@ fn main() {
         limits: "",
         services: &services,
         route: false,
+        dns: NO_RRL,
     });
     // The standalone summond, on the same segment.
     let ns = NetNs::new("solo");
     c.lan.attach(&ns, &[&SOLO.to_string()]);
     sysctl(&ns, "net.ipv4.ip_forward=1");
-    let cfg = daemon::config(60, &[], "", &services).replacen(
+    let cfg = daemon::with_dns(&daemon::config(60, &[], "", &services), NO_RRL).replacen(
         &format!("listen = [\"{}\"]", daemon::DNS),
         &format!("listen = [\"{SOLO}:53\", \"{}\"]", daemon::DNS),
         1,

@@ -240,6 +240,8 @@ pub struct Spec<'a> {
     /// `mode = "route"` (a routing daemon exports the instances' routes) instead of `"arp"`
     /// on eth0.
     pub route: bool,
+    /// Extra `[dns]` keys (and `[dns.*]` tables), as [`daemon::with_dns`] takes them.
+    pub dns: &'a str,
 }
 
 impl Cluster {
@@ -329,7 +331,13 @@ impl Cluster {
 /// A host's config: listens on its segment address, `[cluster]` in mode arp on eth0 (or
 /// route).
 pub fn host_config(spec: &Spec<'_>, node: &str, addr: Ipv4Addr, etcd: &str) -> String {
-    let base = daemon::config(spec.ttl, &[], spec.limits, spec.services).replacen(
+    let base = daemon::config(spec.ttl, &[], spec.limits, spec.services);
+    let base = if spec.dns.is_empty() {
+        base
+    } else {
+        daemon::with_dns(&base, spec.dns)
+    };
+    let base = base.replacen(
         &format!("listen = [\"{}\"]", daemon::DNS),
         &format!("listen = [\"{addr}:53\", \"{}\"]", daemon::DNS),
         1,

@@ -26,6 +26,7 @@ fn spec(services: &str) -> Spec<'_> {
         limits: "",
         services,
         route: false,
+        dns: "",
     }
 }
 
