@@ -145,9 +145,9 @@ pub fn gratuitous_arp(uplink: Uplink, ip: Ipv4Addr) -> std::io::Result<()> {
     addr.sll_ifindex = uplink.index as i32;
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    // SAFETY: `frame` and `addr` are valid for the lengths given for the whole call; the fd
-    // is open (owned by `fd`). A packet socket's sendto does not block on a full queue for
-    // longer than the device's queue takes.
+    // SAFETY: `frame` and `addr` are valid for the lengths given for the whole call, and the
+    // fd is open (owned by `fd`). MSG_DONTWAIT: a full device queue fails the send (logged by
+    // the caller) instead of blocking the tokio worker.
     let n = unsafe {
         libc::sendto(
             std::os::fd::AsRawFd::as_raw_fd(&fd),
