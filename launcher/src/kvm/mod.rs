@@ -100,17 +100,6 @@ impl KvmBackend {
             .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
         let reset = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
         instance::install_kick_handler();
-        match cgroup::support() {
-            Ok(h) => tracing::info!(
-                mode = ?h.mode(),
-                group = %h.base().display(),
-                "guest CPU quotas through the cpu cgroup controller"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "guest CPU quotas are not applied: no usable cpu cgroup controller"
-            ),
-        }
         seccomp::install_sigsys_handler();
         let host = Arc::new(HostInfo {
             kvm,
@@ -185,10 +174,10 @@ impl KvmBackend {
         let cmdline = boot_info::cmdline(&spec.args)?;
         let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
         // Named here (no syscall); created by the vCPU thread as it enters it.
-        let cpu_group = match (spec.limits.cpu_quota_percent, cgroup::support()) {
-            (Some(p), Ok(h)) => Some(Arc::new(h.group(&spec.name, p))),
-            _ => None,
-        };
+        let cpu_group = spec.limits.cpu_quota_percent.and_then(|p| {
+            let h = cgroup::support().as_ref().ok()?;
+            Some(Arc::new(h.group(&spec.name, p)))
+        });
 
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
@@ -300,7 +289,7 @@ impl Drop for KvmBackend {
         if let Some(p) = &self.pool {
             p.shutdown();
         }
-        if let Ok(h) = cgroup::support() {
+        if let Some(h) = cgroup::detected() {
             h.sweep();
         }
     }
