@@ -237,8 +237,7 @@ fn run() -> Result<()> {
 /// process living a few milliseconds pays for on every run. What it does that matters here is
 /// done below: SIGPIPE ignored (console writes to a closed pipe fail instead of killing the
 /// guest's tender). Arguments come from `std::env::args`, which glibc hands to std on its own.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
+#[cfg_attr(not(test), unsafe(no_mangle))]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
