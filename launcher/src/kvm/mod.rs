@@ -270,8 +270,10 @@ impl KvmBackend {
             }
         };
         for seg in &image.segments {
-            mem.load(seg.gpa, image.segment_data(seg))
+            let dst = mem
+                .load_slice(seg.gpa, seg.filesz)
                 .map_err(|_| image_error_fits(image, mem_size))?;
+            image.read_segment(seg, dst)?;
         }
         // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
         // read-write, so only the others need an mprotect.
