@@ -256,8 +256,10 @@ impl Registry {
 
     fn set_phase_metric(&self, service: &str, old: Option<Phase>, new: Phase) {
         let g = &self.shared.metrics.instances;
+        // One series per service, whatever states it went through: the old state's series is
+        // removed rather than set to 0, so 10,000 services export 10,000 series, not 60,000.
         if let Some(old) = old {
-            g.with_label_values(&[service, old.as_str()]).set(0);
+            let _ = g.remove_label_values(&[service, old.as_str()]);
         }
         g.with_label_values(&[service, new.as_str()]).set(1);
     }

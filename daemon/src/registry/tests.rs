@@ -438,6 +438,25 @@ async fn suspend_and_resume_without_reboot() {
     assert_eq!(f.backend.starts.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_exports_one_instance_state_series() {
+    let mut s = svc("cycle", 14);
+    s.stop = StopMode::Suspend;
+    let f = fixture(vec![s], Limits::default(), Script::Healthy);
+    let slot = f.reg.get("cycle").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+    f.reg.summon(&slot).await.unwrap();
+    assert!(f.reg.stop(&slot, StopMode::Destroy, "test").await);
+    let text = f.reg.metrics().render();
+    let series: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("summon_instances{") && l.contains("service=\"cycle\""))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].contains("state=\"stopped\"") && series[0].ends_with(" 1"));
+}
+
 // One worker: if the suspend's wait ran on it, nothing below could make progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_suspend_waiting_for_its_ack_blocks_no_worker_and_no_slot_lock() {
