@@ -7,9 +7,6 @@
 //!
 //! Exit status: the guest's HALT status; 1 on launcher errors, guest faults, and SIGINT/SIGTERM.
 
-// The C runtime calls our `main` directly (see there why).
-#![cfg_attr(not(test), no_main)]
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -231,21 +228,11 @@ fn run() -> Result<()> {
     }
 }
 
-/// The process entry, called by the C runtime without std's start-up wrapper: that wrapper
-/// would poll fds 0-2, read /proc/self/maps for the main thread's stack guard and map an
-/// alternate signal stack on every thread it starts, a dozen syscalls and page faults that a
-/// process living a few milliseconds pays for on every run. What it does that matters here is
-/// done below: SIGPIPE ignored (console writes to a closed pipe fail instead of killing the
-/// guest's tender). Arguments come from `std::env::args`, which glibc hands to std on its own.
-#[cfg_attr(not(test), unsafe(no_mangle))]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+fn main() {
     if let Err(e) = run() {
         eprintln!("summon-run: {e:#}");
         exit(1);
     }
-    0
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ fn creates_exactly_one_vm_and_one_vcpu() {
 }
 
 /// Console output into a pipe nobody reads any more fails quietly (SIGPIPE ignored, as std's
-/// start-up would, which summon-run skips): the guest still ends with its own status.
+/// start-up does for every Rust program): the guest still ends with its own status.
 #[test]
 fn console_into_a_closed_pipe_does_not_kill_the_tender() {
     if !kvm() {
