@@ -182,13 +182,16 @@ impl KvmBackend {
         let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
             Some(w) => w,
             None => match self.take_probe() {
+                // Confined while it waits for its guest, as a pooled vCPU is: the filter's
+                // attach (about 0.2 ms here) then runs alongside this thread's memory set-up and
+                // image load instead of after them (summon-run's whole start).
                 Some((vm, vcpu)) => WarmVcpu::from_vcpu(
                     &self.host,
                     vm,
                     vcpu,
                     mem_size,
                     false,
-                    false,
+                    true,
                     &warm::spawn_vcpu_thread,
                 )?,
                 None => {
