@@ -10,15 +10,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::{BackendKind, Config};
+use crate::config::Config;
 use crate::dns::rrl::Rrl;
 use crate::dns::{self, DnsFront, Zone};
+use crate::driver::HostDrivers;
 use crate::fds::{self, FdBudget};
 use crate::hostlock::HostLock;
 use crate::metrics::Metrics;
 use crate::net::{remove_leftovers, NetPlumber, Netlink};
 use crate::registry::Registry;
-use crate::{admin, backend, reaper, reload, systemd};
+use crate::{admin, reaper, reload, systemd};
 
 /// Idle TCP DNS connections are closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,31 +74,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         mark.clone(),
     );
 
-    let backend =
-        backend::for_kind(BackendKind::Kvm, config.kvm).context("starting the KVM backend")?;
-    // The backend logged whether it can (detection runs once per process).
+    // Their shutdown at exit removes the libvirt SYN hold's iptables rules.
+    let drivers = Arc::new(HostDrivers::new(
+        config.kvm,
+        plumber,
+        Some(metrics.held_packets.clone()),
+    )?);
+    // The KVM backend logged whether it can (detection runs once per process).
     metrics
         .cpu_quota_enforced
         .set(i64::from(summon_launcher::kvm::cgroup::support().is_ok()));
-    // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
-    // shutdown at exit removes the hold's iptables rules.
-    let backends = Arc::new(
-        crate::libvirt::ServiceBackends::new(
-            backend,
-            &config.services,
-            crate::libvirt::HOLD_QUEUE,
-            Some(metrics.held_packets.clone()),
-        )
-        .context("connecting libvirt services")?,
-    );
     let registry = Registry::new(
         &config.services,
         config.limits,
         config.dns.ttl,
-        backends.clone(),
-        Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
+        drivers.clone(),
         metrics.clone(),
-    );
+    )?;
     registry.set_fd_capacity(fd_budget.instance_capacity());
     let zone = Arc::new(RwLock::new(Arc::new(Zone::from_config(
         &config,
@@ -167,12 +160,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::reloading();
-                let prepare = |new: &Config| {
-                    backends
-                        .apply(&new.services)
-                        .map_err(|e| format!("libvirt services: {e:#}"))
-                };
-                match reload::reload(&config_path, &config, &zone, &registry, prepare).await {
+                match reload::reload(&config_path, &config, &zone, &registry).await {
                     Ok(new) => {
                         tracing::info!(services = new.services.len(), "configuration reloaded");
                         config = new;
@@ -194,7 +182,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
     registry.stop_all().await;
-    backends.shutdown();
+    drivers.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {
         let h = h.clone();
         let _ = tokio::task::spawn_blocking(move || h.release(Duration::from_secs(1))).await;

@@ -151,16 +151,10 @@ fn checks_names_ips_images_backends() {
         Path::new("/"),
     )
     .unwrap();
-    assert_eq!(lv_ok.services[0].backend, BackendKind::Libvirt);
-    assert_eq!(
-        lv_ok.services[0]
-            .libvirt
-            .as_ref()
-            .unwrap()
-            .domain
-            .as_deref(),
-        Some("legacy-vm")
-    );
+    match &lv_ok.services[0].backend {
+        ServiceBackend::Libvirt(l) => assert_eq!(l.existing_domain(), Some("legacy-vm")),
+        b => panic!("{b:?}"),
+    }
     let stop = base(&service("stop = \"explode\""));
     assert!(
         one_error(&stop).message.contains("destroy"),
@@ -541,4 +535,76 @@ fn max_instances_beyond_the_fd_budget_is_an_error() {
             .contains(&format!("file descriptor budget, which holds {cap}")),
         "{p}"
     );
+}
+
+fn libvirt_service(table: &str) -> Result<LibvirtService, Vec<Problem>> {
+    let cfg = Config::parse(
+        &base(&service(&format!(
+            "backend = \"libvirt\"\nargs = [\"--port=8080\"]\n[service.libvirt]\n{table}"
+        ))),
+        Path::new("/"),
+    )?;
+    match cfg.services.into_iter().next().map(|s| s.backend) {
+        Some(ServiceBackend::Libvirt(l)) => Ok(l),
+        b => panic!("{b:?}"),
+    }
+}
+
+#[test]
+fn libvirt_tables() {
+    use summon_launcher::libvirt::{DomainSource, GuestKind, StopMode as LvStop};
+    let s = libvirt_service("uri = 'qemu:///system'\ndomain = 'legacy-vm'").unwrap();
+    assert_eq!(
+        s.launcher.domain,
+        DomainSource::Existing("legacy-vm".into())
+    );
+    assert_eq!(s.probe_port, 8080, "the port from args");
+    let s = libvirt_service("uri = 'xen:///system'\nguest = 'xen-pvh'\nvcpus = 2\nprobe_port = 81")
+        .unwrap();
+    match s.launcher.domain {
+        DomainSource::Generated(g) => assert_eq!((g.kind, g.vcpus), (GuestKind::XenPvh, 2)),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(s.probe_port, 81);
+    let s = libvirt_service("uri = 'qemu:///system'\nstop = 'shutdown'\nshutdown_timeout = '3s'")
+        .unwrap();
+    assert_eq!(
+        s.launcher.stop,
+        LvStop::Shutdown {
+            timeout: Duration::from_secs(3)
+        }
+    );
+}
+
+#[test]
+fn bad_libvirt_tables_name_the_key_at_its_line() {
+    let err = |table: &str| {
+        let e = libvirt_service(table).expect_err("table should be rejected");
+        assert_eq!(e.len(), 1, "{e:?}");
+        e.into_iter().next().unwrap()
+    };
+    // The table's keys start on line 17 of `base(service(..))`.
+    for (table, key, line) in [
+        ("uri = 'qemu:///system'\nguest = 'lxc'", "libvirt.guest", 18),
+        ("uri = 'qemu:///system'\nstop = 'pause'", "libvirt.stop", 18),
+        ("uri = 'qemu:///system'\nvcpus = 0", "libvirt.vcpus", 18),
+        (
+            "uri = 'qemu:///system'\nshutdown_timeout = 'soon'",
+            "shutdown_timeout",
+            18,
+        ),
+        ("uri = 'qemu:///system'\nnope = 1", "nope", 18),
+        ("uri = ''", "libvirt.uri", 17),
+        ("uri = 'qemu:///system'\ndomain = ''", "libvirt.domain", 18),
+    ] {
+        let p = err(table);
+        assert!(p.message.contains(key), "{table}: {p}");
+        assert_eq!(p.line, Some(line), "{table}: {p}");
+        assert!(p.column.is_some(), "{table}: {p}");
+    }
+    assert!(err("domain = 'x'").message.contains("uri"));
+    let kvm_with_table = base(&service("[service.libvirt]\nuri = 'qemu:///system'"));
+    assert!(one_error(&kvm_with_table)
+        .message
+        .contains("only valid with backend = \"libvirt\""));
 }

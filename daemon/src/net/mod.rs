@@ -120,54 +120,21 @@ fn restrict_tap_sysctls(name: &str) {
     }
 }
 
-#[async_trait::async_trait]
-impl crate::registry::Plumbing for NetPlumber {
-    async fn setup(
-        &self,
-        svc: &crate::config::ServiceConfig,
-    ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), PlumbError> {
-        let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac).await?;
-        let fd = net.launcher_fd()?;
-        Ok((
-            crate::registry::NetLease {
-                tap: net.tap.name.clone(),
-                index: net.tap.index,
-                inner: Some(net),
-            },
-            Some(fd),
-        ))
+impl NetPlumber {
+    /// Removes a link the daemon made but holds no fd of (a persistent tap), by index.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        self.nl.delete_link(index).await
     }
 
-    async fn teardown(&self, lease: crate::registry::NetLease) {
-        let result = match lease.inner {
-            Some(net) => NetPlumber::teardown(self, net).await,
-            None => self.nl.delete_link(lease.index).await,
-        };
-        if let Err(e) = result {
-            tracing::warn!(tap = %lease.tap, error = %e, "removing tap");
-        }
+    /// Removes every tap this daemon made, in one batch (daemon exit): `Ok(false)` when the
+    /// kernel cannot delete by group, and the caller removes them one by one.
+    pub async fn delete_all_taps(&self) -> Result<bool, NetError> {
+        self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await
     }
 
-    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
-        // Links first, in one batch, then the fds: closing the last fd of a tap unregisters it
-        // on its own, one device (and one RCU grace period) at a time.
-        let batch = self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await;
-        if !matches!(batch, Ok(true)) {
-            if let Err(e) = batch {
-                tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
-            }
-            futures::future::join_all(
-                leases
-                    .into_iter()
-                    .map(|l| crate::registry::Plumbing::teardown(self, l)),
-            )
-            .await;
-            return;
-        }
-        drop(leases);
-    }
-
-    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+    /// Packets the host has sent into each of these links (towards the guest: a tap's tx
+    /// counter), by link index; links it cannot read are missing. One netlink dump.
+    pub async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
         match self.nl.tx_packets(links).await {
             Ok(counts) => counts,
             Err(e) => {

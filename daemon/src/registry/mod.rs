@@ -15,48 +15,20 @@ mod summon;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
-use summon_launcher::{Backend, InstanceEvent};
+use summon_launcher::InstanceEvent;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Limits, ServiceConfig};
+use crate::driver::{Driver, DriverError, Drivers};
 use crate::metrics::Metrics;
-use crate::net::PlumbError;
 use instance::Inner;
 pub use instance::Phase;
 pub use limits::{Admission, Limit};
-
-/// The manifest name of the guest's network device (the name our unikernels declare).
-pub const NET_DEVICE: &str = "service";
-
-/// What the registry needs from the host network (real: [`crate::net::NetPlumber`]).
-#[async_trait::async_trait]
-pub trait Plumbing: Send + Sync + 'static {
-    /// Creates the instance's tap, route and neighbour entry; returns the lease and the fd for
-    /// the launcher (`None` for backends that do not take one).
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError>;
-    async fn teardown(&self, lease: NetLease);
-    /// Removes every instance network the daemon made, `leases` and any other (daemon exit).
-    async fn teardown_all(&self, leases: Vec<NetLease>) {
-        futures::future::join_all(leases.into_iter().map(|l| self.teardown(l))).await;
-    }
-    /// Packets the host has sent into each of these links (towards the guest: a tap's tx
-    /// counter), by link index; links it cannot read are missing. At most one netlink dump.
-    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64>;
-}
-
-/// The host side of an instance's network, owned by the registry while the instance lives.
-#[derive(Debug)]
-pub struct NetLease {
-    pub tap: String,
-    pub index: u32,
-    pub inner: Option<crate::net::InstanceNet>,
-}
 
 /// How a query was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +74,17 @@ impl SummonError {
     }
 }
 
+/// A service's configuration and the driver chosen for it when that configuration was loaded.
+#[derive(Clone)]
+struct Entry {
+    cfg: Arc<ServiceConfig>,
+    driver: Arc<dyn Driver>,
+}
+
 /// One service and its (at most one) instance.
 pub struct Slot {
     pub name: String,
-    cfg: RwLock<Arc<ServiceConfig>>,
+    entry: RwLock<Entry>,
     inner: Mutex<Inner>,
     changed: watch::Sender<()>,
     /// Milliseconds since the registry's epoch of the last query for this name.
@@ -113,10 +92,13 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(cfg: ServiceConfig) -> Slot {
+    fn new(cfg: ServiceConfig, driver: Arc<dyn Driver>) -> Slot {
         Slot {
             name: cfg.name.clone(),
-            cfg: RwLock::new(Arc::new(cfg)),
+            entry: RwLock::new(Entry {
+                cfg: Arc::new(cfg),
+                driver,
+            }),
             inner: Mutex::new(Inner::new()),
             changed: watch::channel(()).0,
             last_query_ms: AtomicU64::new(0),
@@ -124,7 +106,11 @@ impl Slot {
     }
 
     pub fn config(&self) -> Arc<ServiceConfig> {
-        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.entry().cfg
+    }
+
+    fn entry(&self) -> Entry {
+        self.entry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -151,8 +137,7 @@ pub struct InstanceInfo {
 }
 
 struct Shared {
-    backend: Arc<dyn Backend>,
-    plumbing: Arc<dyn Plumbing>,
+    drivers: Arc<dyn Drivers>,
     metrics: Arc<Metrics>,
     admission: Admission,
     limits: RwLock<Limits>,
@@ -171,22 +156,25 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Must be called inside a tokio runtime (it spawns the instance-event task).
+    /// Must be called inside a tokio runtime (it spawns the instance-event task). Fails when a
+    /// service's driver cannot be built (e.g. its libvirt URI does not answer).
     pub fn new(
         services: &[ServiceConfig],
         limits: Limits,
         ttl: u32,
-        backend: Arc<dyn Backend>,
-        plumbing: Arc<dyn Plumbing>,
+        drivers: Arc<dyn Drivers>,
         metrics: Arc<Metrics>,
-    ) -> Registry {
+    ) -> Result<Registry, DriverError> {
+        let entries = services
+            .iter()
+            .map(|s| Ok((s.clone(), drivers.for_service(s)?)))
+            .collect::<Result<Vec<_>, DriverError>>()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let epoch = Instant::now();
         let reg = Registry {
             slots: Arc::new(RwLock::new(HashMap::new())),
             shared: Arc::new(Shared {
-                backend,
-                plumbing,
+                drivers,
                 metrics,
                 admission: Admission::new(
                     limits.max_instances,
@@ -203,15 +191,15 @@ impl Registry {
                 reap: reap::ReapQueue::new(epoch),
             }),
         };
-        for s in services {
-            reg.insert(s.clone());
+        for (cfg, driver) in entries {
+            reg.insert(cfg, driver);
         }
         tokio::spawn(reg.clone().event_loop(rx));
-        reg
+        Ok(reg)
     }
 
-    fn insert(&self, cfg: ServiceConfig) {
-        let slot = Arc::new(Slot::new(cfg));
+    fn insert(&self, cfg: ServiceConfig, driver: Arc<dyn Driver>) {
+        let slot = Arc::new(Slot::new(cfg, driver));
         self.set_phase_metric(&slot.name, None, Phase::Stopped);
         self.slots
             .write()
@@ -304,7 +292,7 @@ impl Registry {
                     service: s.name.clone(),
                     ip: cfg.ip,
                     state: g.phase.as_str(),
-                    tap: g.net.as_ref().map(|l| l.tap.clone()),
+                    tap: g.net.as_ref().and_then(|l| l.tap()).map(str::to_string),
                     net_ready: g.net_ready,
                     boots: g.boots,
                     failures: g.failures,
