@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -214,6 +215,40 @@ impl ElfImage {
             path: path.to_path_buf(),
             len,
         })
+    }
+
+    /// Reads the whole file at `path` into memory and checks it as [`ElfImage::parse`] does.
+    /// For caches that outlive many guests (summond): the image then holds no fd, so the
+    /// number of distinct images costs nothing in the process's fd table, and every boot copies
+    /// its segments from memory.
+    pub fn read(path: &Path) -> Result<ElfImage, ImageError> {
+        let io = |source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        if size > MAX_IMAGE_SIZE {
+            return Err(ImageError::FileTooLarge {
+                path: path.to_path_buf(),
+                size,
+                max: MAX_IMAGE_SIZE,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        // At most one byte more than checked: a file that grew since is refused, not truncated.
+        (&file)
+            .take(MAX_IMAGE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_IMAGE_SIZE {
+            return Err(ImageError::FileTooLarge {
+                path: path.to_path_buf(),
+                size: bytes.len() as u64,
+                max: MAX_IMAGE_SIZE,
+            });
+        }
+        Self::parse(bytes)
     }
 
     /// Checks everything that does not depend on the guest memory size; [`Self::check_fits`]

@@ -238,6 +238,32 @@ fn from_file_reads_the_image() {
     }
 }
 
+/// `read` takes the whole file into memory: the segments are the same, and nothing stays open.
+#[test]
+fn read_takes_the_image_into_memory() {
+    let dir = tempdir("read");
+    let path = dir.join("hello.hvt");
+    let b = ImageBuilder::with_devices(&[("service", abi::MFT_DEV_NET_BASIC)]);
+    std::fs::write(&path, b.to_bytes()).unwrap();
+    let img = ElfImage::read(&path);
+    // Truncated after the read: an image in memory does not notice.
+    std::fs::write(&path, b"").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let img = img.expect("valid file refused");
+    let in_memory = parse(&b);
+    assert_eq!(img.segments, in_memory.segments);
+    for seg in &img.segments {
+        assert_eq!(
+            img.segment_data(seg).unwrap(),
+            in_memory.segment_data(seg).unwrap()
+        );
+    }
+    assert!(matches!(
+        ElfImage::read(&dir.join("missing.hvt")),
+        Err(summon_image::ImageError::Io { .. })
+    ));
+}
+
 /// A file cut short after its headers were checked: loading a segment is a clear I/O error.
 #[test]
 fn file_truncated_after_the_checks_is_an_error_at_load() {

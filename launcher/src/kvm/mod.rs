@@ -127,7 +127,8 @@ impl KvmBackend {
         self.pool.as_ref().map_or(0, |p| p.ready())
     }
 
-    /// Parses the image at `path`, or returns the cached parse if the file has not changed.
+    /// Parses the image at `path` (read into memory: the cache holds no fd), or returns the
+    /// cached parse if the file has not changed.
     pub fn load_image(&self, path: &Path) -> Result<Arc<ElfImage>, KvmError> {
         let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
@@ -147,7 +148,7 @@ impl KvmBackend {
             }
         }
         // Parsed without the lock, so starts of other images do not wait for this one.
-        let img = Arc::new(ElfImage::from_file(path)?);
+        let img = Arc::new(ElfImage::read(path)?);
         cache().insert(path.to_path_buf(), (stamp, img.clone()));
         Ok(img)
     }
