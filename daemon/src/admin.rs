@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::cluster::Cluster;
 use crate::registry::Registry;
 
 const MAX_REQUEST: usize = 8192;
@@ -53,10 +54,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves admin requests, `max_connections` at once; with `token`, all but `GET /metrics` and
-/// `GET /healthz` need it.
+/// `GET /healthz` need it. With `cluster`, `/v1/instances` names each instance's owner and
+/// `/v1/cluster` shows the cluster as this host sees it.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
+    cluster: Option<Arc<Cluster>>,
     token: Option<String>,
     max_connections: usize,
 ) {
@@ -78,11 +81,14 @@ pub async fn serve(
             continue;
         };
         let registry = registry.clone();
+        let cluster = cluster.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &registry, token.as_deref()))
-                    .await;
+            let _ = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                handle(stream, &registry, cluster.as_deref(), token.as_deref()),
+            )
+            .await;
             drop(permit);
         });
     }
@@ -118,6 +124,7 @@ fn authorized(head: &str, token: &[u8]) -> bool {
 async fn handle(
     mut stream: TcpStream,
     registry: &Registry,
+    cluster: Option<&Cluster>,
     token: Option<&[u8]>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -186,12 +193,42 @@ async fn handle(
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
         "/v1/instances" => {
-            let body =
-                serde_json::to_string_pretty(&registry.instances()).unwrap_or_else(|_| "[]".into());
+            let rows = registry.instances();
+            let body = match cluster {
+                None => serde_json::to_string_pretty(&rows),
+                Some(c) => {
+                    let rows: Vec<_> = rows
+                        .into_iter()
+                        .map(|i| {
+                            let owner = c.owner(&i.service);
+                            (i, owner)
+                        })
+                        .map(|(info, owner)| OwnedInstance { info, owner })
+                        .collect();
+                    serde_json::to_string_pretty(&rows)
+                }
+            }
+            .unwrap_or_else(|_| "[]".into());
             respond(&mut stream, 200, "application/json", &(body + "\n")).await
         }
+        "/v1/cluster" => match cluster {
+            Some(c) => {
+                let body = serde_json::to_string_pretty(&c.view()).unwrap_or_default();
+                respond(&mut stream, 200, "application/json", &(body + "\n")).await
+            }
+            None => respond(&mut stream, 404, "text/plain", "standalone: no [cluster]\n").await,
+        },
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
     }
+}
+
+/// A `/v1/instances` row of a cluster host: the instance here, and which host owns the
+/// service in the cluster.
+#[derive(serde::Serialize)]
+struct OwnedInstance {
+    #[serde(flatten)]
+    info: crate::registry::InstanceInfo,
+    owner: Option<String>,
 }
 
 async fn respond(

@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns::rrl::{Prefixes, Rrl};
 use crate::dns::{self, DnsFront, Zone};
@@ -115,13 +116,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             "client caps lowered to fit the file descriptor budget"
         );
     }
-    let front = DnsFront::new(
+    // Standalone unless [cluster] is set: then, and only then, etcd is contacted.
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            Cluster::start(
+                c.clone(),
+                &config.dns.zone,
+                config.dns.ttl,
+                registry.clone(),
+                nl.clone(),
+                metrics.clone(),
+            )
+            .await
+            .context("joining the cluster")?,
+        ),
+        None => None,
+    };
+    let mut front = DnsFront::new(
         zone.clone(),
         registry.clone(),
         metrics.clone(),
         max_forwards,
         Rrl::new(&config.dns.rrl),
     );
+    if let Some(c) = &cluster {
+        front = front.with_cluster(c.clone());
+    }
     let prefixes = Prefixes::new(&config.dns.rrl);
     let tcp_clients = Arc::new(Semaphore::new(tcp_max_clients));
     let mut dns_servers = JoinSet::new();
@@ -147,6 +167,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(
             l,
             registry.clone(),
+            cluster.clone(),
             admin_token,
             admin_max_clients,
         ));
@@ -189,6 +210,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Queries still waiting for a boot go unanswered: every instance is about to stop.
     dns_servers.shutdown().await;
     registry.stop_all().await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     drivers.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {
         let h = h.clone();

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub held_packets: IntCounter,
     /// 1 when guest CPU quotas are enforced (a usable cpu cgroup controller), else 0.
     pub cpu_quota_enforced: IntGauge,
+    /// `[cluster]`: claims won and lost, answers for another host's instance, relays, fences.
+    pub cluster_events: IntCounterVec,
     /// Guest counters of ended instances, by service (live ones are read at scrape time).
     guest_ended: Mutex<BTreeMap<String, GuestTotals>>,
     /// DNS TCP connections open now.
@@ -213,6 +215,17 @@ impl Metrics {
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
+        let cluster_events = IntCounterVec::new(
+            Opts::new(
+                "summon_cluster_events_total",
+                "Cluster decisions: claim_won, claim_lost, remote (answered for another host's instance), relayed, fenced",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cluster_events.clone()))
+            .expect("register");
         let cpu_quota_enforced = IntGauge::new(
             "summon_guest_cpu_quota_enforced",
             "1 when guest cpu_quota is enforced through a cpu cgroup controller, 0 when the host has none",
@@ -266,6 +279,7 @@ impl Metrics {
             boots,
             held_packets,
             cpu_quota_enforced,
+            cluster_events,
             guest_ended: Mutex::new(BTreeMap::new()),
             dns_tcp_connections,
             dns_tcp_rejected,

@@ -53,6 +53,10 @@ pub async fn reload(
     if new.kvm != current.kvm {
         tracing::warn!("kvm.prewarm changes take effect after a restart");
     }
+    if new.cluster != current.cluster {
+        // Joining, leaving or changing node name mid-flight would strand claims in etcd.
+        tracing::warn!("[cluster] changes take effect after a restart");
+    }
     let prev_serial = {
         let z = zone.read().unwrap_or_else(|p| p.into_inner());
         match &z.soa.data {

@@ -1,5 +1,6 @@
 //! summond's configuration: TOML in, a checked [`Config`] out, or errors with line and column.
 
+mod cluster;
 mod error;
 mod model;
 mod tap_name;
@@ -15,6 +16,7 @@ use summon_launcher::libvirt::{DomainSource, LibvirtConfig};
 pub use summon_launcher::GuestLimits;
 use summon_launcher::MacAddr;
 
+pub use cluster::{ClusterConfig, ClusterMode, DEFAULT_LEASE_TTL};
 pub use error::{line_col, ConfigError, Problem};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use model::{ReplyMode, StopMode};
@@ -30,6 +32,8 @@ pub struct Config {
     pub limits: Limits,
     pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[cluster]`; `None`: standalone, no etcd.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where summond keeps its host state's lock (`[daemon]`).

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub kvm: Option<RawKvm>,
+    #[serde(default)]
+    pub cluster: Option<super::cluster::RawCluster>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }

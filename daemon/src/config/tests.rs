@@ -537,6 +537,127 @@ fn max_instances_beyond_the_fd_budget_is_an_error() {
     );
 }
 
+fn with_cluster(keys: &str) -> String {
+    base(&format!("\n[cluster]\n{keys}\n{}", service("")))
+}
+
+#[test]
+fn no_cluster_section_is_standalone() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.cluster, None);
+}
+
+#[test]
+fn cluster_section_parsed_with_defaults() {
+    let src = with_cluster(
+        "node = \"Host-A\"\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    );
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.node, "host-a");
+    assert_eq!(c.etcd, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+    assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
+    assert_eq!(c.mode, ClusterMode::Route);
+    assert_eq!(c.advertise, "10.0.0.11:53".parse().unwrap());
+
+    let src = with_cluster(
+        "node = \"a\"\netcd = [\"http://10.0.0.1:2379\"]\nmode = \"arp\"\nuplink = \"eth0\"\nlease_ttl = \"3s\"\nadvertise = \"10.0.0.11:5300\"",
+    );
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        c.mode,
+        ClusterMode::Arp {
+            uplink: "eth0".into()
+        }
+    );
+    assert_eq!(c.lease_ttl, Duration::from_secs(3));
+}
+
+#[test]
+fn cluster_errors_point_at_values() {
+    // Line 10 is `[cluster]`; its keys follow from line 11.
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://10.0.0.1:2379\"]\nmode = \"arp\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!((p.line, p.column), (Some(13), Some(8)), "{p}");
+    assert!(p.message.contains("needs cluster.uplink"), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"10.0.0.1:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!((p.line, p.column), (Some(12), Some(9)), "{p}");
+    assert!(
+        p.message.contains("cluster.etcd: expected an endpoint"),
+        "{p}"
+    );
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"bgp\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("expected \"arp\" or \"route\""), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nlease_ttl = \"1500ms\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!(p.line, Some(14), "{p}");
+    assert!(
+        p.message
+            .contains("cluster.lease_ttl: expected whole seconds"),
+        "{p}"
+    );
+
+    let p = one_error(&with_cluster(
+        "node = \"a b\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("cluster.node"), "{p}");
+
+    // dns.listen is loopback only in `base`: the other hosts could not relay to it.
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"",
+    ));
+    assert!(p.message.contains("cluster.advertise: needed"), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nuplink = \"eth0\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("only used with mode = \"arp\""), "{p}");
+
+    let p = one_error(&with_cluster("node = \"a\"\nmode = \"route\""));
+    assert!(p.message.contains("missing field `etcd`"), "{p}");
+}
+
+#[test]
+fn shipped_example_cluster_section_is_valid_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("# [cluster]\n")
+        .expect("example has a [cluster] block");
+    let block: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(&with_cluster_block(&block), Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.node, "host-a");
+    assert_eq!(c.etcd.len(), 3);
+    assert_eq!(c.advertise, "10.0.0.11:53".parse().unwrap());
+}
+
+fn with_cluster_block(block: &str) -> String {
+    base(&format!("\n{block}\n{}", service("")))
+}
+
 fn libvirt_service(table: &str) -> Result<LibvirtService, Vec<Problem>> {
     let cfg = Config::parse(
         &base(&service(&format!(

@@ -19,7 +19,7 @@ use super::{
     DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
 };
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     lines: LineIndex<'a>,
     problems: Vec<Problem>,
     /// Whether each image path is a file, asked once per path: thousands of services usually
@@ -28,7 +28,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
+    pub(super) fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
         self.problems
             .push(Problem::at_index(&self.lines, Some(at.span()), msg.into()));
     }
@@ -123,7 +123,12 @@ impl Checker<'_> {
         }
     }
 
-    fn socket(&mut self, v: &Spanned<String>, key: &str, default_port: u16) -> Option<SocketAddr> {
+    pub(super) fn socket(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        default_port: u16,
+    ) -> Option<SocketAddr> {
         let s = v.get_ref();
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Some(a);
@@ -533,6 +538,12 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         c.err_plain("no [[service]] defined: expected at least one");
     }
 
+    // [cluster]
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| super::cluster::check(&mut c, r, &listen));
+
     if c.problems.is_empty() {
         Ok(Config {
             dns: DnsConfig {
@@ -553,6 +564,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits,
             kvm,
             services,
+            cluster,
         })
     } else {
         Err(c.problems)

@@ -4,6 +4,7 @@ mod cleanup;
 pub mod hold;
 mod netlink;
 mod plumb_error;
+pub mod proxy_arp;
 mod tap;
 
 use std::collections::HashMap;

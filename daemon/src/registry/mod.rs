@@ -60,6 +60,8 @@ pub enum SummonError {
     Timeout,
     #[error("service was removed")]
     Gone,
+    #[error("no live instance here")]
+    NotLive,
 }
 
 impl SummonError {
@@ -70,9 +72,13 @@ impl SummonError {
             SummonError::Limit(l) => l.result_label(),
             SummonError::Timeout => "timeout",
             SummonError::Gone => "gone",
+            SummonError::NotLive => "not_live",
         }
     }
 }
+
+/// Told the name of a service whose instance stopped being live (see [`Registry::on_release`]).
+pub type ReleaseHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A service's configuration and the driver chosen for it when that configuration was loaded.
 #[derive(Clone)]
@@ -146,6 +152,9 @@ struct Shared {
     epoch: Instant,
     events: mpsc::UnboundedSender<(String, u64, InstanceEvent)>,
     reap: reap::ReapQueue,
+    /// Told when an instance stops being live (a cluster host releases its claim); called
+    /// under the slot's lock, so it must only hand the name on.
+    on_release: std::sync::OnceLock<ReleaseHook>,
 }
 
 /// All services, by lower-case name.
@@ -189,6 +198,7 @@ impl Registry {
                 epoch,
                 events: tx,
                 reap: reap::ReapQueue::new(epoch),
+                on_release: std::sync::OnceLock::new(),
             }),
         };
         for (cfg, driver) in entries {
@@ -238,6 +248,24 @@ impl Registry {
         &self.shared.metrics
     }
 
+    /// Sets the hook told of every instance that stops being live (once per process).
+    pub fn on_release(&self, f: ReleaseHook) {
+        if self.shared.on_release.set(f).is_err() {
+            tracing::warn!("registry release hook set twice; keeping the first");
+        }
+    }
+
+    /// A query for `slot` answered elsewhere counts as one here (idleness across hosts).
+    pub fn note_query(&self, slot: &Slot) {
+        slot.last_query_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many more instances of `memory_mib` the limits admit now (none reserved).
+    pub fn room(&self, memory_mib: u64) -> u32 {
+        self.shared.admission.room(memory_mib)
+    }
+
     fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
     }
@@ -261,6 +289,9 @@ impl Registry {
             self.shared
                 .admission
                 .release(std::mem::take(&mut g.admitted_mib));
+            if let Some(f) = self.shared.on_release.get() {
+                f(&slot.name);
+            }
         }
         g.phase = new;
         g.since = Instant::now();

@@ -17,6 +17,20 @@ impl Registry {
     /// Makes sure the service's instance runs (booting or resuming it) and returns its address.
     /// Concurrent callers share one start.
     pub async fn summon(&self, slot: &Arc<Slot>) -> Result<(Ipv4Addr, Served), SummonError> {
+        self.summon_with(slot, true).await
+    }
+
+    /// Like [`Registry::summon`], but never boots: a stopped or failed service is
+    /// [`SummonError::NotLive`]. For a cluster host, which boots only what it has claimed.
+    pub async fn summon_live(&self, slot: &Arc<Slot>) -> Result<(Ipv4Addr, Served), SummonError> {
+        self.summon_with(slot, false).await
+    }
+
+    async fn summon_with(
+        &self,
+        slot: &Arc<Slot>,
+        may_boot: bool,
+    ) -> Result<(Ipv4Addr, Served), SummonError> {
         let t0 = Instant::now();
         slot.last_query_ms.store(self.now_ms(), Ordering::Relaxed);
         let entry = slot.entry();
@@ -33,7 +47,7 @@ impl Registry {
         let result = loop {
             let mut rx = {
                 let mut g = slot.lock();
-                if let Some(done) = self.step(slot, &mut g, &entry, t0, waited_gen) {
+                if let Some(done) = self.step(slot, &mut g, &entry, t0, waited_gen, may_boot) {
                     break done;
                 }
                 // An instance on its way out (or into suspension) is not the one this query
@@ -75,6 +89,7 @@ impl Registry {
         entry: &Entry,
         t0: Instant,
         waited_gen: Option<u64>,
+        may_boot: bool,
     ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
         let cfg = &entry.cfg;
         if g.removed {
@@ -84,6 +99,7 @@ impl Registry {
             Phase::Running => self.running(slot, g, cfg, waited_gen).map(Ok),
             Phase::Suspended => Some(self.resume(slot, g, cfg)),
             Phase::Starting | Phase::Stopping | Phase::Suspending => None,
+            Phase::Failed | Phase::Stopped if !may_boot => Some(Err(SummonError::NotLive)),
             Phase::Failed | Phase::Stopped => self.admit_and_start(slot, g, entry, t0, waited_gen),
         }
     }

@@ -128,8 +128,10 @@ impl WarmVcpu {
     /// Prepares a vCPU; with `mem_size > 0` also its memory of that size, and with `pre_run`
     /// (and memory) runs it once through a stub (which waits for the new thread: only for the
     /// prewarm pool, not on a start path). `pooled`: the thread confines itself (seccomp stage
-    /// one) while it waits for a guest; otherwise, prepared on a start path, it attaches a single
-    /// filter once its guest has arrived (two attaches there would only compete with the start).
+    /// one) while it waits for a guest (also the backend's probed vCPU, whose wait overlaps the
+    /// whole start); otherwise, prepared on a start path, it attaches a single filter once its
+    /// guest has arrived (two attaches there would only compete with the start). Without the
+    /// stub, the memory is mapped and registered after the thread is spawned, while it starts.
     /// `spawn` creates the vCPU thread.
     pub fn prepare(
         host: &HostInfo,
@@ -157,7 +159,9 @@ impl WarmVcpu {
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         vcpu.set_sregs(&host.sregs)
             .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
-        let mem = if mem_size > 0 {
+        // The stub needs the memory before the thread runs; otherwise it is made (its slot
+        // registration waits for an SRCU grace period) while the new thread starts.
+        let mut mem = if mem_size > 0 && pre_run_it {
             Some(memory_for(&vm, mem_size)?)
         } else {
             None
@@ -166,6 +170,7 @@ impl WarmVcpu {
             std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit).cast::<AtomicU8>();
         let control = Arc::new(Control::new(immediate_exit)?);
         let pre_run_it = pre_run_it && mem.is_some();
+        let later_mem = (mem_size > 0 && mem.is_none()).then_some(mem_size);
         if pre_run_it {
             if let Some(m) = &mem {
                 m.load(STUB_GPA, &STUB).map_err(|_| KvmError::MemorySize {
@@ -200,6 +205,9 @@ impl WarmVcpu {
             }
         }))
         .map_err(KvmError::Thread)?;
+        if let Some(size) = later_mem {
+            mem = Some(memory_for(&vm, size)?);
+        }
         if pre_run_it {
             match ran.recv() {
                 Ok(Ok(())) => {
