@@ -28,6 +28,7 @@ fn main() {
         "rt",
         "hello",
         "http",
+        "http-request",
         "hostile",
     ] {
         println!("cargo:rerun-if-changed={}", unikernels.join(path).display());

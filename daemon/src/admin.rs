@@ -12,10 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::cluster::Cluster;
 use crate::registry::Registry;
 
 const MAX_REQUEST: usize = 8192;
-/// Connections served at once; more are closed at once (a scraper and an operator need few).
+/// Connections served at once at most (a scraper and an operator need few); fewer when the fd
+/// budget's admin share is smaller. More are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
 /// A connection that has not sent its whole request (and had it answered) by then is closed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,11 +53,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves admin requests; with `token`, all but `GET /metrics` and `GET /healthz` need it.
-pub async fn serve(listener: TcpListener, registry: Registry, token: Option<String>) {
+/// Serves admin requests, `max_connections` at once; with `token`, all but `GET /metrics` and
+/// `GET /healthz` need it. With `cluster`, `/v1/instances` names each instance's owner and
+/// `/v1/cluster` shows the cluster as this host sees it.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    cluster: Option<Arc<Cluster>>,
+    token: Option<String>,
+    max_connections: usize,
+) {
     let registry = Arc::new(registry);
     let token: Option<Arc<[u8]>> = token.map(|t| Arc::from(t.into_bytes()));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -66,16 +76,19 @@ pub async fn serve(listener: TcpListener, registry: Registry, token: Option<Stri
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            tracing::debug!(%peer, "admin connection refused: {max_connections} already open");
             drop(stream);
             continue;
         };
         let registry = registry.clone();
+        let cluster = cluster.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &registry, token.as_deref()))
-                    .await;
+            let _ = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                handle(stream, &registry, cluster.as_deref(), token.as_deref()),
+            )
+            .await;
             drop(permit);
         });
     }
@@ -111,6 +124,7 @@ fn authorized(head: &str, token: &[u8]) -> bool {
 async fn handle(
     mut stream: TcpStream,
     registry: &Registry,
+    cluster: Option<&Cluster>,
     token: Option<&[u8]>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -179,12 +193,42 @@ async fn handle(
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
         "/v1/instances" => {
-            let body =
-                serde_json::to_string_pretty(&registry.instances()).unwrap_or_else(|_| "[]".into());
+            let rows = registry.instances();
+            let body = match cluster {
+                None => serde_json::to_string_pretty(&rows),
+                Some(c) => {
+                    let rows: Vec<_> = rows
+                        .into_iter()
+                        .map(|i| {
+                            let owner = c.owner(&i.service);
+                            (i, owner)
+                        })
+                        .map(|(info, owner)| OwnedInstance { info, owner })
+                        .collect();
+                    serde_json::to_string_pretty(&rows)
+                }
+            }
+            .unwrap_or_else(|_| "[]".into());
             respond(&mut stream, 200, "application/json", &(body + "\n")).await
         }
+        "/v1/cluster" => match cluster {
+            Some(c) => {
+                let body = serde_json::to_string_pretty(&c.view()).unwrap_or_default();
+                respond(&mut stream, 200, "application/json", &(body + "\n")).await
+            }
+            None => respond(&mut stream, 404, "text/plain", "standalone: no [cluster]\n").await,
+        },
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
     }
+}
+
+/// A `/v1/instances` row of a cluster host: the instance here, and which host owns the
+/// service in the cluster.
+#[derive(serde::Serialize)]
+struct OwnedInstance {
+    #[serde(flatten)]
+    info: crate::registry::InstanceInfo,
+    owner: Option<String>,
 }
 
 async fn respond(

@@ -83,12 +83,51 @@ pub fn admin_target(
     Ok((addr, token))
 }
 
+/// Renders `/v1/cluster` JSON (a cluster host's view) as a table.
+pub fn cluster_table(json: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let s = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string()
+    };
+    let mut out = format!(
+        "cluster: this node {}, lease {}\n{:<20} {:<22} {:>6}\n",
+        s(&v, "node"),
+        s(&v, "lease"),
+        "NODE",
+        "DNS",
+        "FREE"
+    );
+    for n in v
+        .get("nodes")
+        .and_then(|x| x.as_array())
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{:<20} {:<22} {:>6}\n",
+            s(n, "node"),
+            s(n, "dns"),
+            n.get("free").and_then(|x| x.as_u64()).unwrap_or(0)
+        ));
+    }
+    Ok(out)
+}
+
 /// Renders `/v1/instances` JSON as a table.
 pub fn status_table(json: &str) -> anyhow::Result<String> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json)?;
+    // A cluster host's rows name each service's owner.
+    let clustered = rows.iter().any(|r| r.get("owner").is_some());
     let mut out = format!(
-        "{:<20} {:<15} {:<10} {:<16} {:>6} {:>8} {:>10}\n",
-        "SERVICE", "IP", "STATE", "TAP", "BOOTS", "FAILURES", "FOR"
+        "{:<20} {:<15} {:<10} {:<16} {:>6} {:>8} {:>10}{}\n",
+        "SERVICE",
+        "IP",
+        "STATE",
+        "TAP",
+        "BOOTS",
+        "FAILURES",
+        "FOR",
+        if clustered { "  OWNER" } else { "" }
     );
     for r in rows {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
@@ -98,15 +137,43 @@ pub fn status_table(json: &str) -> anyhow::Result<String> {
             .and_then(|v| v.as_f64())
             .unwrap_or(0.0);
         out.push_str(&format!(
-            "{:<20} {:<15} {:<10} {:<16} {:>6} {:>8} {:>9.1}s\n",
+            "{:<20} {:<15} {:<10} {:<16} {:>6} {:>8} {:>9.1}s{}\n",
             s("service"),
             s("ip"),
             s("state"),
             s("tap"),
             n("boots"),
             n("failures"),
-            secs
+            secs,
+            if clustered {
+                format!("  {}", s("owner"))
+            } else {
+                String::new()
+            }
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_owners_and_the_cluster_view() {
+        let rows = r#"[{"service":"web","ip":"10.77.0.10","state":"running","tap":"sm-web","boots":1,"failures":0,"state_seconds":2.0,"owner":"h0"}]"#;
+        let t = status_table(rows).unwrap();
+        assert!(t.lines().next().unwrap().ends_with("OWNER"), "{t}");
+        assert!(t.contains("  h0"), "{t}");
+        let standalone = r#"[{"service":"web","ip":"10.77.0.10","state":"stopped","tap":null,"boots":0,"failures":0,"state_seconds":2.0}]"#;
+        assert!(!status_table(standalone).unwrap().contains("OWNER"));
+        let view = r#"{"node":"h0","lease":"1f","owners":[],"nodes":[{"node":"h1","dns":"10.99.0.12:53","free":40}]}"#;
+        let c = cluster_table(view).unwrap();
+        assert!(c.contains("this node h0, lease 1f"), "{c}");
+        assert!(
+            c.contains("h1") && c.contains("10.99.0.12:53") && c.contains("40"),
+            "{c}"
+        );
+        assert!(cluster_table("not json").is_err());
+    }
 }

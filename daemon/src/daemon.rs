@@ -5,20 +5,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_server::Server;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::{BackendKind, Config};
-use crate::dns::rrl::Rrl;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::dns::rrl::{Prefixes, Rrl};
 use crate::dns::{self, DnsFront, Zone};
+use crate::driver::HostDrivers;
 use crate::fds::{self, FdBudget};
 use crate::hostlock::HostLock;
 use crate::metrics::Metrics;
 use crate::net::{remove_leftovers, NetPlumber, Netlink};
 use crate::registry::Registry;
-use crate::{admin, backend, reaper, reload, systemd};
+use crate::{admin, reaper, reload, systemd};
 
 /// Idle TCP DNS connections are closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,31 +73,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         mark.clone(),
     );
 
-    let backend =
-        backend::for_kind(BackendKind::Kvm, config.kvm).context("starting the KVM backend")?;
-    // The backend logged whether it can (detection runs once per process).
+    // Their shutdown at exit removes the libvirt SYN hold's iptables rules.
+    let drivers = Arc::new(HostDrivers::new(
+        config.kvm,
+        plumber,
+        Some(metrics.held_packets.clone()),
+    )?);
+    // The KVM backend logged whether it can (detection runs once per process).
     metrics
         .cpu_quota_enforced
         .set(i64::from(summon_launcher::kvm::cgroup::support().is_ok()));
-    // Libvirt services get their own backends (and the SYN hold) behind one dispatcher; its
-    // shutdown at exit removes the hold's iptables rules.
-    let backends = Arc::new(
-        crate::libvirt::ServiceBackends::new(
-            backend,
-            &config.services,
-            crate::libvirt::HOLD_QUEUE,
-            Some(metrics.held_packets.clone()),
-        )
-        .context("connecting libvirt services")?,
-    );
     let registry = Registry::new(
         &config.services,
         config.limits,
         config.dns.ttl,
-        backends.clone(),
-        Arc::new(crate::libvirt::LibvirtPlumbing::new(plumber)),
+        drivers.clone(),
         metrics.clone(),
-    );
+    )?;
     let capacity = fds::InstanceCapacity::of_host();
     tracing::info!(
         instances = capacity.instances,
@@ -115,24 +108,48 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .dns
         .tcp_max_clients
         .min(fd_budget.dns_tcp_connections());
-    if tcp_max_clients < config.dns.tcp_max_clients || max_forwards < config.dns.max_forwards {
+    let admin_max_clients = admin::MAX_CONNECTIONS.min(fd_budget.admin_connections());
+    if tcp_max_clients < config.dns.tcp_max_clients
+        || max_forwards < config.dns.max_forwards
+        || (config.admin.is_some() && admin_max_clients < admin::MAX_CONNECTIONS)
+    {
         tracing::warn!(
             tcp_max_clients,
             max_forwards,
+            admin_max_clients,
             limit = fd_budget.limit(),
-            "DNS caps lowered to fit the file descriptor budget"
+            "client caps lowered to fit the file descriptor budget"
         );
     }
-    let front = DnsFront::new(
+    // Standalone unless [cluster] is set: then, and only then, etcd is contacted.
+    let cluster = match &config.cluster {
+        Some(c) => Some(
+            Cluster::start(
+                c.clone(),
+                &config.dns.zone,
+                config.dns.ttl,
+                registry.clone(),
+                nl.clone(),
+                metrics.clone(),
+            )
+            .await
+            .context("joining the cluster")?,
+        ),
+        None => None,
+    };
+    let mut front = DnsFront::new(
         zone.clone(),
         registry.clone(),
         metrics.clone(),
         max_forwards,
         Rrl::new(&config.dns.rrl),
     );
-    let mut server = Server::new(front.clone());
+    if let Some(c) = &cluster {
+        front = front.with_cluster(c.clone());
+    }
+    let prefixes = Prefixes::new(&config.dns.rrl);
     let tcp_clients = Arc::new(Semaphore::new(tcp_max_clients));
-    let mut tcp_servers = JoinSet::new();
+    let mut dns_servers = JoinSet::new();
     for addr in &config.dns.listen {
         let udp = tokio::net::UdpSocket::bind(addr)
             .await
@@ -140,8 +157,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding DNS TCP {addr}"))?;
-        server.register_socket(udp);
-        tcp_servers.spawn(dns::tcp::serve(
+        dns_servers.spawn(dns::udp::serve(udp, front.clone(), prefixes));
+        dns_servers.spawn(dns::tcp::serve(
             tcp,
             front.clone(),
             tcp_clients.clone(),
@@ -152,7 +169,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let l = admin::bind(a.listen)
             .await
             .with_context(|| format!("binding admin {}", a.listen))?;
-        tokio::spawn(admin::serve(l, registry.clone(), admin_token));
+        tokio::spawn(admin::serve(
+            l,
+            registry.clone(),
+            cluster.clone(),
+            admin_token,
+            admin_max_clients,
+        ));
     }
     let reaper = reaper::spawn(registry.clone());
 
@@ -172,12 +195,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::reloading();
-                let prepare = |new: &Config| {
-                    backends
-                        .apply(&new.services)
-                        .map_err(|e| format!("libvirt services: {e:#}"))
-                };
-                match reload::reload(&config_path, &config, &zone, &registry, prepare).await {
+                match reload::reload(&config_path, &config, &zone, &registry).await {
                     Ok(new) => {
                         tracing::info!(services = new.services.len(), "configuration reloaded");
                         config = new;
@@ -194,12 +212,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     systemd::stopping();
     reaper.abort();
-    tcp_servers.abort_all();
-    let t = std::time::Instant::now();
-    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully()).await;
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, "DNS server shut down");
+    // Queries still waiting for a boot go unanswered: every instance is about to stop.
+    dns_servers.shutdown().await;
     registry.stop_all().await;
-    backends.shutdown();
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
+    drivers.shutdown();
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {
         let h = h.clone();
         let _ = tokio::task::spawn_blocking(move || h.release(Duration::from_secs(1))).await;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use summon_daemon::cli::{admin_target, status_table, Cli, Command};
+use summon_daemon::cli::{admin_target, cluster_table, status_table, Cli, Command};
 use summon_daemon::config::Config;
 
 fn main() -> anyhow::Result<()> {
@@ -25,10 +25,21 @@ fn main() -> anyhow::Result<()> {
                 "/v1/instances",
                 token.as_deref(),
             ))?;
+            // 404 on a standalone host.
+            let cluster = rt
+                .block_on(summon_daemon::admin::get(
+                    addr,
+                    "/v1/cluster",
+                    token.as_deref(),
+                ))
+                .ok();
             if json {
                 print!("{body}");
             } else {
                 print!("{}", status_table(&body)?);
+                if let Some(c) = cluster {
+                    print!("\n{}", cluster_table(&c)?);
+                }
             }
             Ok(())
         }

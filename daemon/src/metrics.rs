@@ -93,12 +93,16 @@ pub struct Metrics {
     pub held_packets: IntCounter,
     /// 1 when guest CPU quotas are enforced (a usable cpu cgroup controller), else 0.
     pub cpu_quota_enforced: IntGauge,
+    /// `[cluster]`: claims won and lost, answers for another host's instance, relays, fences.
+    pub cluster_events: IntCounterVec,
     /// Guest counters of ended instances, by service (live ones are read at scrape time).
     guest_ended: Mutex<BTreeMap<String, GuestTotals>>,
     /// DNS TCP connections open now.
     pub dns_tcp_connections: IntGauge,
     /// DNS TCP connections closed at accept because the cap was reached.
     pub dns_tcp_rejected: IntCounter,
+    /// UDP queries dropped because too many were already waiting for a boot or a forward.
+    pub dns_udp_shed: IntCounter,
     /// Out-of-zone queries not forwarded, by reason (`cap`: SERVFAIL, `not_allowed`: REFUSED).
     pub dns_forwards_rejected: IntCounterVec,
     /// UDP responses held back by response-rate limiting, by action (`dropped`, `slipped`).
@@ -187,6 +191,11 @@ impl Metrics {
             "DNS TCP connections closed at once because dns.tcp_max_clients (or the fd budget) was reached",
         )
         .expect("valid metric");
+        let dns_udp_shed = IntCounter::new(
+            "summon_dns_udp_shed_total",
+            "DNS UDP queries dropped unanswered because 4096 per socket were already waiting for a boot or a forward",
+        )
+        .expect("valid metric");
         let dns_forwards_rejected = IntCounterVec::new(
             Opts::new(
                 "summon_dns_forwards_rejected_total",
@@ -206,6 +215,17 @@ impl Metrics {
         registry
             .register(Box::new(held_packets.clone()))
             .expect("unique metric");
+        let cluster_events = IntCounterVec::new(
+            Opts::new(
+                "summon_cluster_events_total",
+                "Cluster decisions: claim_won, claim_lost, remote (answered for another host's instance), relayed, fenced",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cluster_events.clone()))
+            .expect("register");
         let cpu_quota_enforced = IntGauge::new(
             "summon_guest_cpu_quota_enforced",
             "1 when guest cpu_quota is enforced through a cpu cgroup controller, 0 when the host has none",
@@ -222,6 +242,9 @@ impl Metrics {
             .expect("unique metric");
         registry
             .register(Box::new(dns_tcp_connections.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(dns_udp_shed.clone()))
             .expect("unique metric");
         for c in [
             &dns_queries,
@@ -256,9 +279,11 @@ impl Metrics {
             boots,
             held_packets,
             cpu_quota_enforced,
+            cluster_events,
             guest_ended: Mutex::new(BTreeMap::new()),
             dns_tcp_connections,
             dns_tcp_rejected,
+            dns_udp_shed,
             dns_forwards_rejected,
             dns_rrl,
         }

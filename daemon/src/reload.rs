@@ -15,9 +15,10 @@ pub enum ReloadError {
     NetworkChanged(String),
     #[error(transparent)]
     Zone(#[from] crate::dns::zone::ZoneError),
-    /// The backends could not take the new services (e.g. a libvirt URI is unreachable).
-    #[error("{0}")]
-    Backends(String),
+    /// A new or changed service's driver could not be built (e.g. its libvirt URI does not
+    /// answer).
+    #[error(transparent)]
+    Driver(#[from] crate::driver::DriverError),
 }
 
 /// Zone serials: seconds since the epoch, but always growing, even for reloads within a second.
@@ -30,14 +31,11 @@ pub fn next_serial(prev: u32) -> u32 {
 }
 
 /// Loads `path` and applies it over `current`; on success returns the new config.
-/// `prepare_backends` runs before the registry sees the new services, so that a new service's
-/// backend exists before its first query (libvirt services have one each).
 pub async fn reload(
     path: &Path,
     current: &Config,
     zone: &SharedZone,
     registry: &Registry,
-    prepare_backends: impl FnOnce(&Config) -> Result<(), String>,
 ) -> Result<Config, ReloadError> {
     let new = Config::load(path)?;
     if new.network != current.network {
@@ -55,6 +53,10 @@ pub async fn reload(
     if new.kvm != current.kvm {
         tracing::warn!("kvm.prewarm changes take effect after a restart");
     }
+    if new.cluster != current.cluster {
+        // Joining, leaving or changing node name mid-flight would strand claims in etcd.
+        tracing::warn!("[cluster] changes take effect after a restart");
+    }
     let prev_serial = {
         let z = zone.read().unwrap_or_else(|p| p.into_inner());
         match &z.soa.data {
@@ -63,10 +65,11 @@ pub async fn reload(
         }
     };
     let new_zone = Zone::from_config(&new, next_serial(prev_serial))?;
-    prepare_backends(&new).map_err(ReloadError::Backends)?;
-    // Registry first: a name that appears in the zone must already have its slot; a removed
-    // one answers NXDOMAIN from the zone check meanwhile either way.
-    registry.apply(&new.services, new.limits, new.dns.ttl).await;
+    // Registry first: a name that appears in the zone must already have its slot (and its
+    // driver); a removed one answers NXDOMAIN from the zone check meanwhile either way.
+    registry
+        .apply(&new.services, new.limits, new.dns.ttl)
+        .await?;
     *zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_zone);
     Ok(new)
 }
@@ -78,7 +81,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
-    use crate::testkit::{NoPlumbing, RefusingBackend};
+    use crate::testkit::RefusingDrivers;
 
     /// `n` services; `shift` renames the first `shift` of them so a reload removes and adds.
     fn config_text(n: usize, shift: usize, image: &Path) -> String {
@@ -113,16 +116,14 @@ mod tests {
             &cfg.services,
             cfg.limits,
             cfg.dns.ttl,
-            Arc::new(RefusingBackend),
-            Arc::new(NoPlumbing),
+            Arc::new(RefusingDrivers),
             Arc::new(Metrics::new()),
-        );
+        )
+        .unwrap();
         let loaded = t.elapsed();
         std::fs::write(&path, config_text(n, n / 10, &image)).unwrap();
         let t = Instant::now();
-        let new = reload(&path, &cfg, &zone, &registry, |_| Ok(()))
-            .await
-            .unwrap();
+        let new = reload(&path, &cfg, &zone, &registry).await.unwrap();
         let reloaded = t.elapsed();
         assert_eq!(new.services.len(), n);
         assert!(registry.get("new00000").is_some() && registry.get("s00000").is_none());

@@ -1,49 +1,53 @@
-//! Stand-ins for the launcher and the host network, for DNS unit tests and the fuzz target:
-//! a backend that refuses every start (so a summon is a clean SERVFAIL) and plumbing that
-//! touches nothing. Never used by the daemon itself.
+//! Stand-ins for the drivers, for DNS unit tests and the fuzz target: a driver that refuses
+//! every start (so a summon is a clean SERVFAIL) and whose network setup touches nothing.
+//! Never used by the daemon itself.
 
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use summon_launcher::{Backend, BackendError, EventSink, Instance, InstanceSpec};
+use summon_launcher::{BackendError, EventSink, Instance, InstanceSpec, NetSpec};
 
 use crate::config::{Config, ServiceConfig};
 use crate::dns::rrl::Rrl;
 use crate::dns::{DnsFront, Zone};
+use crate::driver::{Driver, DriverError, Drivers, Lease, Traffic};
 use crate::metrics::Metrics;
-use crate::registry::{NetLease, Plumbing, Registry};
+use crate::net::PlumbError;
+use crate::registry::Registry;
 
-pub struct RefusingBackend;
+/// Drivers whose every start is refused and whose network setup touches nothing.
+pub struct RefusingDrivers;
 
-impl Backend for RefusingBackend {
+/// The one driver of [`RefusingDrivers`].
+pub struct RefusingDriver;
+
+#[async_trait::async_trait]
+impl Driver for RefusingDriver {
+    async fn setup(&self, _: &ServiceConfig) -> Result<(Lease, Vec<NetSpec>), PlumbError> {
+        Ok((Lease::None, Vec::new()))
+    }
+    fn starts_inline(&self) -> bool {
+        true
+    }
     fn start(&self, spec: InstanceSpec, _: EventSink) -> Result<Box<dyn Instance>, BackendError> {
         Err(BackendError::InvalidState(
             spec.name,
             "start (test backend)",
         ))
     }
+    fn traffic(&self, _: &dyn Instance, _: &Lease) -> Traffic {
+        Traffic::Unknown
+    }
+    async fn teardown(&self, _: Lease) {}
 }
 
-pub struct NoPlumbing;
-
 #[async_trait::async_trait]
-impl Plumbing for NoPlumbing {
-    async fn setup(
-        &self,
-        svc: &ServiceConfig,
-    ) -> Result<(NetLease, Option<OwnedFd>), crate::net::PlumbError> {
-        Ok((
-            NetLease {
-                tap: crate::net::tap_name(&svc.name),
-                index: 0,
-                inner: None,
-            },
-            None,
-        ))
+impl Drivers for RefusingDrivers {
+    fn for_service(&self, _: &ServiceConfig) -> Result<Arc<dyn Driver>, DriverError> {
+        Ok(Arc::new(RefusingDriver))
     }
-    async fn teardown(&self, _: NetLease) {}
-    async fn towards_guest(&self, _: &[u32]) -> std::collections::HashMap<u32, u64> {
-        Default::default()
+    async fn towards_guest(&self, _: &[u32]) -> HashMap<u32, u64> {
+        HashMap::new()
     }
 }
 
@@ -54,10 +58,10 @@ pub fn front(config: &Config) -> DnsFront {
         &config.services,
         config.limits,
         config.dns.ttl,
-        Arc::new(RefusingBackend),
-        Arc::new(NoPlumbing),
+        Arc::new(RefusingDrivers),
         metrics.clone(),
-    );
+    )
+    .expect("the refusing drivers build for every service");
     let zone = Zone::from_config(config, 1).expect("zone from a checked config");
     DnsFront::new(
         Arc::new(RwLock::new(Arc::new(zone))),

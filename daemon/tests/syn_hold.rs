@@ -318,8 +318,8 @@ fn unheld_addresses_and_released_holds_pass() {
 /// later, the backend's probe sees it, reports NetReady and releases the client's first SYN.
 #[test]
 fn held_backend_releases_when_the_guest_answers() {
-    use summon_daemon::libvirt::{HeldBackend, LibvirtService};
-    use summon_launcher::libvirt::LibvirtBackend;
+    use summon_daemon::driver::HeldBackend;
+    use summon_launcher::libvirt::{DomainSource, LibvirtBackend, LibvirtConfig, StopMode};
     use summon_launcher::{Backend, InstanceEvent, InstanceSpec};
 
     if !tools_ok() {
@@ -336,13 +336,12 @@ fn held_backend_releases_when_the_guest_answers() {
              <os><type arch='x86_64'>hvm</type></os></domain>",
         )
         .unwrap();
-        let svc = LibvirtService::from_table(
-            &"uri = 'test:///default'\ndomain = 'held-vm'"
-                .parse()
-                .unwrap(),
-        )
+        let inner = LibvirtBackend::new(LibvirtConfig {
+            uri: "test:///default".into(),
+            domain: DomainSource::Existing("held-vm".into()),
+            stop: StopMode::Destroy,
+        })
         .unwrap();
-        let inner = LibvirtBackend::new(svc.launcher_config().unwrap()).unwrap();
         let hold = Arc::new(SynHold::start(4305).unwrap());
         let backend = HeldBackend::new(inner, Some(hold.clone()), ip, 8083, Duration::from_secs(5));
         let (ev_tx, ev_rx) = channel();

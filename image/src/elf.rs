@@ -9,6 +9,10 @@
 //! and reports its own errors; `linux-loader` loads straight into guest memory and knows nothing
 //! of Solo5 notes. Neither would save the checks below, and both grow the dependency tree.
 //!
+//! From a file, only the ELF header, the program headers and the note segments are read for the
+//! checks; the launcher then reads each segment straight into guest memory
+//! ([`ElfImage::read_segment`]), as the reference tender does.
+//!
 //! Segments considered: `PT_LOAD` with a non-zero size. Those with `p_filesz != 0` are copied, as
 //! in the reference tender. A bss-only `PT_LOAD` (`p_filesz == 0`, `p_memsz != 0`) is copied from
 //! nothing (guest memory starts zeroed) but, unlike the reference tender which skips it entirely,
@@ -16,9 +20,13 @@
 //! so leaving a trailing bss out would hand the same memory out twice. Solo5's linker scripts fold
 //! `.bss` into the data segment, so real Solo5/MirageOS images never notice the difference.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use summon_hvt_abi as abi;
 
@@ -86,7 +94,70 @@ pub struct ElfImage {
     pub kernel_end: u64,
     pub abi: abi::AbiNote,
     pub manifest: Manifest,
-    bytes: Vec<u8>,
+    contents: Contents,
+}
+
+/// Where an image's bytes are.
+#[derive(Clone)]
+enum Contents {
+    /// All of them in memory ([`ElfImage::parse`]).
+    Bytes(Vec<u8>),
+    /// In the open file ([`ElfImage::from_file`]): the checks read only the headers and notes,
+    /// and each segment is read from the file straight into its destination when it is loaded,
+    /// as the reference tender does. The image is never copied whole into the host's heap,
+    /// whose fresh pages a one-shot tender would fault in just to copy them out again.
+    /// Shared by clones: reads are positioned (`pread`), so they never disturb each other.
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        len: usize,
+    },
+}
+
+impl Contents {
+    fn len(&self) -> usize {
+        match self {
+            Contents::Bytes(b) => b.len(),
+            Contents::File { len, .. } => *len,
+        }
+    }
+
+    /// The bytes `[off, off + n)`; `Ok(None)` when that range is not inside the image. A file
+    /// that ends before its length at open time is an I/O error (it changed meanwhile).
+    fn get(&self, off: usize, n: usize) -> Result<Option<Cow<'_, [u8]>>, ImageError> {
+        let Some(end) = off.checked_add(n).filter(|&end| end <= self.len()) else {
+            return Ok(None);
+        };
+        match self {
+            Contents::Bytes(b) => Ok(b.get(off..end).map(Cow::Borrowed)),
+            Contents::File { .. } => {
+                let mut buf = vec![0; n];
+                self.read_into(off, &mut buf)?;
+                Ok(Some(Cow::Owned(buf)))
+            }
+        }
+    }
+
+    /// Fills `dst` from offset `off`, which the caller checked lies inside the image.
+    fn read_into(&self, off: usize, dst: &mut [u8]) -> Result<(), ImageError> {
+        match self {
+            Contents::Bytes(b) => {
+                let src = off
+                    .checked_add(dst.len())
+                    .and_then(|end| b.get(off..end))
+                    .ok_or(ImageError::TooShort { len: b.len() })?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+            Contents::File { file, path, .. } => {
+                file.read_exact_at(dst, off as u64)
+                    .map_err(|source| ImageError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+        }
+    }
 }
 
 impl fmt::Debug for ElfImage {
@@ -97,7 +168,7 @@ impl fmt::Debug for ElfImage {
             .field("kernel_end", &format_args!("{:#x}", self.kernel_end))
             .field("abi", &self.abi)
             .field("manifest", &self.manifest)
-            .field("file_len", &self.bytes.len())
+            .field("file_len", &self.contents.len())
             .finish()
     }
 }
@@ -115,20 +186,47 @@ struct Phdr {
 }
 
 /// A Solo5 note found in a `PT_NOTE` segment: which segment, and its descriptor.
-struct FoundNote<'a> {
+struct FoundNote {
     index: usize,
-    desc: &'a [u8],
+    desc: Vec<u8>,
     descsz: u32,
 }
 
 impl ElfImage {
-    /// Reads `path` and parses it (see [`ElfImage::parse`]).
+    /// Opens `path` and checks it as [`ElfImage::parse`] does, reading only the headers and
+    /// notes; the file stays open, and [`Self::read_segment`] reads the segments from it.
     pub fn from_file(path: &Path) -> Result<ElfImage, ImageError> {
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|_| size <= MAX_IMAGE_SIZE)
+            .ok_or_else(|| ImageError::FileTooLarge {
+                path: path.to_path_buf(),
+                size,
+                max: MAX_IMAGE_SIZE,
+            })?;
+        Self::check(Contents::File {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+
+    /// Reads the whole file at `path` into memory and checks it as [`ElfImage::parse`] does.
+    /// For caches that outlive many guests (summond): the image then holds no fd, so the
+    /// number of distinct images costs nothing in the process's fd table, and every boot copies
+    /// its segments from memory.
+    pub fn read(path: &Path) -> Result<ElfImage, ImageError> {
+        let io = |source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
         if size > MAX_IMAGE_SIZE {
             return Err(ImageError::FileTooLarge {
@@ -137,12 +235,10 @@ impl ElfImage {
                 max: MAX_IMAGE_SIZE,
             });
         }
-        // Sized once from the metadata: growing by doubling would copy the image several times
-        // and touch each new allocation's pages (page faults cost whole microseconds on a
-        // nested host). One spare byte lets `read_to_end` see the end without growing.
-        let mut bytes = Vec::with_capacity(size as usize + 1);
-        // `take` bounds the read even if the file grows after the metadata call.
-        file.take(MAX_IMAGE_SIZE.saturating_add(1))
+        let mut bytes = Vec::with_capacity(size as usize);
+        // At most one byte more than checked: a file that grew since is refused, not truncated.
+        (&file)
+            .take(MAX_IMAGE_SIZE + 1)
             .read_to_end(&mut bytes)
             .map_err(io)?;
         if bytes.len() as u64 > MAX_IMAGE_SIZE {
@@ -158,9 +254,15 @@ impl ElfImage {
     /// Checks everything that does not depend on the guest memory size; [`Self::check_fits`]
     /// does the rest once it is known.
     pub fn parse(bytes: Vec<u8>) -> Result<ElfImage, ImageError> {
-        let b = bytes.as_slice();
-        let len = b.len();
-        let ehdr = b.get(..EHDR_SIZE).ok_or(ImageError::TooShort { len })?;
+        Self::check(Contents::Bytes(bytes))
+    }
+
+    fn check(contents: Contents) -> Result<ElfImage, ImageError> {
+        let len = contents.len();
+        let ehdr = contents
+            .get(0, EHDR_SIZE)?
+            .ok_or(ImageError::TooShort { len })?;
+        let ehdr = ehdr.as_ref();
         let field16 = |off| read_u16(ehdr, off).ok_or(ImageError::TooShort { len });
         let field32 = |off| read_u32(ehdr, off).ok_or(ImageError::TooShort { len });
         let field64 = |off| read_u64(ehdr, off).ok_or(ImageError::TooShort { len });
@@ -203,7 +305,7 @@ impl ElfImage {
         if phnum == 0 {
             return Err(ImageError::NoProgramHeaders);
         }
-        let phdrs = read_phdrs(b, phoff, phnum)?;
+        let phdrs = read_phdrs(&contents, phoff, phnum)?;
         if entry < abi::LOAD_BASE {
             return Err(ImageError::EntryBelowLoadBase { entry });
         }
@@ -227,11 +329,11 @@ impl ElfImage {
         }
 
         // Notes first: an image for another Solo5 target should say so, not fail on a segment.
-        let (abi_note, mft_note) = find_solo5_notes(b, &phdrs)?;
+        let (abi_note, mft_note) = find_solo5_notes(&contents, &phdrs)?;
         let abi_note = abi_note.ok_or(ImageError::MissingAbiNote)?;
         let abi = parse_abi_note(&abi_note)?;
         let mft_note = mft_note.ok_or(ImageError::MissingManifestNote)?;
-        let manifest = Manifest::parse_note(mft_note.desc, mft_note.descsz)?;
+        let manifest = Manifest::parse_note(&mft_note.desc, mft_note.descsz)?;
 
         let segments = check_segments(&phdrs, len)?;
         let kernel_end = segments
@@ -246,7 +348,7 @@ impl ElfImage {
             kernel_end,
             abi,
             manifest,
-            bytes,
+            contents,
         })
     }
 
@@ -282,38 +384,66 @@ impl ElfImage {
         Ok(())
     }
 
-    /// The `filesz` bytes of `seg` in the file; empty for a bss-only segment or a segment that
-    /// did not come from this image.
-    pub fn segment_data(&self, seg: &Segment) -> &[u8] {
+    /// Reads the `filesz` bytes of `seg` into `dst`, which must be exactly that long (empty for
+    /// a bss-only segment). Refused for a segment that did not come from this image.
+    pub fn read_segment(&self, seg: &Segment, dst: &mut [u8]) -> Result<(), ImageError> {
+        let (off, n) = self.segment_range(seg)?;
+        if n != dst.len() {
+            return Err(self.segment_out_of_file(seg));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.contents.read_into(off, dst)
+    }
+
+    /// The `filesz` bytes of `seg`, read into a new buffer (see [`Self::read_segment`]).
+    pub fn segment_data(&self, seg: &Segment) -> Result<Vec<u8>, ImageError> {
+        let (_, n) = self.segment_range(seg)?;
+        let mut data = vec![0; n];
+        self.read_segment(seg, &mut data)?;
+        Ok(data)
+    }
+
+    /// Offset and length of `seg`'s bytes in the file, if they lie inside it.
+    fn segment_range(&self, seg: &Segment) -> Result<(usize, usize), ImageError> {
         usize::try_from(seg.filesz)
             .ok()
-            .and_then(|n| seg.file_offset.checked_add(n))
-            .and_then(|end| self.bytes.get(seg.file_offset..end))
-            .unwrap_or(&[])
+            .filter(|&n| {
+                seg.file_offset
+                    .checked_add(n)
+                    .is_some_and(|end| end <= self.contents.len())
+            })
+            .map(|n| (seg.file_offset, n))
+            .ok_or_else(|| self.segment_out_of_file(seg))
+    }
+
+    fn segment_out_of_file(&self, seg: &Segment) -> ImageError {
+        ImageError::SegmentOutOfFile {
+            index: seg.phdr_index,
+            offset: seg.file_offset as u64,
+            filesz: seg.filesz,
+            len: self.contents.len(),
+        }
     }
 
     /// Size of the image file in bytes.
     pub fn file_len(&self) -> usize {
-        self.bytes.len()
+        self.contents.len()
     }
 }
 
-fn read_phdrs(b: &[u8], phoff: u64, phnum: u16) -> Result<Vec<Phdr>, ImageError> {
-    let out_of_file = ImageError::ProgramHeadersOutOfFile {
+fn read_phdrs(contents: &Contents, phoff: u64, phnum: u16) -> Result<Vec<Phdr>, ImageError> {
+    let out_of_file = || ImageError::ProgramHeadersOutOfFile {
         phoff,
         phnum,
-        len: b.len(),
+        len: contents.len(),
     };
-    let start = usize::try_from(phoff).map_err(|_| ImageError::ProgramHeadersOutOfFile {
-        phoff,
-        phnum,
-        len: b.len(),
-    })?;
-    let table = usize::from(phnum)
-        .checked_mul(PHDR_SIZE)
-        .and_then(|size| start.checked_add(size))
-        .and_then(|end| b.get(start..end))
-        .ok_or(out_of_file)?;
+    let start = usize::try_from(phoff).map_err(|_| out_of_file())?;
+    // phnum is a u16: the table is at most 64 KiB * 56 bytes, no overflow.
+    let table = contents
+        .get(start, usize::from(phnum) * PHDR_SIZE)?
+        .ok_or_else(out_of_file)?;
     Ok(table
         .chunks_exact(PHDR_SIZE)
         .map(|ph| Phdr {
@@ -443,27 +573,29 @@ fn check_segments(phdrs: &[Phdr], file_len: usize) -> Result<Vec<Segment>, Image
 /// and descriptors are 4-byte aligned (Solo5's descriptor sits at note offset 20); a 4-byte zero
 /// word at an offset that is 4 mod 8 is the padding a linker puts before an 8-aligned note and is
 /// skipped. A second ABI or manifest note is refused rather than guessed between.
-fn find_solo5_notes<'a>(
-    b: &'a [u8],
+fn find_solo5_notes(
+    contents: &Contents,
     phdrs: &[Phdr],
-) -> Result<(Option<FoundNote<'a>>, Option<FoundNote<'a>>), ImageError> {
-    let mut abi_note: Option<FoundNote<'a>> = None;
-    let mut mft_note: Option<FoundNote<'a>> = None;
+) -> Result<(Option<FoundNote>, Option<FoundNote>), ImageError> {
+    let mut abi_note: Option<FoundNote> = None;
+    let mut mft_note: Option<FoundNote> = None;
     for (index, ph) in phdrs.iter().enumerate() {
         if ph.p_type != PT_NOTE || ph.p_filesz == 0 {
             continue;
         }
-        // In the file: checked in `parse` before we get here; `get` keeps this panic-free anyway.
-        let seg = usize::try_from(ph.p_offset)
+        // In the file: checked in `check` before we get here; `get` keeps this panic-free anyway.
+        let out_of_file = || ImageError::SegmentOutOfFile {
+            index,
+            offset: ph.p_offset,
+            filesz: ph.p_filesz,
+            len: contents.len(),
+        };
+        let (off, size) = usize::try_from(ph.p_offset)
             .ok()
             .zip(usize::try_from(ph.p_filesz).ok())
-            .and_then(|(off, size)| b.get(off..off.checked_add(size)?))
-            .ok_or(ImageError::SegmentOutOfFile {
-                index,
-                offset: ph.p_offset,
-                filesz: ph.p_filesz,
-                len: b.len(),
-            })?;
+            .ok_or_else(out_of_file)?;
+        let seg = contents.get(off, size)?.ok_or_else(out_of_file)?;
+        let seg = seg.as_ref();
         let mut pos = 0usize;
         while pos < seg.len() {
             let have = seg.len().saturating_sub(pos);
@@ -516,7 +648,7 @@ fn find_solo5_notes<'a>(
                     }
                     *slot = Some(FoundNote {
                         index,
-                        desc,
+                        desc: desc.to_vec(),
                         descsz,
                     });
                 }
@@ -527,12 +659,12 @@ fn find_solo5_notes<'a>(
     Ok((abi_note, mft_note))
 }
 
-fn parse_abi_note(note: &FoundNote<'_>) -> Result<abi::AbiNote, ImageError> {
+fn parse_abi_note(note: &FoundNote) -> Result<abi::AbiNote, ImageError> {
     let descsz = note.descsz;
     if !(16..=abi::ABI_NOTE_DESC_MAX).contains(&descsz) {
         return Err(ImageError::AbiNoteSize { descsz });
     }
-    let word = |off| read_u32(note.desc, off).ok_or(ImageError::AbiNoteSize { descsz });
+    let word = |off| read_u32(&note.desc, off).ok_or(ImageError::AbiNoteSize { descsz });
     let abi = abi::AbiNote {
         abi_target: word(0)?,
         abi_version: word(4)?,

@@ -9,7 +9,7 @@ use std::process::Command;
 use elfgen::{mft_desc, note, ImageBuilder, CODE_GPA, PF_R, PF_W, PT_LOAD};
 use summon_hvt_abi as abi;
 use summon_image::{DeviceKind, Manifest, ManifestDevice};
-use summon_image::{ElfImage, Segment};
+use summon_image::{ElfImage, ImageError, Segment};
 
 fn parse(b: &ImageBuilder) -> ElfImage {
     ElfImage::parse(b.to_bytes()).unwrap_or_else(|e| panic!("valid image refused: {e}"))
@@ -35,7 +35,10 @@ fn minimal_image() {
             phdr_index: 0,
         }]
     );
-    assert_eq!(img.segment_data(&img.segments[0]), b.code.as_slice());
+    assert_eq!(
+        img.segment_data(&img.segments[0]).unwrap(),
+        b.code.as_slice()
+    );
     assert_eq!(img.segments[0].aligned_start(), CODE_GPA);
     assert_eq!(img.segments[0].aligned_end(), 0x10_1000);
     assert_eq!(
@@ -70,7 +73,7 @@ fn code_data_and_bss() {
     assert_eq!((data.filesz, data.memsz), (256, 256 + 0x3_0000));
     assert!(data.readable && data.writable && !data.executable);
     assert_eq!(
-        img.segment_data(data),
+        img.segment_data(data).unwrap(),
         (0..=255).collect::<Vec<u8>>().as_slice()
     );
     assert_eq!(img.kernel_end, b.expected_kernel_end());
@@ -189,7 +192,7 @@ fn bss_only_segment_counts_for_kernel_end() {
     let img = ElfImage::parse(elf.to_bytes()).expect("bss-only segment refused");
     assert_eq!(img.segments.len(), 2);
     assert_eq!(img.kernel_end, 0x20_2000);
-    assert!(img.segment_data(&img.segments[1]).is_empty());
+    assert!(img.segment_data(&img.segments[1]).unwrap().is_empty());
     img.check_fits(0x20_2000).expect("fits");
     img.check_fits(0x20_1000).expect_err("bss past memory");
 }
@@ -222,6 +225,67 @@ fn from_file_reads_the_image() {
     let img = img.expect("valid file refused");
     assert_eq!(img.manifest.handle_of("service"), Some(1));
     assert_eq!(img.file_len(), b.to_bytes().len());
+    // The segments come from the (still open, now unlinked) file, byte for byte as from memory.
+    let in_memory = parse(&b);
+    assert_eq!(img.segments, in_memory.segments);
+    for seg in &img.segments {
+        assert_eq!(
+            img.segment_data(seg).unwrap(),
+            in_memory.segment_data(seg).unwrap()
+        );
+        let mut wrong_size = vec![0; seg.filesz as usize + 1];
+        assert!(img.read_segment(seg, &mut wrong_size).is_err());
+    }
+}
+
+/// `read` takes the whole file into memory: the segments are the same, and nothing stays open.
+#[test]
+fn read_takes_the_image_into_memory() {
+    let dir = tempdir("read");
+    let path = dir.join("hello.hvt");
+    let b = ImageBuilder::with_devices(&[("service", abi::MFT_DEV_NET_BASIC)]);
+    std::fs::write(&path, b.to_bytes()).unwrap();
+    let img = ElfImage::read(&path);
+    // Truncated after the read: an image in memory does not notice.
+    std::fs::write(&path, b"").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let img = img.expect("valid file refused");
+    let in_memory = parse(&b);
+    assert_eq!(img.segments, in_memory.segments);
+    for seg in &img.segments {
+        assert_eq!(
+            img.segment_data(seg).unwrap(),
+            in_memory.segment_data(seg).unwrap()
+        );
+    }
+    assert!(matches!(
+        ElfImage::read(&dir.join("missing.hvt")),
+        Err(summon_image::ImageError::Io { .. })
+    ));
+}
+
+/// A file cut short after its headers were checked: loading a segment is a clear I/O error.
+#[test]
+fn file_truncated_after_the_checks_is_an_error_at_load() {
+    let dir = tempdir("truncated");
+    let path = dir.join("hello.hvt");
+    let b = ImageBuilder::with_devices(&[]);
+    std::fs::write(&path, b.to_bytes()).unwrap();
+    let img = ElfImage::from_file(&path).expect("valid file refused");
+    let code = img.segments[0].clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(code.file_offset as u64 + 1)
+        .unwrap();
+    let mut dst = vec![0; code.filesz as usize];
+    let e = img
+        .read_segment(&code, &mut dst)
+        .expect_err("short read accepted");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(e, ImageError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("hello.hvt"), "{e}");
 }
 
 // ---- images from the real toolchain ----
@@ -375,7 +439,7 @@ fn check_linked(img: &ElfImage) {
     assert_eq!(data.filesz, 8);
     assert_eq!(data.memsz, 8 + 8192);
     assert_eq!(
-        img.segment_data(data),
+        img.segment_data(data).unwrap(),
         0x1122334455667788u64.to_le_bytes().as_slice()
     );
     assert_eq!(img.kernel_end, data.aligned_end());
@@ -388,7 +452,10 @@ fn check_linked(img: &ElfImage) {
         }]
     );
     // The code really is ours: `mov $imm32, %eax` first.
-    assert_eq!(img.segment_data(&img.segments[0]).first(), Some(&0xb8));
+    assert_eq!(
+        img.segment_data(&img.segments[0]).unwrap().first(),
+        Some(&0xb8)
+    );
     img.check_fits(abi::MEM_MIN).expect("fits in 2 MiB");
 }
 

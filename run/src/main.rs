@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use summon_launcher::kvm::KvmBackend;
+use summon_launcher::kvm::{ElfImage, KvmBackend};
 use summon_launcher::MacAddr;
 use summon_launcher::{BlockSpec, EventSink, InstanceEvent, InstanceSpec, NetSpec, TapSource};
 
@@ -214,8 +214,13 @@ fn run() -> Result<()> {
         }
     });
     let image = opts.image.clone();
+    // A one-shot tender reads the segments straight from the file into guest memory; the
+    // backend's cache (for summond) would read the whole image into the heap first.
+    let parsed = Arc::new(
+        ElfImage::from_file(&image).with_context(|| format!("cannot start {}", image.display()))?,
+    );
     let _instance = backend
-        .start_kvm(spec(opts), sink)
+        .start_image(parsed, spec(opts), sink)
         .with_context(|| format!("cannot start {}", image.display()))?;
     handle_termination_signals(&sigset);
     match rx.recv() {

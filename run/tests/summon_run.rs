@@ -151,3 +151,20 @@ fn creates_exactly_one_vm_and_one_vcpu() {
     assert_eq!(count("KVM_CREATE_VM"), 1, "{trace}");
     assert_eq!(count("KVM_CREATE_VCPU"), 1, "{trace}");
 }
+
+/// Console output into a pipe nobody reads any more fails quietly (SIGPIPE ignored, as std's
+/// start-up does for every Rust program): the guest still ends with its own status.
+#[test]
+fn console_into_a_closed_pipe_does_not_kill_the_tender() {
+    if !kvm() {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_summon-run"))
+        .args(["--mem=16", &image("hello")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run summon-run");
+    drop(child.stdout.take());
+    let status = child.wait().expect("wait for summon-run");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

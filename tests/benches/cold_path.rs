@@ -141,24 +141,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-/// Removes ANSI colour sequences from a tracing log.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Values of `key=NUM` on log lines containing `marker` (and `filter`, when given).
 fn log_values(log: &str, marker: &str, filter: Option<&str>, key: &str) -> Vec<u64> {
     let pat = format!("{key}=");

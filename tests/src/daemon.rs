@@ -217,30 +217,7 @@ impl Daemon {
             .unwrap();
         let log = dir.join("summond.log");
         let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into());
-        let summond = summond().to_str().unwrap();
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = ns.command_net_only(program);
-                c.args(args).arg(summond);
-                c
-            }
-            None => ns.command_net_only(summond),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &sock)
-            .env(
-                "SUMMOND_LOG",
-                "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
-            )
-            // After the default, so that a test's own SUMMOND_LOG wins.
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn summond");
+        let child = spawn(&ns, &config, &sock, env, stderr, wrapper);
         let mut d = Daemon {
             ns,
             child: Some(child),
@@ -251,6 +228,33 @@ impl Daemon {
         };
         d.wait_notify("READY=1", Duration::from_secs(30));
         d
+    }
+
+    /// SIGKILL, as a machine that fails: nothing of summond's exit path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether summond was started and not killed (it may have exited on its own).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts summond again in the same namespace with the same config (after
+    /// [`Daemon::kill9`]); its log is appended to the same file.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: summond still runs");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
+        let sock = self.dir.join("notify.sock");
+        self.child = Some(spawn(&self.ns, &self.config, &sock, &[], log.into(), &[]));
+        self.wait_notify("READY=1", Duration::from_secs(30));
     }
 
     /// Waits for an sd_notify datagram containing `what`; returns the datagram.
@@ -312,6 +316,11 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log without ANSI colour sequences (tracing colours field names).
+    pub fn plain_log(&self) -> String {
+        plain(&self.log())
     }
 
     /// Replaces the config file and sends SIGHUP; waits for the daemon's READY after reload.
@@ -378,6 +387,40 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Spawns summond in `ns` with `config`, telling `sock` its sd_notify state.
+fn spawn(
+    ns: &NetNs,
+    config: &Path,
+    sock: &Path,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+    wrapper: &[&str],
+) -> Child {
+    let summond = summond().to_str().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = ns.command_net_only(program);
+            c.args(args).arg(summond);
+            c
+        }
+        None => ns.command_net_only(summond),
+    };
+    cmd.arg("--config")
+        .arg(config)
+        .env("NOTIFY_SOCKET", sock)
+        .env(
+            "SUMMOND_LOG",
+            "info,summon_daemon=debug,hickory_server=warn,netlink_packet_route=error",
+        )
+        // After the default, so that a test's own SUMMOND_LOG wins.
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn summond")
 }
 
 pub fn build_query(name: &str, qtype: RecordType, id: u16) -> Vec<u8> {
@@ -510,4 +553,18 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// `text` without ANSI colour sequences.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -4,6 +4,7 @@
 //! client and a reproducible random generator. Prerequisites (KVM, root, tools) are
 //! `summon-test-support`'s, re-exported as [`require`] for the tests here.
 
+pub mod cluster;
 pub mod daemon;
 pub mod guest;
 pub mod http_client;

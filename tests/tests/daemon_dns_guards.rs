@@ -17,20 +17,6 @@ use hickory_proto::rr::RecordType;
 use summon_tests::netns::NetNs;
 use summon_tests::require;
 
-/// `text` without ANSI colour sequences.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| *c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn dns() -> SocketAddr {
     DNS.parse().unwrap()
 }

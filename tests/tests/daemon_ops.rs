@@ -11,6 +11,7 @@ use daemon_support::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use summon_tests::netns::NetNs;
+use summon_tests::require;
 
 /// Cold summon of `name` at `ip`, then its page.
 fn summon_and_fetch(d: &Daemon, name: &str, ip: Ipv4Addr) {
@@ -42,13 +43,13 @@ fn a_log_reader_that_stalls_blocks_nothing_and_sigterm_still_works() {
         Some(Stdio::from(writer)),
     );
     summon_and_fetch(&d, "web", Ipv4Addr::new(10, 77, 0, 10));
-    // At trace level every query logs about 800 bytes: 2,000 of them are more than the pipe
-    // (64 KiB) and the log queue (1 MiB) hold together.
-    for i in 0..2000 {
+    // At trace level every query logs a line of about 250 bytes: 6,000 of them are more than
+    // the pipe (64 KiB) and the log queue (1 MiB) hold together.
+    for i in 0..6000 {
         let name = format!("nope{i}.{ZONE}");
         let m = d.query(&name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
-        if i % 10 == 0 {
+        if i % 30 == 0 {
             let m = d.query_tcp("web.svc.test.", RecordType::A);
             assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         }
@@ -290,29 +291,20 @@ fn admin_token_guards_everything_but_metrics_and_healthz() {
     let _ = std::fs::remove_dir_all(&token_dir);
 }
 
-#[test]
-fn admin_connections_are_capped_and_idle_ones_time_out() {
-    if !prerequisites("daemon admin cap test") {
-        return;
-    }
+/// `cap` clients that connect and send nothing hold every admin slot: the next connection is
+/// closed without an answer, until the idle ones are timed out.
+fn admin_cap_holds(d: &Daemon, cap: usize) {
     use std::io::Read;
-    let d = Daemon::start(
-        "admincap",
-        &config(5, &[], "", &http_service("web", "10.77.0.10", "")),
-    );
     d.ns.run(|| {
-        // Sixteen clients that connect and send nothing hold every slot...
-        let idle: Vec<_> = (0..16)
+        let idle: Vec<_> = (0..cap)
             .map(|_| std::net::TcpStream::connect(ADMIN).unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(300));
-        // ...so the next connection is closed without an answer,
         let mut s = std::net::TcpStream::connect(ADMIN).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut buf = Vec::new();
         let n = s.read_to_end(&mut buf).unwrap_or(0);
         assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
-        // ...until the idle ones are timed out and the API answers again.
         let t = Instant::now();
         for mut c in idle {
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -324,6 +316,41 @@ fn admin_connections_are_capped_and_idle_ones_time_out() {
             "ok\n"
         );
     });
+}
+
+#[test]
+fn admin_connections_are_capped_and_idle_ones_time_out() {
+    if !prerequisites("daemon admin cap test") {
+        return;
+    }
+    let d = Daemon::start(
+        "admincap",
+        &config(5, &[], "", &http_service("web", "10.77.0.10", "")),
+    );
+    // A budget that does not bind: the fixed cap of 16.
+    admin_cap_holds(&d, 16);
+}
+
+#[test]
+fn the_admin_cap_fits_the_fd_budget() {
+    if !prerequisites("daemon admin fd share test")
+        || !require::check("daemon admin fd share test", require::tool("prlimit"))
+    {
+        return;
+    }
+    // At RLIMIT_NOFILE 128 the admin share is 4 descriptors (daemon/src/fds.rs).
+    let d = Daemon::start_wrapped(
+        NetNs::new("adminfds"),
+        &config(5, &[], "", &http_service("web", "10.77.0.10", "")),
+        &[],
+        &["prlimit", "--nofile=128:128", "--"],
+    );
+    let log = d.plain_log();
+    assert!(
+        log.contains("admin_max_clients=4") && log.contains("client caps lowered"),
+        "{log}"
+    );
+    admin_cap_holds(&d, 4);
 }
 
 #[test]

@@ -1,11 +1,8 @@
-//! The `http` unikernel's request parser, compiled for the host: it is plain `core` code, so
-//! its edge cases and hostile input can be driven much harder here than over a tap.
+//! The `http` unikernel's request parser (the `http-request` crate), compiled for the host: it
+//! is plain `core` code, so its edge cases and hostile input can be driven much harder here
+//! than over a tap.
 
-#[path = "../../unikernels/http/src/request.rs"]
-#[allow(dead_code)]
-mod request;
-
-use request::{parse, Parse, Refusal, Request};
+use http_request::{parse, Parse, Refusal, Request};
 use summon_tests::rng::Rng;
 
 const LIMIT: usize = 8 * 1024;

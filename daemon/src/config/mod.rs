@@ -1,5 +1,6 @@
 //! summond's configuration: TOML in, a checked [`Config`] out, or errors with line and column.
 
+mod cluster;
 mod error;
 mod model;
 mod tap_name;
@@ -11,9 +12,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use summon_launcher::libvirt::{DomainSource, LibvirtConfig};
 pub use summon_launcher::GuestLimits;
 use summon_launcher::MacAddr;
 
+pub use cluster::{ClusterConfig, ClusterMode, DEFAULT_LEASE_TTL};
 pub use error::{line_col, ConfigError, Problem};
 pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use model::{ReplyMode, StopMode};
@@ -29,6 +32,8 @@ pub struct Config {
     pub limits: Limits,
     pub kvm: KvmConfig,
     pub services: Vec<ServiceConfig>,
+    /// `[cluster]`; `None`: standalone, no etcd.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where summond keeps its host state's lock (`[daemon]`).
@@ -202,11 +207,34 @@ pub const DEFAULT_GUEST_LIMITS: GuestLimits = GuestLimits {
 /// Upper bound of a `cpu_quota`: 64 cores' worth.
 pub const MAX_CPU_QUOTA_PERCENT: u32 = 6400;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
+/// What runs a service's instances. The daemon picks the service's driver from this once, when
+/// the file is loaded or reloaded (`crate::driver`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceBackend {
+    /// The embedded KVM launcher.
     Kvm,
-    /// A libvirt domain; its settings are in [`ServiceConfig::libvirt`].
-    Libvirt,
+    /// A libvirt domain (`[service.libvirt]`).
+    Libvirt(LibvirtService),
+}
+
+/// A checked `[service.libvirt]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtService {
+    /// The launcher's settings: URI, existing or generated domain, how a stop ends it.
+    pub launcher: LibvirtConfig,
+    /// The TCP port probed to learn that the guest answers: `probe_port`, else the service's
+    /// `--port=N` argument, else 80.
+    pub probe_port: u16,
+}
+
+impl LibvirtService {
+    /// The existing domain this service runs, if it does not generate one.
+    pub fn existing_domain(&self) -> Option<&str> {
+        match &self.launcher.domain {
+            DomainSource::Existing(d) => Some(d),
+            DomainSource::Generated(_) => None,
+        }
+    }
 }
 
 /// One `[[service]]`.
@@ -214,7 +242,7 @@ pub enum BackendKind {
 pub struct ServiceConfig {
     /// A single DNS label, lower case.
     pub name: String,
-    pub backend: BackendKind,
+    pub backend: ServiceBackend,
     pub image: PathBuf,
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
@@ -227,8 +255,6 @@ pub struct ServiceConfig {
     pub ready_timeout: Duration,
     /// `[limits]`' guest limits with this service's `cpu_quota` applied.
     pub limits: GuestLimits,
-    /// `backend = "libvirt"`: connection URI, existing or generated domain, probe port.
-    pub libvirt: Option<crate::libvirt::LibvirtService>,
 }
 
 impl Config {

@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     #[serde(default)]
     pub kvm: Option<RawKvm>,
+    #[serde(default)]
+    pub cluster: Option<super::cluster::RawCluster>,
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<RawService>>,
 }
@@ -166,8 +168,83 @@ pub struct RawService {
     /// Overrides `[limits] cpu_quota` for this service.
     #[serde(default)]
     pub cpu_quota: Option<Spanned<String>>,
-    /// The `[service.libvirt]` table of a `backend = "libvirt"` service, kept raw here and read
-    /// by `libvirt::LibvirtService::from_table` (validate.rs).
+    /// The `[service.libvirt]` table of a `backend = "libvirt"` service.
     #[serde(default)]
-    pub libvirt: Option<toml::Table>,
+    pub libvirt: Option<Spanned<RawLibvirt>>,
+}
+
+/// `libvirt = { uri = "qemu:///system", domain = "legacy-vm" }` and friends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLibvirt {
+    /// `qemu:///system`, `xen:///system`, `qemu+ssh://host/system`, ...
+    pub uri: Spanned<String>,
+    /// An existing domain (name or UUID). Without it a transient domain is generated from the
+    /// service's image, memory and args.
+    #[serde(default)]
+    pub domain: Option<Spanned<String>>,
+    /// For generated domains.
+    #[serde(default)]
+    pub guest: Option<LibvirtGuest>,
+    #[serde(default)]
+    pub vcpus: Option<Spanned<u32>>,
+    /// qemu: firmware ROM for the `pc` machine (qboot by default).
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// qemu: where serial console logs go (default /var/log/libvirt/qemu).
+    #[serde(default)]
+    pub console_dir: Option<String>,
+    #[serde(default)]
+    pub stop: Option<LibvirtStop>,
+    /// How long a graceful `stop = "shutdown"` may take before the domain is destroyed.
+    #[serde(default)]
+    pub shutdown_timeout: Option<Spanned<String>>,
+    /// TCP port probed to learn that the guest answers; the held SYNs are released then.
+    #[serde(default)]
+    pub probe_port: Option<Spanned<u16>>,
+}
+
+/// `libvirt.guest`. Read through `String` so that a wrong value names the key (serde's own
+/// "unknown variant" does not), still at the value's line and column.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LibvirtGuest {
+    Kvm,
+    XenPvh,
+    XenPv,
+}
+
+impl TryFrom<String> for LibvirtGuest {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "kvm" => Ok(LibvirtGuest::Kvm),
+            "xen-pvh" => Ok(LibvirtGuest::XenPvh),
+            "xen-pv" => Ok(LibvirtGuest::XenPv),
+            _ => Err(format!(
+                "service.libvirt.guest: expected \"kvm\", \"xen-pvh\" or \"xen-pv\", found {s:?}"
+            )),
+        }
+    }
+}
+
+/// `libvirt.stop`: how a stop ends the domain.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LibvirtStop {
+    Destroy,
+    Shutdown,
+}
+
+impl TryFrom<String> for LibvirtStop {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "destroy" => Ok(LibvirtStop::Destroy),
+            "shutdown" => Ok(LibvirtStop::Shutdown),
+            _ => Err(format!(
+                "service.libvirt.stop: expected \"destroy\" or \"shutdown\", found {s:?}"
+            )),
+        }
+    }
 }

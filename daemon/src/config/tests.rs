@@ -151,16 +151,10 @@ fn checks_names_ips_images_backends() {
         Path::new("/"),
     )
     .unwrap();
-    assert_eq!(lv_ok.services[0].backend, BackendKind::Libvirt);
-    assert_eq!(
-        lv_ok.services[0]
-            .libvirt
-            .as_ref()
-            .unwrap()
-            .domain
-            .as_deref(),
-        Some("legacy-vm")
-    );
+    match &lv_ok.services[0].backend {
+        ServiceBackend::Libvirt(l) => assert_eq!(l.existing_domain(), Some("legacy-vm")),
+        b => panic!("{b:?}"),
+    }
     let stop = base(&service("stop = \"explode\""));
     assert!(
         one_error(&stop).message.contains("destroy"),
@@ -546,4 +540,197 @@ fn max_instances_beyond_the_host_capacity_is_an_error() {
             .contains(&format!("host's {}, which holds {cap}", capacity.limit)),
         "{p}"
     );
+}
+
+fn with_cluster(keys: &str) -> String {
+    base(&format!("\n[cluster]\n{keys}\n{}", service("")))
+}
+
+#[test]
+fn no_cluster_section_is_standalone() {
+    let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
+    assert_eq!(cfg.cluster, None);
+}
+
+#[test]
+fn cluster_section_parsed_with_defaults() {
+    let src = with_cluster(
+        "node = \"Host-A\"\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    );
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.node, "host-a");
+    assert_eq!(c.etcd, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+    assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
+    assert_eq!(c.mode, ClusterMode::Route);
+    assert_eq!(c.advertise, "10.0.0.11:53".parse().unwrap());
+
+    let src = with_cluster(
+        "node = \"a\"\netcd = [\"http://10.0.0.1:2379\"]\nmode = \"arp\"\nuplink = \"eth0\"\nlease_ttl = \"3s\"\nadvertise = \"10.0.0.11:5300\"",
+    );
+    let c = Config::parse(&src, Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        c.mode,
+        ClusterMode::Arp {
+            uplink: "eth0".into()
+        }
+    );
+    assert_eq!(c.lease_ttl, Duration::from_secs(3));
+}
+
+#[test]
+fn cluster_errors_point_at_values() {
+    // Line 10 is `[cluster]`; its keys follow from line 11.
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://10.0.0.1:2379\"]\nmode = \"arp\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!((p.line, p.column), (Some(13), Some(8)), "{p}");
+    assert!(p.message.contains("needs cluster.uplink"), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"10.0.0.1:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!((p.line, p.column), (Some(12), Some(9)), "{p}");
+    assert!(
+        p.message.contains("cluster.etcd: expected an endpoint"),
+        "{p}"
+    );
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"bgp\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("expected \"arp\" or \"route\""), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nlease_ttl = \"1500ms\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert_eq!(p.line, Some(14), "{p}");
+    assert!(
+        p.message
+            .contains("cluster.lease_ttl: expected whole seconds"),
+        "{p}"
+    );
+
+    let p = one_error(&with_cluster(
+        "node = \"a b\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("cluster.node"), "{p}");
+
+    // dns.listen is loopback only in `base`: the other hosts could not relay to it.
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"",
+    ));
+    assert!(p.message.contains("cluster.advertise: needed"), "{p}");
+
+    let p = one_error(&with_cluster(
+        "node = \"a\"\netcd = [\"http://h:2379\"]\nmode = \"route\"\nuplink = \"eth0\"\nadvertise = \"10.0.0.11\"",
+    ));
+    assert!(p.message.contains("only used with mode = \"arp\""), "{p}");
+
+    let p = one_error(&with_cluster("node = \"a\"\nmode = \"route\""));
+    assert!(p.message.contains("missing field `etcd`"), "{p}");
+}
+
+#[test]
+fn shipped_example_cluster_section_is_valid_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("# [cluster]\n")
+        .expect("example has a [cluster] block");
+    let block: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(&with_cluster_block(&block), Path::new("/"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.node, "host-a");
+    assert_eq!(c.etcd.len(), 3);
+    assert_eq!(c.advertise, "10.0.0.11:53".parse().unwrap());
+}
+
+fn with_cluster_block(block: &str) -> String {
+    base(&format!("\n{block}\n{}", service("")))
+}
+
+fn libvirt_service(table: &str) -> Result<LibvirtService, Vec<Problem>> {
+    let cfg = Config::parse(
+        &base(&service(&format!(
+            "backend = \"libvirt\"\nargs = [\"--port=8080\"]\n[service.libvirt]\n{table}"
+        ))),
+        Path::new("/"),
+    )?;
+    match cfg.services.into_iter().next().map(|s| s.backend) {
+        Some(ServiceBackend::Libvirt(l)) => Ok(l),
+        b => panic!("{b:?}"),
+    }
+}
+
+#[test]
+fn libvirt_tables() {
+    use summon_launcher::libvirt::{DomainSource, GuestKind, StopMode as LvStop};
+    let s = libvirt_service("uri = 'qemu:///system'\ndomain = 'legacy-vm'").unwrap();
+    assert_eq!(
+        s.launcher.domain,
+        DomainSource::Existing("legacy-vm".into())
+    );
+    assert_eq!(s.probe_port, 8080, "the port from args");
+    let s = libvirt_service("uri = 'xen:///system'\nguest = 'xen-pvh'\nvcpus = 2\nprobe_port = 81")
+        .unwrap();
+    match s.launcher.domain {
+        DomainSource::Generated(g) => assert_eq!((g.kind, g.vcpus), (GuestKind::XenPvh, 2)),
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(s.probe_port, 81);
+    let s = libvirt_service("uri = 'qemu:///system'\nstop = 'shutdown'\nshutdown_timeout = '3s'")
+        .unwrap();
+    assert_eq!(
+        s.launcher.stop,
+        LvStop::Shutdown {
+            timeout: Duration::from_secs(3)
+        }
+    );
+}
+
+#[test]
+fn bad_libvirt_tables_name_the_key_at_its_line() {
+    let err = |table: &str| {
+        let e = libvirt_service(table).expect_err("table should be rejected");
+        assert_eq!(e.len(), 1, "{e:?}");
+        e.into_iter().next().unwrap()
+    };
+    // The table's keys start on line 17 of `base(service(..))`.
+    for (table, key, line) in [
+        ("uri = 'qemu:///system'\nguest = 'lxc'", "libvirt.guest", 18),
+        ("uri = 'qemu:///system'\nstop = 'pause'", "libvirt.stop", 18),
+        ("uri = 'qemu:///system'\nvcpus = 0", "libvirt.vcpus", 18),
+        (
+            "uri = 'qemu:///system'\nshutdown_timeout = 'soon'",
+            "shutdown_timeout",
+            18,
+        ),
+        ("uri = 'qemu:///system'\nnope = 1", "nope", 18),
+        ("uri = ''", "libvirt.uri", 17),
+        ("uri = 'qemu:///system'\ndomain = ''", "libvirt.domain", 18),
+    ] {
+        let p = err(table);
+        assert!(p.message.contains(key), "{table}: {p}");
+        assert_eq!(p.line, Some(line), "{table}: {p}");
+        assert!(p.column.is_some(), "{table}: {p}");
+    }
+    assert!(err("domain = 'x'").message.contains("uri"));
+    let kvm_with_table = base(&service("[service.libvirt]\nuri = 'qemu:///system'"));
+    assert!(one_error(&kvm_with_table)
+        .message
+        .contains("only valid with backend = \"libvirt\""));
 }

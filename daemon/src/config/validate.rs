@@ -5,18 +5,21 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use summon_launcher::libvirt;
 use summon_launcher::MacAddr;
 use toml::Spanned;
 
 use super::error::LineIndex;
-use super::model::{RawConfig, RawRrl, RawService, ReplyMode, StopMode};
+use super::model::{
+    LibvirtGuest, LibvirtStop, RawConfig, RawLibvirt, RawRrl, RawService, ReplyMode, StopMode,
+};
 use super::{
-    AdminConfig, BackendKind, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, Limits,
-    NetworkConfig, Problem, RrlConfig, ServiceConfig, DEFAULT_MAX_FORWARDS,
+    AdminConfig, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, LibvirtService, Limits,
+    NetworkConfig, Problem, RrlConfig, ServiceBackend, ServiceConfig, DEFAULT_MAX_FORWARDS,
     DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
 };
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     lines: LineIndex<'a>,
     problems: Vec<Problem>,
     /// Whether each image path is a file, asked once per path: thousands of services usually
@@ -25,7 +28,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
+    pub(super) fn err<T>(&mut self, at: &Spanned<T>, msg: impl Into<String>) {
         self.problems
             .push(Problem::at_index(&self.lines, Some(at.span()), msg.into()));
     }
@@ -120,7 +123,12 @@ impl Checker<'_> {
         }
     }
 
-    fn socket(&mut self, v: &Spanned<String>, key: &str, default_port: u16) -> Option<SocketAddr> {
+    pub(super) fn socket(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        default_port: u16,
+    ) -> Option<SocketAddr> {
         let s = v.get_ref();
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Some(a);
@@ -532,6 +540,12 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         c.err_plain("no [[service]] defined: expected at least one");
     }
 
+    // [cluster]
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| super::cluster::check(&mut c, r, &listen));
+
     if c.problems.is_empty() {
         Ok(Config {
             dns: DnsConfig {
@@ -552,6 +566,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             limits,
             kvm,
             services,
+            cluster,
         })
     } else {
         Err(c.problems)
@@ -617,43 +632,37 @@ fn check_service(
             ),
         );
     }
-    let backend = match r.backend.as_ref().map(|b| b.get_ref().as_str()) {
-        None | Some("kvm") => BackendKind::Kvm,
-        Some("libvirt") => BackendKind::Libvirt,
+    let is_libvirt = match r.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("kvm") => false,
+        Some("libvirt") => true,
         Some(other) => {
             let b = r.backend.as_ref().expect("matched Some");
             c.err(
                 b,
                 format!("service.backend: expected \"kvm\" or \"libvirt\", found {other:?}"),
             );
-            BackendKind::Kvm
+            false
         }
     };
-    if r.libvirt.is_some() && backend == BackendKind::Kvm {
-        c.err(
-            &r.name,
-            "service.libvirt: only valid with backend = \"libvirt\"",
-        );
-    }
-    let libvirt = match (backend, &r.libvirt) {
-        (BackendKind::Libvirt, None) => {
+    let libvirt = match (is_libvirt, &r.libvirt) {
+        (false, Some(l)) => {
+            c.err(l, "service.libvirt: only valid with backend = \"libvirt\"");
+            None
+        }
+        (true, None) => {
             c.err(
                 &r.name,
                 format!("service {name:?}: backend = \"libvirt\" needs a `libvirt` table (uri, and domain for an existing domain)"),
             );
             None
         }
-        (BackendKind::Libvirt, Some(t)) => match crate::libvirt::LibvirtService::from_table(t) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                c.err(&r.name, format!("service {name:?}: {e}"));
-                None
-            }
-        },
-        _ => None,
+        (true, Some(l)) => check_libvirt(c, l.get_ref(), &r.args),
+        (false, None) => None,
     };
     // An existing libvirt domain brings its own kernel.
-    let needs_image = libvirt.as_ref().is_none_or(|l| l.domain.is_none());
+    let needs_image = libvirt
+        .as_ref()
+        .is_none_or(|l| l.existing_domain().is_none());
     let image = match &r.image {
         Some(img) => {
             let p = Path::new(img.get_ref());
@@ -757,7 +766,10 @@ fn check_service(
     }
     Some(ServiceConfig {
         name,
-        backend,
+        backend: match libvirt {
+            Some(l) => ServiceBackend::Libvirt(l),
+            None => ServiceBackend::Kvm,
+        },
         image,
         ip: ip?,
         mac,
@@ -768,6 +780,72 @@ fn check_service(
         reply: r.reply.unwrap_or(ReplyMode::Immediate),
         ready_timeout,
         limits: guest_limits,
-        libvirt,
+    })
+}
+
+/// A `[service.libvirt]` table: the launcher's settings and the probe port (`args` gives the
+/// default port, `--port=N`).
+fn check_libvirt(c: &mut Checker<'_>, r: &RawLibvirt, args: &[String]) -> Option<LibvirtService> {
+    let before = c.problems.len();
+    if r.uri.get_ref().is_empty() {
+        c.err(
+            &r.uri,
+            "service.libvirt.uri: expected a libvirt URI like \"qemu:///system\"",
+        );
+    }
+    let timeout = c.duration(
+        &r.shutdown_timeout,
+        "service.libvirt.shutdown_timeout",
+        Duration::from_secs(10),
+    );
+    let stop = match r.stop {
+        None | Some(LibvirtStop::Destroy) => libvirt::StopMode::Destroy,
+        Some(LibvirtStop::Shutdown) => libvirt::StopMode::Shutdown { timeout },
+    };
+    let domain = match &r.domain {
+        Some(d) if d.get_ref().is_empty() => {
+            c.err(d, "service.libvirt.domain: expected a domain name or UUID");
+            return None;
+        }
+        Some(d) => libvirt::DomainSource::Existing(d.get_ref().clone()),
+        None => {
+            let kind = match r.guest {
+                None | Some(LibvirtGuest::Kvm) => libvirt::GuestKind::Kvm,
+                Some(LibvirtGuest::XenPvh) => libvirt::GuestKind::XenPvh,
+                Some(LibvirtGuest::XenPv) => libvirt::GuestKind::XenPv,
+            };
+            let mut g = libvirt::Generated::new(kind);
+            if let Some(v) = &r.vcpus {
+                if *v.get_ref() == 0 {
+                    c.err(v, "service.libvirt.vcpus: must be at least 1");
+                }
+                g.vcpus = *v.get_ref();
+            }
+            if let Some(f) = &r.firmware {
+                g.firmware = Some(PathBuf::from(f));
+            }
+            if let Some(d) = &r.console_dir {
+                g.console_dir = PathBuf::from(d);
+            }
+            libvirt::DomainSource::Generated(g)
+        }
+    };
+    let probe_port = match &r.probe_port {
+        Some(p) => *p.get_ref(),
+        None => args
+            .iter()
+            .find_map(|a| a.strip_prefix("--port=").and_then(|p| p.parse().ok()))
+            .unwrap_or(80),
+    };
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(LibvirtService {
+        launcher: libvirt::LibvirtConfig {
+            uri: r.uri.get_ref().clone(),
+            domain,
+            stop,
+        },
+        probe_port,
     })
 }

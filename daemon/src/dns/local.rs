@@ -1,6 +1,7 @@
-//! Answering one raw DNS packet in-process: the same path a UDP query takes through
-//! hickory-server (parse, FORMERR on malformed input, the handler, encoding). The TCP accept
-//! loop ([`super::tcp`]) answers its messages through it; unit tests and the fuzz target too.
+//! Answering one raw DNS packet: parse (FORMERR on malformed input, as hickory-server does),
+//! the handler, encoding (truncated to the client's payload size over UDP). The UDP loop
+//! ([`super::udp`]) and the TCP accept loop ([`super::tcp`]) answer every message through it;
+//! unit tests and the fuzz target too.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,13 @@ use hickory_server::zone_handler::MessageResponse;
 
 use super::DnsFront;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+/// Encodes the response as hickory-server's own response handle does: over UDP no larger than
+/// the response's EDNS payload size (512 bytes without EDNS), truncated with TC=1 beyond it.
+#[derive(Clone)]
+struct Capture {
+    out: Arc<Mutex<Option<Vec<u8>>>>,
+    protocol: Protocol,
+}
 
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
@@ -32,12 +38,32 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
+        let id = response.metadata().id;
+        let max_size = match self.protocol {
+            Protocol::Udp => response.edns().map_or(512, |e| e.max_payload()),
+            _ => u16::MAX,
+        };
         let mut buf = Vec::with_capacity(512);
         let mut enc = BinEncoder::new(&mut buf);
-        let info = response
-            .destructive_emit(&mut enc)
-            .map_err(|e| NetError::from(e.to_string()))?;
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
+        enc.set_max_size(max_size);
+        let info = match response.destructive_emit(&mut enc) {
+            Ok(info) => info,
+            Err(e) => {
+                // As hickory-server does: a bare SERVFAIL rather than nothing.
+                tracing::debug!(error = %e, "encoding DNS response");
+                buf.clear();
+                let mut meta = Metadata::new(id, MessageType::Response, OpCode::Query);
+                meta.response_code = ResponseCode::ServFail;
+                let h = Header {
+                    metadata: meta,
+                    counts: Default::default(),
+                };
+                h.emit(&mut BinEncoder::new(&mut buf))
+                    .map_err(|e| NetError::from(e.to_string()))?;
+                ResponseInfo::from(h)
+            }
+        };
+        *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
         Ok(info)
     }
 }
@@ -46,30 +72,32 @@ impl ResponseHandler for Capture {
 /// if it would send nothing.
 pub async fn answer(front: &DnsFront, packet: &[u8]) -> Option<Vec<u8>> {
     let src: SocketAddr = "127.0.0.1:53000".parse().expect("literal");
-    answer_from(front, packet, src, Protocol::Udp).await
+    answer_from(front, packet.to_vec(), src, Protocol::Udp).await
 }
 
-/// The bytes summond sends back for `packet` from `src` over `protocol` (never truncated:
-/// over UDP the server's own path truncates to the client's payload size, this does not).
+/// The bytes summond sends back for `packet` from `src` over `protocol`.
 pub async fn answer_from(
     front: &DnsFront,
-    packet: &[u8],
+    packet: Vec<u8>,
     src: SocketAddr,
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
-    let mut decoder = BinDecoder::new(packet);
+    let mut decoder = BinDecoder::new(&packet);
     // hickory-server drops packets whose header does not parse.
     let header = Header::read(&mut decoder).ok()?;
-    match Request::from_bytes(packet.to_vec(), src, protocol) {
+    match Request::from_bytes(packet, src, protocol) {
         Ok(request) => {
             if request.metadata.message_type == MessageType::Response {
                 return None;
             }
-            let capture = Capture::default();
+            let capture = Capture {
+                out: Arc::default(),
+                protocol,
+            };
             front
                 .handle_request::<_, TokioTime>(&request, capture.clone())
                 .await;
-            let out = capture.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let out = capture.out.lock().unwrap_or_else(|p| p.into_inner()).take();
             out
         }
         Err(_) => {

@@ -12,6 +12,7 @@ pub mod rrl;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
+pub mod udp;
 pub mod zone;
 
 use std::sync::{Arc, RwLock};
@@ -25,6 +26,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 
+use crate::cluster::{Answer, Cluster};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Served};
 use reply::Reply;
@@ -47,6 +49,9 @@ pub struct DnsFront {
     rrl_slipped: IntCounter,
     forwards_capped: IntCounter,
     forwards_not_allowed: IntCounter,
+    /// `[cluster]`: summons go through the cluster (ownership in etcd) instead of straight to
+    /// the registry. `None`: standalone.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A cold summon's timing, for the `dns` stage and the answer histogram.
@@ -78,7 +83,14 @@ impl DnsFront {
             metrics,
             forwards: Arc::new(Semaphore::new(max_forwards)),
             rrl: rrl.map(Arc::new),
+            cluster: None,
         }
+    }
+
+    /// Serves summons as a member of `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> DnsFront {
+        self.cluster = Some(cluster);
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -102,7 +114,10 @@ impl DnsFront {
             _ if q.query_class() != DNSClass::IN && q.query_class() != DNSClass::ANY => {
                 Reply::rcode(ResponseCode::Refused, false)
             }
-            Target::Service(name) if zone::summons(qtype) => self.summon(name, zone, cold).await,
+            Target::Service(name) if zone::summons(qtype) => match &self.cluster {
+                None => self.summon(name, zone, cold).await,
+                Some(c) => self.summon_clustered(c, request, name, zone, cold).await,
+            },
             target => reply::zone_answer(&target, qtype, zone),
         }
     }
@@ -125,6 +140,51 @@ impl DnsFront {
             }
             Err(e) => {
                 tracing::debug!(service = name, error = %e, "summon failed");
+                Reply::rcode(ResponseCode::ServFail, true)
+            }
+        }
+    }
+
+    /// An A query for a service in a cluster: served here, answered for the host that runs
+    /// it, or relayed to a host with room.
+    async fn summon_clustered<'z>(
+        &self,
+        cluster: &Arc<Cluster>,
+        request: &Request,
+        name: &str,
+        zone: &'z Zone,
+        cold: &mut ColdSummon,
+    ) -> Reply<'z> {
+        let t_summon = Instant::now();
+        let (Some(slot), Some(record)) = (self.registry.get(name), zone.service_record(name))
+        else {
+            return Reply::negative(ResponseCode::NXDomain, zone);
+        };
+        match cluster.summon(&slot, request.src().ip()).await {
+            Ok(Answer::Here(served)) => {
+                cold.cold = served != Served::Warm;
+                if served == Served::Cold {
+                    cold.summon = Some((t_summon.elapsed(), slot.name.clone()));
+                }
+                Reply::answer(record, None)
+            }
+            Ok(Answer::There) => Reply::answer(record, None),
+            Ok(Answer::Relay(peer)) => {
+                let Ok(_permit) = self.forwards.try_acquire() else {
+                    self.forwards_capped.inc();
+                    return Reply::rcode(ResponseCode::ServFail, true);
+                };
+                match forward::forward(&[peer], request.as_slice()).await {
+                    // The peer is authoritative for the zone too: its answer goes out as it came.
+                    Ok(msg) => Reply::upstream(msg),
+                    Err(e) => {
+                        tracing::debug!(service = name, %peer, error = %e, "relaying to a peer failed");
+                        Reply::rcode(ResponseCode::ServFail, true)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(service = name, error = %e, "cluster summon failed");
                 Reply::rcode(ResponseCode::ServFail, true)
             }
         }
@@ -198,7 +258,18 @@ impl DnsFront {
                 );
             }
         }
-        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        let question = request.queries.queries().first();
+        let qtype = question.map(|q| q.query_type());
+        // What hickory-server's own UDP loop logged per request (summond's loop does not).
+        tracing::trace!(
+            src = %request.src(),
+            protocol = %request.protocol(),
+            id = request.metadata.id,
+            name = ?question.map(|q| q.name()),
+            ?qtype,
+            ?rcode,
+            "DNS request answered"
+        );
         self.metrics
             .dns_queries
             .with_label_values(&[qtype.map(qtype_label).unwrap_or("none"), rcode_label(rcode)])

@@ -68,11 +68,39 @@ struct Bucket {
     limited: u32,
 }
 
+/// The source prefix a client counts as (`ipv4_prefix`, `ipv6_prefix`): the limiter's key and
+/// the unit of fairness in the UDP loop, so both see one spoofed /24 as one client.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefixes {
+    ipv4_mask: u32,
+    ipv6_mask: u128,
+}
+
+impl Prefixes {
+    pub fn new(cfg: &RrlConfig) -> Prefixes {
+        Prefixes {
+            ipv4_mask: crate::config::prefix_mask(cfg.ipv4_prefix),
+            ipv6_mask: match cfg.ipv6_prefix {
+                0 => 0,
+                p => u128::MAX << (128 - u32::from(p.min(128))),
+            },
+        }
+    }
+
+    /// `src`'s prefix; a v4-mapped IPv6 address counts as its IPv4 address.
+    pub fn of(&self, src: IpAddr) -> u128 {
+        match src.to_canonical() {
+            IpAddr::V4(a) => u128::from(u32::from(a) & self.ipv4_mask),
+            // The low bit keeps v4 and v6 prefixes apart.
+            IpAddr::V6(a) => (u128::from(a) & self.ipv6_mask) | 1,
+        }
+    }
+}
+
 pub struct Rrl {
     rate: u64,
     slip: u32,
-    ipv4_mask: u32,
-    ipv6_mask: u128,
+    prefixes: Prefixes,
     whitelist: Vec<IpNet>,
     sets: Box<[Mutex<[Bucket; WAYS]>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -89,11 +117,7 @@ impl Rrl {
         Some(Rrl {
             rate: u64::from(cfg.rate),
             slip: cfg.slip,
-            ipv4_mask: crate::config::prefix_mask(cfg.ipv4_prefix),
-            ipv6_mask: match cfg.ipv6_prefix {
-                0 => 0,
-                p => u128::MAX << (128 - u32::from(p.min(128))),
-            },
+            prefixes: Prefixes::new(cfg),
             whitelist: cfg.whitelist.clone(),
             sets: (0..nsets)
                 .map(|_| Mutex::new([Bucket::default(); WAYS]))
@@ -135,11 +159,7 @@ impl Rrl {
         if self.whitelist.iter().any(|n| n.contains(&src)) {
             return Verdict::Send;
         }
-        let prefix = match src {
-            IpAddr::V4(a) => u128::from(u32::from(a) & self.ipv4_mask),
-            // The top bit keeps v4 and v6 prefixes apart.
-            IpAddr::V6(a) => (u128::from(a) & self.ipv6_mask) | 1,
-        };
+        let prefix = self.prefixes.of(src);
         let key = match class {
             ResponseClass::Error => self.hasher.hash_one((class, prefix)),
             ResponseClass::NxDomain => self.hasher.hash_one((class, prefix, name)),

@@ -85,7 +85,7 @@ async fn exchange(
         tokio::time::timeout(idle, stream.read_exact(&mut msg))
             .await
             .map_err(timeout("message"))??;
-        let Some(out) = super::local::answer_from(front, &msg, src, Protocol::Tcp).await else {
+        let Some(out) = super::local::answer_from(front, msg, src, Protocol::Tcp).await else {
             continue;
         };
         let Ok(n) = u16::try_from(out.len()) else {

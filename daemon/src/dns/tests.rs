@@ -163,7 +163,8 @@ async fn ask_from(
     src: &str,
     protocol: hickory_server::net::xfer::Protocol,
 ) -> Option<Message> {
-    let bytes = super::local::answer_from(front, packet, src.parse().unwrap(), protocol).await?;
+    let bytes =
+        super::local::answer_from(front, packet.to_vec(), src.parse().unwrap(), protocol).await?;
     Some(Message::from_vec(&bytes).expect("well-formed response"))
 }
 
@@ -262,4 +263,56 @@ async fn rrl_drops_and_slips_over_udp_only() {
     assert!(!m.metadata.truncation && m.answers.len() == 1);
     let rrl = |a: &str| front.metrics().dns_rrl.with_label_values(&[a]).get();
     assert_eq!((rrl("dropped"), rrl("slipped")), (3, 3));
+}
+
+#[tokio::test]
+async fn udp_answers_are_truncated_to_the_clients_payload_size() {
+    use hickory_proto::rr::Record;
+    use hickory_server::net::xfer::Protocol::{Tcp, Udp};
+    // An upstream whose answer (60 A records, about 1 KiB) is over 512 bytes.
+    let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = upstream.recv_from(&mut buf).await {
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            m.add_queries(q.queries.clone());
+            for i in 0..60u8 {
+                let name = Name::from_str("example.com.").unwrap();
+                let a = RData::A(Ipv4Addr::new(192, 0, 2, i).into());
+                m.add_answer(Record::from_rdata(name, 60, a));
+            }
+            upstream.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+        }
+    });
+    let front = testkit::front(&config_with(&format!("upstream = [\"{up}\"]"), ""));
+    let plain = query("example.com.", RecordType::A, None);
+    let big = {
+        let mut m = Message::from_vec(&query("example.com.", RecordType::A, Some(0))).unwrap();
+        m.edns.as_mut().unwrap().set_max_payload(4096);
+        m.to_vec().unwrap()
+    };
+    let src = "127.0.0.1:5353";
+    let bytes = |p: &[u8], protocol| {
+        let front = front.clone();
+        let p = p.to_vec();
+        async move {
+            super::local::answer_from(&front, p, src.parse().unwrap(), protocol)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Without EDNS over UDP: at most 512 bytes, TC=1 so the client retries over TCP.
+    let b = bytes(&plain, Udp).await;
+    let m = Message::from_vec(&b).unwrap();
+    assert!(b.len() <= 512, "{}", b.len());
+    assert!(m.metadata.truncation && m.answers.len() < 60, "{m:?}");
+    // Over TCP, and over UDP to a client that takes 4096 bytes: all of it.
+    for (p, protocol) in [(&plain, Tcp), (&big, Udp)] {
+        let m = Message::from_vec(&bytes(p, protocol).await).unwrap();
+        assert!(!m.metadata.truncation, "{m:?}");
+        assert_eq!(m.answers.len(), 60);
+    }
 }

@@ -4,11 +4,11 @@ mod cleanup;
 pub mod hold;
 mod netlink;
 mod plumb_error;
+pub mod proxy_arp;
 mod tap;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 
 use summon_launcher::MacAddr;
 
@@ -20,7 +20,7 @@ pub use tap::{Tap, TapStep, TAP_GROUP};
 
 /// An instance's host-side network: the new persistent tap (and the fd it was made with, for the
 /// launcher) with its route and neighbour entry. Dropping it closes that fd and leaves the link;
-/// [`NetPlumber::teardown`] deletes the link.
+/// [`NetPlumber::delete_link`] deletes it.
 #[derive(Debug)]
 pub struct InstanceNet {
     pub tap: Tap,
@@ -79,13 +79,6 @@ impl NetPlumber {
         }
         Ok(InstanceNet { tap, guest })
     }
-
-    /// Removes the link (and with it its address, route and neighbour entry).
-    pub async fn teardown(&self, net: InstanceNet) -> Result<(), NetError> {
-        let index = net.tap.index;
-        drop(net);
-        self.nl.delete_link(index).await
-    }
 }
 
 /// Strict reverse-path filtering on the tap: a guest cannot send with another guest's (or any
@@ -103,54 +96,21 @@ fn restrict_tap_sysctls(name: &str) {
     }
 }
 
-#[async_trait::async_trait]
-impl crate::registry::Plumbing for NetPlumber {
-    async fn setup(
-        &self,
-        svc: &crate::config::ServiceConfig,
-    ) -> Result<(crate::registry::NetLease, Option<OwnedFd>), PlumbError> {
-        let net = NetPlumber::setup(self, &svc.name, svc.ip, svc.mac).await?;
-        // The lease keeps no fd: the tap is persistent, and its one fd goes to the launcher.
-        let Tap { name, index, fd } = net.tap;
-        Ok((
-            crate::registry::NetLease {
-                tap: name,
-                index,
-                inner: None,
-            },
-            Some(fd),
-        ))
+impl NetPlumber {
+    /// Removes a link the daemon made but holds no fd of (a persistent tap), by index.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        self.nl.delete_link(index).await
     }
 
-    async fn teardown(&self, lease: crate::registry::NetLease) {
-        let result = match lease.inner {
-            Some(net) => NetPlumber::teardown(self, net).await,
-            None => self.nl.delete_link(lease.index).await,
-        };
-        if let Err(e) = result {
-            tracing::warn!(tap = %lease.tap, error = %e, "removing tap");
-        }
+    /// Removes every tap this daemon made, in one batch (daemon exit): `Ok(false)` when the
+    /// kernel cannot delete by group, and the caller removes them one by one.
+    pub async fn delete_all_taps(&self) -> Result<bool, NetError> {
+        self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await
     }
 
-    async fn teardown_all(&self, leases: Vec<crate::registry::NetLease>) {
-        // One batch for all links (one RTM_DELLINK for the group, one RCU grace period).
-        let batch = self.nl.delete_group_if_marked(TAP_GROUP, &self.mark).await;
-        if !matches!(batch, Ok(true)) {
-            if let Err(e) = batch {
-                tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
-            }
-            futures::future::join_all(
-                leases
-                    .into_iter()
-                    .map(|l| crate::registry::Plumbing::teardown(self, l)),
-            )
-            .await;
-            return;
-        }
-        drop(leases);
-    }
-
-    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+    /// Packets the host has sent into each of these links (towards the guest: a tap's tx
+    /// counter), by link index; links it cannot read are missing. One netlink dump.
+    pub async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
         match self.nl.tx_packets(links).await {
             Ok(counts) => counts,
             Err(e) => {

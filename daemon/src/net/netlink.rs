@@ -29,12 +29,12 @@ pub enum NetError {
     },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+pub(super) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Netlink { what, source }
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+pub(super) fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.raw_code() == -errno,
         _ => false,
@@ -65,6 +65,10 @@ impl Netlink {
         })?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
+    }
+
+    pub(super) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// Link up, marked as ours by its alias, with a queue long enough to hold a client's first burst while the guest boots;

@@ -35,7 +35,7 @@ impl fmt::Display for PlumbStep {
     }
 }
 
-/// The error of [`crate::registry::Plumbing::setup`]. Its text (step, tap, the source's text
+/// The error of setting up an instance's network (a driver's `setup`). Its text (step, tap, the source's text
 /// and what its errno means here) is what the logs, the SERVFAIL reason and `/v1/instances`
 /// `last_error` show.
 #[derive(Debug, thiserror::Error)]

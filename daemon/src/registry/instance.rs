@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use summon_launcher::{Instance, InstanceCounters};
+use summon_launcher::Instance;
 
-use super::NetLease;
+use crate::driver::{Leased, Traffic};
 
 /// The lifecycle of an instance (docs/architecture.md, "Instance lifecycle").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct Inner {
     /// Generation of the current (or last) instance; events of older ones are ignored.
     pub gen: u64,
     pub instance: Option<Arc<dyn Instance>>,
-    pub net: Option<NetLease>,
+    pub net: Option<Leased>,
     pub net_ready: bool,
     /// An exit or fault that arrived while the start call had not returned yet.
     pub early_exit: Option<String>,
@@ -78,8 +78,8 @@ pub struct Inner {
     pub last_traffic: Instant,
     /// The traffic counter at the last look; `None` before the first.
     pub last_rx: Option<u64>,
-    /// The launcher's live counters, when it keeps them (read by the reaper without a syscall).
-    pub counters: Option<Arc<InstanceCounters>>,
+    /// Where the reaper reads the traffic towards the guest (the driver said, at the start).
+    pub traffic: Traffic,
     /// The reaper entry that is current for this instance; 0 when none.
     pub reap_seq: u64,
     pub boots: u64,
@@ -107,7 +107,7 @@ impl Inner {
             launched_at: None,
             last_traffic: now,
             last_rx: None,
-            counters: None,
+            traffic: Traffic::Unknown,
             reap_seq: 0,
             boots: 0,
             removed: false,

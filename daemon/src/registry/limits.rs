@@ -179,6 +179,18 @@ impl Admission {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// Instances of `memory_mib` that would be admitted now, by count, host capacity and memory.
+    pub fn room(&self, memory_mib: u64) -> u32 {
+        let max = self
+            .max_instances
+            .load(Ordering::Relaxed)
+            .min(self.host_capacity.load(Ordering::Relaxed));
+        let by_count = max.saturating_sub(self.live());
+        let m = self.memory();
+        let by_memory = m.budget_mib.saturating_sub(m.live_mib) / memory_mib.max(1);
+        by_count.min(u32::try_from(by_memory).unwrap_or(u32::MAX))
+    }
+
     pub fn live(&self) -> u32 {
         self.live.load(Ordering::Relaxed)
     }

@@ -15,48 +15,20 @@ mod summon;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
-use summon_launcher::{Backend, InstanceEvent};
+use summon_launcher::InstanceEvent;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Limits, ServiceConfig};
+use crate::driver::{Driver, DriverError, Drivers};
 use crate::metrics::Metrics;
-use crate::net::PlumbError;
 use instance::Inner;
 pub use instance::Phase;
 pub use limits::{Admission, Limit};
-
-/// The manifest name of the guest's network device (the name our unikernels declare).
-pub const NET_DEVICE: &str = "service";
-
-/// What the registry needs from the host network (real: [`crate::net::NetPlumber`]).
-#[async_trait::async_trait]
-pub trait Plumbing: Send + Sync + 'static {
-    /// Creates the instance's tap, route and neighbour entry; returns the lease and the fd for
-    /// the launcher (`None` for backends that do not take one).
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError>;
-    async fn teardown(&self, lease: NetLease);
-    /// Removes every instance network the daemon made, `leases` and any other (daemon exit).
-    async fn teardown_all(&self, leases: Vec<NetLease>) {
-        futures::future::join_all(leases.into_iter().map(|l| self.teardown(l))).await;
-    }
-    /// Packets the host has sent into each of these links (towards the guest: a tap's tx
-    /// counter), by link index; links it cannot read are missing. At most one netlink dump.
-    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64>;
-}
-
-/// The host side of an instance's network, owned by the registry while the instance lives.
-#[derive(Debug)]
-pub struct NetLease {
-    pub tap: String,
-    pub index: u32,
-    pub inner: Option<crate::net::InstanceNet>,
-}
 
 /// How a query was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +60,8 @@ pub enum SummonError {
     Timeout,
     #[error("service was removed")]
     Gone,
+    #[error("no live instance here")]
+    NotLive,
 }
 
 impl SummonError {
@@ -98,14 +72,25 @@ impl SummonError {
             SummonError::Limit(l) => l.result_label(),
             SummonError::Timeout => "timeout",
             SummonError::Gone => "gone",
+            SummonError::NotLive => "not_live",
         }
     }
+}
+
+/// Told the name of a service whose instance stopped being live (see [`Registry::on_release`]).
+pub type ReleaseHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// A service's configuration and the driver chosen for it when that configuration was loaded.
+#[derive(Clone)]
+struct Entry {
+    cfg: Arc<ServiceConfig>,
+    driver: Arc<dyn Driver>,
 }
 
 /// One service and its (at most one) instance.
 pub struct Slot {
     pub name: String,
-    cfg: RwLock<Arc<ServiceConfig>>,
+    entry: RwLock<Entry>,
     inner: Mutex<Inner>,
     changed: watch::Sender<()>,
     /// Milliseconds since the registry's epoch of the last query for this name.
@@ -113,10 +98,13 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(cfg: ServiceConfig) -> Slot {
+    fn new(cfg: ServiceConfig, driver: Arc<dyn Driver>) -> Slot {
         Slot {
             name: cfg.name.clone(),
-            cfg: RwLock::new(Arc::new(cfg)),
+            entry: RwLock::new(Entry {
+                cfg: Arc::new(cfg),
+                driver,
+            }),
             inner: Mutex::new(Inner::new()),
             changed: watch::channel(()).0,
             last_query_ms: AtomicU64::new(0),
@@ -124,7 +112,11 @@ impl Slot {
     }
 
     pub fn config(&self) -> Arc<ServiceConfig> {
-        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.entry().cfg
+    }
+
+    fn entry(&self) -> Entry {
+        self.entry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -151,8 +143,7 @@ pub struct InstanceInfo {
 }
 
 struct Shared {
-    backend: Arc<dyn Backend>,
-    plumbing: Arc<dyn Plumbing>,
+    drivers: Arc<dyn Drivers>,
     metrics: Arc<Metrics>,
     admission: Admission,
     limits: RwLock<Limits>,
@@ -161,6 +152,9 @@ struct Shared {
     epoch: Instant,
     events: mpsc::UnboundedSender<(String, u64, InstanceEvent)>,
     reap: reap::ReapQueue,
+    /// Told when an instance stops being live (a cluster host releases its claim); called
+    /// under the slot's lock, so it must only hand the name on.
+    on_release: std::sync::OnceLock<ReleaseHook>,
 }
 
 /// All services, by lower-case name.
@@ -171,22 +165,25 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Must be called inside a tokio runtime (it spawns the instance-event task).
+    /// Must be called inside a tokio runtime (it spawns the instance-event task). Fails when a
+    /// service's driver cannot be built (e.g. its libvirt URI does not answer).
     pub fn new(
         services: &[ServiceConfig],
         limits: Limits,
         ttl: u32,
-        backend: Arc<dyn Backend>,
-        plumbing: Arc<dyn Plumbing>,
+        drivers: Arc<dyn Drivers>,
         metrics: Arc<Metrics>,
-    ) -> Registry {
+    ) -> Result<Registry, DriverError> {
+        let entries = services
+            .iter()
+            .map(|s| Ok((s.clone(), drivers.for_service(s)?)))
+            .collect::<Result<Vec<_>, DriverError>>()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let epoch = Instant::now();
         let reg = Registry {
             slots: Arc::new(RwLock::new(HashMap::new())),
             shared: Arc::new(Shared {
-                backend,
-                plumbing,
+                drivers,
                 metrics,
                 admission: Admission::new(
                     limits.max_instances,
@@ -201,17 +198,18 @@ impl Registry {
                 epoch,
                 events: tx,
                 reap: reap::ReapQueue::new(epoch),
+                on_release: std::sync::OnceLock::new(),
             }),
         };
-        for s in services {
-            reg.insert(s.clone());
+        for (cfg, driver) in entries {
+            reg.insert(cfg, driver);
         }
         tokio::spawn(reg.clone().event_loop(rx));
-        reg
+        Ok(reg)
     }
 
-    fn insert(&self, cfg: ServiceConfig) {
-        let slot = Arc::new(Slot::new(cfg));
+    fn insert(&self, cfg: ServiceConfig, driver: Arc<dyn Driver>) {
+        let slot = Arc::new(Slot::new(cfg, driver));
         self.set_phase_metric(&slot.name, None, Phase::Stopped);
         self.slots
             .write()
@@ -250,6 +248,24 @@ impl Registry {
         &self.shared.metrics
     }
 
+    /// Sets the hook told of every instance that stops being live (once per process).
+    pub fn on_release(&self, f: ReleaseHook) {
+        if self.shared.on_release.set(f).is_err() {
+            tracing::warn!("registry release hook set twice; keeping the first");
+        }
+    }
+
+    /// A query for `slot` answered elsewhere counts as one here (idleness across hosts).
+    pub fn note_query(&self, slot: &Slot) {
+        slot.last_query_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many more instances of `memory_mib` the limits admit now (none reserved).
+    pub fn room(&self, memory_mib: u64) -> u32 {
+        self.shared.admission.room(memory_mib)
+    }
+
     fn now_ms(&self) -> u64 {
         self.shared.epoch.elapsed().as_millis() as u64
     }
@@ -273,6 +289,9 @@ impl Registry {
             self.shared
                 .admission
                 .release(std::mem::take(&mut g.admitted_mib));
+            if let Some(f) = self.shared.on_release.get() {
+                f(&slot.name);
+            }
         }
         g.phase = new;
         g.since = Instant::now();
@@ -304,7 +323,7 @@ impl Registry {
                     service: s.name.clone(),
                     ip: cfg.ip,
                     state: g.phase.as_str(),
-                    tap: g.net.as_ref().map(|l| l.tap.clone()),
+                    tap: g.net.as_ref().and_then(|l| l.tap()).map(str::to_string),
                     net_ready: g.net_ready,
                     boots: g.boots,
                     failures: g.failures,

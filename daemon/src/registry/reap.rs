@@ -7,6 +7,7 @@
 //! Traffic means frames towards the guest: the embedded launcher counts them
 //! (`InstanceCounters::rx_frames`, an atomic read); for instances without counters (libvirt
 //! domains on a daemon tap) the tap's tx counter through netlink, read only for the due ones.
+//! Which of the two an instance has is its driver's answer (`crate::driver::Traffic`).
 //! What a guest sends on its own never keeps it alive.
 //!
 //! A counter only says that traffic happened since the last look, not when; the look that sees
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::instance::Inner;
 use super::{Phase, Registry, Slot};
 use crate::config::StopMode;
+use crate::driver::Traffic;
 
 /// Deadlines are rounded up to this grid so that instances due at nearly the same time share
 /// one pass (and one netlink dump when their counters need one): at most 50 passes a second.
@@ -170,13 +172,13 @@ impl Registry {
             if g.reap_seq != d.seq || g.phase != Phase::Running {
                 continue;
             }
-            let reading = match (&g.counters, &g.net) {
-                (Some(c), _) => Reading::Counted(c.rx_frames.load(Ordering::Relaxed)),
-                (None, Some(l)) if l.index != 0 => {
-                    links.push(l.index);
-                    Reading::Link(l.index)
+            let reading = match &g.traffic {
+                Traffic::Counted(c) => Reading::Counted(c.rx_frames.load(Ordering::Relaxed)),
+                Traffic::Link(index) => {
+                    links.push(*index);
+                    Reading::Link(*index)
                 }
-                _ => Reading::None,
+                Traffic::Unknown => Reading::None,
             };
             drop(g);
             looks.push((d, reading));
@@ -184,7 +186,7 @@ impl Registry {
         let link_counts = if links.is_empty() {
             HashMap::new()
         } else {
-            self.shared.plumbing.towards_guest(&links).await
+            self.shared.drivers.towards_guest(&links).await
         };
         let ttl = Duration::from_secs(u64::from(self.shared.ttl.load(Ordering::Relaxed)));
         let now = Instant::now();

@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{NetLease, Phase, Registry, Slot};
+use super::{Phase, Registry, Slot};
 
 /// Blocking threads that wait for instances to acknowledge their stop at exit: the stops run in
 /// parallel on the instances' own threads, so a few waiters suffice.
 const STOP_WAITERS: usize = 16;
 use crate::config::StopMode;
+use crate::driver::Leased;
 use crate::metrics::GuestTotals;
 
 impl Registry {
@@ -19,7 +20,7 @@ impl Registry {
         slot: &Arc<Slot>,
         gen: u64,
         inst: Option<Arc<dyn summon_launcher::Instance>>,
-        lease: Option<NetLease>,
+        lease: Option<Leased>,
         why: Option<&str>,
     ) {
         if let Some(i) = inst {
@@ -43,7 +44,7 @@ impl Registry {
             }
         }
         if let Some(l) = lease {
-            self.shared.plumbing.teardown(l).await;
+            l.release().await;
         }
         self.stopped(slot, gen, why);
     }
@@ -184,7 +185,7 @@ impl Registry {
             }
         }
         let waited = t0.elapsed();
-        self.shared.plumbing.teardown_all(leases).await;
+        self.shared.drivers.teardown_all(leases).await;
         let torn_down = t0.elapsed();
         for (s, gen) in &taken {
             self.stopped(s, *gen, Some("shutdown"));

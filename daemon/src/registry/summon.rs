@@ -6,26 +6,48 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use summon_launcher::{InstanceSpec, NetSpec, TapSource};
+use summon_launcher::InstanceSpec;
 
 use super::instance::Inner;
-use super::{backoff, limits, Phase, Registry, Served, Slot, SummonError, NET_DEVICE};
+use super::{backoff, limits, Entry, Phase, Registry, Served, Slot, SummonError};
 use crate::config::{ReplyMode, ServiceConfig, StopMode};
+use crate::driver::{Driver, Leased, Traffic};
 
 impl Registry {
     /// Makes sure the service's instance runs (booting or resuming it) and returns its address.
     /// Concurrent callers share one start.
     pub async fn summon(&self, slot: &Arc<Slot>) -> Result<(Ipv4Addr, Served), SummonError> {
+        self.summon_with(slot, true).await
+    }
+
+    /// Like [`Registry::summon`], but never boots: a stopped or failed service is
+    /// [`SummonError::NotLive`]. For a cluster host, which boots only what it has claimed.
+    pub async fn summon_live(&self, slot: &Arc<Slot>) -> Result<(Ipv4Addr, Served), SummonError> {
+        self.summon_with(slot, false).await
+    }
+
+    async fn summon_with(
+        &self,
+        slot: &Arc<Slot>,
+        may_boot: bool,
+    ) -> Result<(Ipv4Addr, Served), SummonError> {
         let t0 = Instant::now();
         slot.last_query_ms.store(self.now_ms(), Ordering::Relaxed);
-        let cfg = slot.config();
+        let entry = slot.entry();
+        let cfg = &entry.cfg;
         // Bounds the wait for a start under way (or for readiness); never unbounded.
         let deadline = t0 + cfg.ready_timeout;
+        if !entry.driver.starts_inline() && slot.phase() == Phase::Suspended {
+            // A driver whose start may block resumes by a call that may block too (a libvirt
+            // RPC): a caller that polls this future once in place (the DNS UDP loop) sees it
+            // pending and moves the query to a task of its own.
+            tokio::task::yield_now().await;
+        }
         let mut waited_gen = None;
         let result = loop {
             let mut rx = {
                 let mut g = slot.lock();
-                if let Some(done) = self.step(slot, &mut g, &cfg, t0, waited_gen) {
+                if let Some(done) = self.step(slot, &mut g, &entry, t0, waited_gen, may_boot) {
                     break done;
                 }
                 // An instance on its way out (or into suspension) is not the one this query
@@ -64,10 +86,12 @@ impl Registry {
         &self,
         slot: &Arc<Slot>,
         g: &mut Inner,
-        cfg: &Arc<ServiceConfig>,
+        entry: &Entry,
         t0: Instant,
         waited_gen: Option<u64>,
+        may_boot: bool,
     ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
+        let cfg = &entry.cfg;
         if g.removed {
             return Some(Err(SummonError::Gone));
         }
@@ -75,7 +99,8 @@ impl Registry {
             Phase::Running => self.running(slot, g, cfg, waited_gen).map(Ok),
             Phase::Suspended => Some(self.resume(slot, g, cfg)),
             Phase::Starting | Phase::Stopping | Phase::Suspending => None,
-            Phase::Failed | Phase::Stopped => self.admit_and_start(slot, g, cfg, t0, waited_gen),
+            Phase::Failed | Phase::Stopped if !may_boot => Some(Err(SummonError::NotLive)),
+            Phase::Failed | Phase::Stopped => self.admit_and_start(slot, g, entry, t0, waited_gen),
         }
     }
 
@@ -142,10 +167,11 @@ impl Registry {
         &self,
         slot: &Arc<Slot>,
         g: &mut Inner,
-        cfg: &Arc<ServiceConfig>,
+        entry: &Entry,
         t0: Instant,
         waited_gen: Option<u64>,
     ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
+        let cfg = &entry.cfg;
         if waited_gen == Some(g.gen) && g.phase == Phase::Failed {
             return Some(Err(SummonError::BootFailed(
                 g.last_error.clone().unwrap_or_default(),
@@ -206,7 +232,7 @@ impl Registry {
             .inc();
         tokio::spawn(
             self.clone()
-                .start(slot.clone(), g.gen, cfg.clone(), admitted),
+                .start(slot.clone(), g.gen, entry.clone(), admitted),
         );
         None
     }
@@ -227,16 +253,11 @@ impl Registry {
         });
     }
 
-    async fn start(
-        self,
-        slot: Arc<Slot>,
-        gen: u64,
-        cfg: Arc<ServiceConfig>,
-        admitted: limits::Admitted,
-    ) {
+    async fn start(self, slot: Arc<Slot>, gen: u64, entry: Entry, admitted: limits::Admitted) {
+        let Entry { cfg, driver } = entry;
         let t0 = Instant::now();
         let queued_at = slot.lock().started_at;
-        let (lease, fd) = match self.shared.plumbing.setup(&cfg).await {
+        let (lease, nets) = match driver.setup(&cfg).await {
             Ok(x) => x,
             Err(e) => {
                 drop(admitted);
@@ -249,36 +270,24 @@ impl Registry {
             name: cfg.name.clone(),
             image: cfg.image.clone(),
             memory_mib: cfg.memory_mib,
-            nets: match fd {
-                Some(fd) => vec![NetSpec {
-                    name: NET_DEVICE.to_string(),
-                    tap: TapSource::Fd(fd),
-                    mac: Some(cfg.mac),
-                }],
-                None => vec![NetSpec {
-                    name: NET_DEVICE.to_string(),
-                    tap: TapSource::Name(lease.tap.clone()),
-                    mac: Some(cfg.mac),
-                }],
-            },
+            nets,
             blocks: Vec::new(),
             args: cfg.args.clone(),
             limits: cfg.limits,
         };
         let sink = self.sink(&slot.name, gen);
-        let backend = self.shared.backend.clone();
         let t_call = Instant::now();
-        let launch = move || {
+        let launch = move |d: &dyn Driver| {
             let t = Instant::now();
-            (t, backend.start(spec, sink), t.elapsed())
+            (t, d.start(spec, sink), t.elapsed())
         };
-        // The KVM launcher's start is short and never waits for the guest (docs/launcher.md):
-        // called in place it saves two thread hand-offs on the cold path. Other backends
-        // (libvirt) may block for long, so they get a blocking thread.
-        let started = if cfg.backend == crate::config::BackendKind::Kvm {
-            Ok(launch())
+        // In place when the driver's start is short (it saves two thread hand-offs on the cold
+        // path); a start that may block for long gets a blocking thread.
+        let started = if driver.starts_inline() {
+            Ok(launch(&*driver))
         } else {
-            tokio::task::spawn_blocking(launch).await
+            let d = driver.clone();
+            tokio::task::spawn_blocking(move || launch(&*d)).await
         };
         let launch_end = Instant::now();
         let started = started.map(|(t, r, launch)| {
@@ -303,21 +312,23 @@ impl Registry {
         let started = match started {
             Ok(Ok(inst)) => inst,
             Ok(Err(e)) => {
-                self.shared.plumbing.teardown(lease).await;
+                driver.teardown(lease).await;
                 self.boot_failed(&slot, gen, "launch", e.to_string());
                 return;
             }
             Err(e) => {
-                self.shared.plumbing.teardown(lease).await;
+                driver.teardown(lease).await;
                 self.boot_failed(&slot, gen, "launch", format!("launcher task: {e}"));
                 return;
             }
         };
         tracing::info!(
-            service = %slot.name, tap = %lease.tap, net_us = t_net.as_micros() as u64,
+            service = %slot.name, tap = lease.tap().unwrap_or("-"), net_us = t_net.as_micros() as u64,
             total_us = t0.elapsed().as_micros() as u64, "instance started"
         );
         let inst: Arc<dyn summon_launcher::Instance> = Arc::from(started);
+        let traffic = driver.traffic(&*inst, &lease);
+        let lease = Leased { driver, lease };
         let superseded = {
             let mut g = slot.lock();
             if g.gen != gen || g.phase != Phase::Starting {
@@ -325,8 +336,8 @@ impl Registry {
             } else {
                 // Counters start at zero with the instance, so every frame after this counts;
                 // a tap's counter is only known from the first look on.
-                g.counters = inst.counters();
-                g.last_rx = g.counters.as_ref().map(|_| 0);
+                g.last_rx = matches!(traffic, Traffic::Counted(_)).then_some(0);
+                g.traffic = traffic;
                 g.instance = Some(inst);
                 g.net = Some(lease);
                 let now = Instant::now();
@@ -348,7 +359,7 @@ impl Registry {
                 let i = inst.clone();
                 let _ = tokio::task::spawn_blocking(move || i.stop()).await;
                 drop(inst);
-                self.shared.plumbing.teardown(lease).await;
+                lease.release().await;
             }
         }
     }

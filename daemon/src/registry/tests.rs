@@ -1,7 +1,6 @@
 //! Registry behaviour with a scripted backend and in-memory plumbing (no KVM, no netlink):
 //! the state machine, one start per instance, backoff, limits, suspend/resume, reaping, reload.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,12 +8,13 @@ use std::time::Duration;
 
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceEvent, InstanceSpec,
-    InstanceState,
+    InstanceState, NetSpec, TapSource,
 };
 
 use super::*;
-use crate::config::{BackendKind, Limits, ReplyMode, ServiceConfig, StopMode};
-use crate::net::{NetError, PlumbStep};
+use crate::config::{Limits, ReplyMode, ServiceBackend, ServiceConfig, StopMode};
+use crate::driver::{Lease, Traffic, NET_DEVICE};
+use crate::net::{NetError, PlumbError, PlumbStep};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Script {
@@ -160,9 +160,8 @@ struct FakePlumbing {
     teardown_delay_ms: AtomicU64,
 }
 
-#[async_trait::async_trait]
-impl Plumbing for FakePlumbing {
-    async fn setup(&self, svc: &ServiceConfig) -> Result<(NetLease, Option<OwnedFd>), PlumbError> {
+impl FakePlumbing {
+    async fn setup(&self, svc: &ServiceConfig) -> Result<Lease, PlumbError> {
         let tap = crate::net::tap_name(&svc.name);
         let mut live = self.live.lock().unwrap();
         if live.contains(&tap) {
@@ -176,19 +175,19 @@ impl Plumbing for FakePlumbing {
             ));
         }
         live.push(tap.clone());
-        Ok((
-            NetLease {
-                tap,
-                index: 1,
-                inner: None,
-            },
-            None,
-        ))
+        Ok(Lease::Link {
+            name: tap,
+            index: 1,
+        })
     }
-    async fn teardown(&self, lease: NetLease) {
+    async fn teardown(&self, lease: Lease) {
         let delay = self.teardown_delay_ms.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        self.live.lock().unwrap().retain(|t| *t != lease.tap);
+        let tap = lease.tap().map(str::to_string);
+        self.live
+            .lock()
+            .unwrap()
+            .retain(|t| Some(t) != tap.as_ref());
     }
     async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -197,10 +196,104 @@ impl Plumbing for FakePlumbing {
     }
 }
 
+/// The scripted backend and the in-memory plumbing as one service's driver.
+struct FakeDriver {
+    backend: Arc<FakeBackend>,
+    plumbing: Arc<FakePlumbing>,
+    /// Starts through this driver (each service has its own).
+    starts: AtomicU32,
+    /// Whether its calls count as short (KVM) or as possibly blocking (libvirt).
+    inline: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Driver for FakeDriver {
+    async fn setup(&self, svc: &ServiceConfig) -> Result<(Lease, Vec<NetSpec>), PlumbError> {
+        let lease = self.plumbing.setup(svc).await?;
+        let nets = vec![NetSpec {
+            name: NET_DEVICE.to_string(),
+            tap: TapSource::Name(lease.tap().unwrap_or_default().to_string()),
+            mac: Some(svc.mac),
+        }];
+        Ok((lease, nets))
+    }
+    fn starts_inline(&self) -> bool {
+        self.inline.load(Ordering::SeqCst)
+    }
+    fn start(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.backend.start(spec, events)
+    }
+    fn traffic(&self, instance: &dyn Instance, lease: &Lease) -> Traffic {
+        match (instance.counters(), lease) {
+            (Some(c), _) => Traffic::Counted(c),
+            (None, Lease::Link { index, .. }) => Traffic::Link(*index),
+            _ => Traffic::Unknown,
+        }
+    }
+    async fn teardown(&self, lease: Lease) {
+        self.plumbing.teardown(lease).await
+    }
+}
+
+/// Builds a driver of its own for each service it is asked for, and remembers them.
+struct FakeDrivers {
+    backend: Arc<FakeBackend>,
+    plumbing: Arc<FakePlumbing>,
+    built: Mutex<Vec<(String, Arc<FakeDriver>)>>,
+    /// A service whose driver cannot be built (like a libvirt URI that does not answer).
+    refuse: Mutex<Option<String>>,
+}
+
+impl FakeDrivers {
+    /// The drivers built for `service`, oldest first.
+    fn of(&self, service: &str) -> Vec<Arc<FakeDriver>> {
+        let built = self.built.lock().unwrap();
+        built
+            .iter()
+            .filter(|(n, _)| n == service)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Drivers for FakeDrivers {
+    fn for_service(&self, svc: &ServiceConfig) -> Result<Arc<dyn Driver>, DriverError> {
+        if self.refuse.lock().unwrap().as_deref() == Some(svc.name.as_str()) {
+            return Err(DriverError::Libvirt {
+                service: svc.name.clone(),
+                uri: "test:///unreachable".into(),
+                source: Box::new(summon_launcher::libvirt::LibvirtError::Unsupported(
+                    "refused by the test".into(),
+                )),
+            });
+        }
+        let d = Arc::new(FakeDriver {
+            backend: self.backend.clone(),
+            plumbing: self.plumbing.clone(),
+            starts: AtomicU32::new(0),
+            inline: AtomicBool::new(true),
+        });
+        self.built
+            .lock()
+            .unwrap()
+            .push((svc.name.clone(), d.clone()));
+        Ok(d)
+    }
+    async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
+        self.plumbing.towards_guest(links).await
+    }
+}
+
 fn svc(name: &str, last_octet: u8) -> ServiceConfig {
     ServiceConfig {
         name: name.into(),
-        backend: BackendKind::Kvm,
+        backend: ServiceBackend::Kvm,
         image: PathBuf::from("/nonexistent"),
         ip: Ipv4Addr::new(10, 77, 0, last_octet),
         mac: [2, 0, 0, 0, 0, last_octet].into(),
@@ -211,7 +304,6 @@ fn svc(name: &str, last_octet: u8) -> ServiceConfig {
         reply: ReplyMode::Immediate,
         ready_timeout: Duration::from_secs(2),
         limits: Default::default(),
-        libvirt: None,
     }
 }
 
@@ -219,6 +311,7 @@ struct Fixture {
     reg: Registry,
     backend: Arc<FakeBackend>,
     plumbing: Arc<FakePlumbing>,
+    drivers: Arc<FakeDrivers>,
 }
 
 fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixture {
@@ -233,18 +326,25 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
         counters: Mutex::new(None),
     });
     let plumbing = Arc::new(FakePlumbing::default());
+    let drivers = Arc::new(FakeDrivers {
+        backend: backend.clone(),
+        plumbing: plumbing.clone(),
+        built: Mutex::new(Vec::new()),
+        refuse: Mutex::new(None),
+    });
     let reg = Registry::new(
         &services,
         limits,
         0,
-        backend.clone(),
-        plumbing.clone(),
+        drivers.clone(),
         Arc::new(Metrics::new()),
-    );
+    )
+    .unwrap();
     Fixture {
         reg,
         backend,
         plumbing,
+        drivers,
     }
 }
 
@@ -654,7 +754,8 @@ async fn reload_keeps_unchanged_and_replaces_changed() {
             Limits::default(),
             0,
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(f.reg.get("same").unwrap().phase(), Phase::Running);
     assert_eq!(f.reg.get("changed").unwrap().phase(), Phase::Stopped);
     assert_eq!(f.reg.get("changed").unwrap().config().memory_mib, 32);
@@ -668,6 +769,89 @@ async fn reload_keeps_unchanged_and_replaces_changed() {
     assert!(f.plumbing.live.lock().unwrap().is_empty());
 }
 
+/// Each service's driver is built once, at load; a reload builds drivers only for new and
+/// changed services, and every start goes through the driver of its service's current config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_are_built_at_load_and_reload_and_used_per_service() {
+    let f = fixture(
+        vec![svc("a", 10), svc("b", 11)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    for n in ["a", "b"] {
+        assert_eq!(f.drivers.of(n).len(), 1, "{n}: one driver at load");
+    }
+    for _ in 0..2 {
+        let a = f.reg.get("a").unwrap();
+        f.reg.summon(&a).await.unwrap();
+        assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
+    }
+    let b = f.reg.get("b").unwrap();
+    f.reg.summon(&b).await.unwrap();
+    assert_eq!(f.drivers.of("a")[0].starts.load(Ordering::SeqCst), 2);
+    assert_eq!(f.drivers.of("b")[0].starts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.drivers.built.lock().unwrap().len(),
+        2,
+        "no driver per start"
+    );
+
+    let mut changed = svc("b", 11);
+    changed.memory_mib = 32;
+    f.reg
+        .apply(&[svc("a", 10), changed, svc("c", 12)], Limits::default(), 0)
+        .await
+        .unwrap();
+    assert_eq!(f.drivers.of("a").len(), 1, "unchanged: kept");
+    assert_eq!(f.drivers.of("b").len(), 2, "changed: rebuilt");
+    assert_eq!(f.drivers.of("c").len(), 1, "new: built");
+    // The old instance of b was stopped (through its own driver's teardown) before the swap.
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+    let b = f.reg.get("b").unwrap();
+    f.reg.summon(&b).await.unwrap();
+    assert_eq!(f.drivers.of("b")[0].starts.load(Ordering::SeqCst), 1);
+    assert_eq!(f.drivers.of("b")[1].starts.load(Ordering::SeqCst), 1);
+    f.reg.stop_all().await;
+    assert!(f.plumbing.live.lock().unwrap().is_empty());
+}
+
+/// A reload in which one service's driver cannot be built changes nothing: no service is
+/// stopped, added, removed or given a new config or limits, and the error names the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_whose_driver_cannot_be_built_changes_nothing() {
+    let f = fixture(
+        vec![svc("keep", 10), svc("changed", 11), svc("gone", 12)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    for n in ["keep", "changed", "gone"] {
+        let s = f.reg.get(n).unwrap();
+        f.reg.summon(&s).await.unwrap();
+    }
+    *f.drivers.refuse.lock().unwrap() = Some("new".into());
+    let mut changed = svc("changed", 11);
+    changed.memory_mib = 32;
+    let limits = Limits {
+        max_instances: 1,
+        ..Limits::default()
+    };
+    let err = f
+        .reg
+        .apply(&[svc("keep", 10), changed, svc("new", 13)], limits, 0)
+        .await
+        .expect_err("the new service's driver is refused");
+    assert!(err.to_string().contains("service new"), "{err}");
+    for n in ["keep", "changed", "gone"] {
+        assert_eq!(f.reg.get(n).unwrap().phase(), Phase::Running, "{n}");
+    }
+    assert_eq!(f.reg.get("changed").unwrap().config().memory_mib, 16);
+    assert!(f.reg.get("new").is_none());
+    assert_eq!(f.drivers.of("changed").len(), 2, "built, then dropped");
+    assert_eq!(f.reg.shared.limits.read().unwrap().max_instances, 64);
+    assert_eq!(f.plumbing.live.lock().unwrap().len(), 3);
+    f.reg.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_during_a_boot_stops_the_instance_it_started() {
     let f = fixture(vec![svc("web", 10)], Limits::default(), Script::Healthy);
@@ -679,7 +863,7 @@ async fn reload_during_a_boot_stops_the_instance_it_started() {
     assert_eq!(slot.phase(), Phase::Starting);
     let mut changed = svc("web", 10);
     changed.memory_mib = 64;
-    f.reg.apply(&[changed], Limits::default(), 0).await;
+    f.reg.apply(&[changed], Limits::default(), 0).await.unwrap();
     let _ = summon.await.unwrap();
     assert_eq!(slot.phase(), Phase::Stopped);
     assert_eq!(slot.config().memory_mib, 64);
@@ -749,4 +933,42 @@ async fn boots_beyond_the_host_capacity_are_refused_as_limit() {
         .contains("summon_summons_total{result=\"limit\",service=\"b\"} 1"));
     assert!(f.reg.stop(&a, StopMode::Destroy, "test").await);
     f.reg.summon(&b).await.unwrap();
+}
+
+/// Polls `f` once in place, as the DNS UDP loop does: whether it was ready at once.
+fn ready_at_first_poll<F: std::future::Future>(f: F) -> bool {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.as_mut().poll(&mut cx).is_ready()
+}
+
+#[tokio::test]
+async fn a_resume_that_may_block_is_not_ready_at_the_first_poll() {
+    for inline in [true, false] {
+        let mut s = svc("nap", 22);
+        s.stop = StopMode::Suspend;
+        let f = fixture(vec![s], Limits::default(), Script::Healthy);
+        f.drivers.of("nap")[0]
+            .inline
+            .store(inline, Ordering::SeqCst);
+        let slot = f.reg.get("nap").unwrap();
+        f.reg.summon(&slot).await.unwrap();
+        // A warm answer is ready at once whatever the backend.
+        assert!(ready_at_first_poll(f.reg.summon(&slot)), "inline {inline}");
+        assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+        assert_eq!(
+            ready_at_first_poll(f.reg.summon(&slot)),
+            inline,
+            "inline {inline}"
+        );
+        // KVM resumed in that poll; libvirt's yield came before anything changed, so the slot
+        // is still suspended and the next summon resumes it (in a task, for the UDP loop).
+        let (phase, served) = if inline {
+            (Phase::Running, Served::Warm)
+        } else {
+            (Phase::Suspended, Served::Resumed)
+        };
+        assert_eq!(slot.phase(), phase, "inline {inline}");
+        assert_eq!(f.reg.summon(&slot).await.unwrap().1, served);
+    }
 }

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(start >= prev_end, "segments overlap");
         assert!(!(seg.writable && seg.executable));
         assert!(end <= img.kernel_end);
-        assert_eq!(img.segment_data(seg).len() as u64, seg.filesz);
+        assert_eq!(img.segment_data(seg).unwrap().len() as u64, seg.filesz);
         prev_end = end;
     }
     assert_eq!(img.kernel_end, prev_end);

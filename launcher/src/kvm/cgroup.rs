@@ -79,10 +79,33 @@ pub struct Hierarchy {
     mover: Mutex<std::sync::mpsc::Sender<(Arc<Group>, libc::pid_t)>>,
 }
 
-/// The process-wide hierarchy, detected (and its leftovers cleaned) on first use.
+static SUPPORT: OnceLock<Result<Arc<Hierarchy>, CgroupError>> = OnceLock::new();
+
+/// The process-wide hierarchy, detected (its leftovers cleaned, the outcome logged) on first
+/// use: the first start with a quota, or a host program asking up front (summond, for its
+/// metric). A process that never asks for a quota (summon-run) never touches cgroupfs and never
+/// starts the mover thread.
 pub fn support() -> &'static Result<Arc<Hierarchy>, CgroupError> {
-    static SUPPORT: OnceLock<Result<Arc<Hierarchy>, CgroupError>> = OnceLock::new();
-    SUPPORT.get_or_init(|| Hierarchy::detect().map(Arc::new))
+    SUPPORT.get_or_init(|| {
+        let detected = Hierarchy::detect().map(Arc::new);
+        match &detected {
+            Ok(h) => tracing::info!(
+                mode = ?h.mode(),
+                group = %h.base().display(),
+                "guest CPU quotas through the cpu cgroup controller"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "guest CPU quotas are not applied: no usable cpu cgroup controller"
+            ),
+        }
+        detected
+    })
+}
+
+/// The hierarchy if [`support`] has already detected one; never detects.
+pub fn detected() -> Option<&'static Arc<Hierarchy>> {
+    SUPPORT.get().and_then(|r| r.as_ref().ok())
 }
 
 impl Hierarchy {

@@ -182,6 +182,24 @@ impl GuestMemory {
         }
     }
 
+    /// Loader access for reading an image segment straight into the guest: the bytes
+    /// `[gpa, gpa + len)` to write, which may end exactly at `mem_size` (as [`Self::load`]).
+    /// Refused where the host protected the memory read-only.
+    pub fn load_slice(&mut self, gpa: u64, len: u64) -> Result<&mut [u8], AccessError> {
+        let end = gpa
+            .checked_add(len)
+            .filter(|&end| end <= self.size)
+            .ok_or(AccessError::OutOfBounds)?;
+        if len > 0 && self.read_only.iter().any(|r| gpa < r.end && r.start < end) {
+            return Err(AccessError::ReadOnly);
+        }
+        // SAFETY: the range lies inside the mapping (checked above), which is readable, and
+        // writable outside the read-only ranges (checked above); `&mut self` makes the slice the
+        // only access to guest memory through this value while it lives, and the guest does not
+        // run while the loader holds the memory.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(gpa as usize), len as usize) })
+    }
+
     /// Loader access to a `T` (see [`Self::load`]).
     pub fn load_obj<T: NoPadding>(&self, gpa: u64, val: &T) -> Result<(), AccessError> {
         // SAFETY: `val` is a live `T` of `size_of::<T>()` bytes, borrowed for the slice's
@@ -245,5 +263,23 @@ mod tests {
         assert_eq!(m.write_obj(0x100000, &7u64), Err(AccessError::ReadOnly));
         m.write_obj(0x200, &7u64).unwrap();
         assert_eq!(m.read_obj::<u64>(0x200).unwrap(), 7);
+        // The loader's slice may end exactly at the end, never past it or in read-only pages.
+        assert_eq!(m.load_slice((2 << 20) - 16, 16).unwrap().len(), 16);
+        assert_eq!(
+            m.load_slice((2 << 20) - 16, 17).err(),
+            Some(AccessError::OutOfBounds)
+        );
+        assert_eq!(
+            m.load_slice(u64::MAX, 2).err(),
+            Some(AccessError::OutOfBounds)
+        );
+        assert_eq!(
+            m.load_slice(0xff800, 0x1000).err(),
+            Some(AccessError::ReadOnly)
+        );
+        m.load_slice(0x300, 8)
+            .unwrap()
+            .copy_from_slice(&9u64.to_le_bytes());
+        assert_eq!(m.read_obj::<u64>(0x300).unwrap(), 9);
     }
 }

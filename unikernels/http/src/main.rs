@@ -10,7 +10,6 @@
 
 extern crate alloc;
 
-mod request;
 mod response;
 mod server;
 

@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use rt::net::smoltcp::iface::{SocketHandle, SocketSet};
 use rt::net::smoltcp::socket::tcp;
 
-use crate::request::{self, Parse};
 use crate::response::{page, Response};
+use http_request::Parse;
 
 /// Most concurrent connections (one smoltcp socket each); fewer when memory is small.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -112,7 +112,8 @@ impl Server {
             if socket.send_capacity() - socket.send_queue() < RESPONSE_ROOM {
                 break;
             }
-            let (bytes, consumed, keep_alive) = match request::parse(&conn.buf, REQUEST_LIMIT) {
+            let (bytes, consumed, keep_alive) = match http_request::parse(&conn.buf, REQUEST_LIMIT)
+            {
                 Parse::Incomplete => {
                     if !socket.may_recv() {
                         // The peer stopped sending in the middle of a request.

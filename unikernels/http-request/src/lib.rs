@@ -1,5 +1,11 @@
 //! An HTTP/1.x request head parser over a byte buffer. Pure, allocation-free, and total: any
 //! input gives `Incomplete`, a request, or the status to refuse it with.
+//!
+//! Its own `no_std` crate so that the `http` unikernel (built for x86_64-unknown-none) and the
+//! host's tests (`tests/tests/http_parser.rs`, which drive its edge cases and hostile input much
+//! harder than a tap can) compile the same source.
+
+#![no_std]
 
 /// Status codes the parser can refuse a request with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
