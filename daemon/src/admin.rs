@@ -186,9 +186,12 @@ async fn handle(
         "/metrics" => {
             // Reads the live instances' quota groups (cgroupfs): off the async workers.
             let reg = registry.clone();
-            let body = tokio::task::spawn_blocking(move || reg.render_metrics())
+            let mut body = tokio::task::spawn_blocking(move || reg.render_metrics())
                 .await
                 .unwrap_or_default();
+            if let Some(c) = cluster {
+                body.push_str(&c.render_metrics());
+            }
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,

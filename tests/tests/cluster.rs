@@ -111,6 +111,16 @@ fn a_service_resolved_through_any_host_has_one_instance_and_one_address() {
     assert_eq!(c.running("web"), vec![0]);
     assert_eq!(boots(&c, "web"), 1.0);
     assert_eq!(owners(&c, "web"), vec![Some("h0".to_string()); 3]);
+    for i in 0..3 {
+        assert_eq!(
+            c.hosts[i].daemon.metric(
+                "summon_cluster_owner",
+                &[("service", "web"), ("node", "h0")]
+            ),
+            1.0,
+            "host {i}'s metrics name h0 as web's owner"
+        );
+    }
     for i in [1, 2] {
         assert!(
             c.hosts[i]

@@ -164,6 +164,34 @@ pub struct NodeRow {
     pub free: u32,
 }
 
+/// The exposition of [`Cluster::render_metrics`] for `view`.
+fn owner_metrics(view: &View) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP summon_cluster_owner The host that owns each claimed service (value 1)\n\
+         # TYPE summon_cluster_owner gauge\n",
+    );
+    // Names come from etcd, which other writers may share: anything that is not a plain
+    // host/service name is left out rather than allowed to break the exposition.
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    for o in view
+        .owners
+        .iter()
+        .filter(|o| plain(&o.service) && plain(&o.node))
+    {
+        let _ = writeln!(
+            out,
+            "summon_cluster_owner{{service=\"{}\",node=\"{}\",state=\"{}\"}} 1",
+            o.service, o.node, o.state
+        );
+    }
+    out
+}
+
 impl Cluster {
     /// Connects to etcd (lazily: summond starts while etcd is down and claims nothing until
     /// it has a lease), removes proxy entries an earlier summond left, and starts the lease,
@@ -649,6 +677,12 @@ impl Cluster {
         }
     }
 
+    /// Prometheus lines for the owners this host knows: `summon_cluster_owner{service,node}`,
+    /// one series per owned service, so a dashboard can show where each instance lives.
+    pub fn render_metrics(&self) -> String {
+        owner_metrics(&self.view())
+    }
+
     /// The owner of `service` as this host knows it.
     pub fn owner(&self, service: &str) -> Option<String> {
         self.cache.owner(service).map(|o| o.node.to_string())
@@ -667,5 +701,31 @@ impl Cluster {
             }
         }
         self.announce.remove_all().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_metrics_name_each_owner_and_skip_names_that_would_break_the_exposition() {
+        let row = |service: &str, node: &str| OwnerRow {
+            service: service.into(),
+            node: node.into(),
+            state: "running",
+        };
+        let view = View {
+            node: "h0".into(),
+            lease: None,
+            owners: vec![row("web", "h1"), row("bad\"}", "h1"), row("api", "h0\n")],
+            nodes: Vec::new(),
+        };
+        let text = owner_metrics(&view);
+        let series: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            series,
+            vec![r#"summon_cluster_owner{service="web",node="h1",state="running"} 1"#]
+        );
     }
 }
