@@ -177,7 +177,7 @@ pub struct Limits {
     /// resolved per-service value is [`ServiceConfig::limits`].
     pub guest: GuestLimits,
     /// MiB of guest memory that live instances may have together; `None`: the default share
-    /// of the host's memory ([`crate::registry::default_memory_budget_mib`]).
+    /// of the host's memory (`registry::limits::default_memory_budget_mib`).
     pub memory_budget_mib: Option<u64>,
 }
 
