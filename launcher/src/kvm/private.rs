@@ -136,10 +136,41 @@ pub(super) struct PrivateTable {
     _not_send: PhantomData<*const ()>,
 }
 
+/// Signals a private-table thread may take: the kick, and the synchronous ones a fault of its
+/// own raises (which cannot be blocked anyway).
+const DELIVERABLE: [fn() -> libc::c_int; 7] = [
+    super::instance::kick_signal,
+    || libc::SIGSEGV,
+    || libc::SIGBUS,
+    || libc::SIGILL,
+    || libc::SIGFPE,
+    || libc::SIGSYS,
+    || libc::SIGABRT,
+];
+
+/// Blocks every other signal on the calling thread. A process-directed signal (SIGTERM,
+/// SIGHUP, SIGINT, SIGCHLD, ...) goes to some thread that does not block it, and its handler
+/// runs there: tokio's signal handler writes to its wake-up pipe *by fd number*, which in a
+/// private table names another file (a tap, a VM) or none, so the daemon would never see its
+/// SIGTERM. Blocked here, such signals go to the shared-table threads.
+fn block_process_signals() {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling thread;
+    // every argument is a valid set or null.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in DELIVERABLE {
+            libc::sigdelset(&mut set, sig());
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 impl PrivateTable {
     /// Gives the calling thread a table of its own holding only fds 0–2 (the process's stdio).
     /// Call before the thread opens anything, on a thread that holds no fd of its own.
     pub(super) fn enter() -> Result<PrivateTable, KvmError> {
+        block_process_signals();
         // SAFETY: close_range with CLOSE_RANGE_UNSHARE first gives this thread a copy of the
         // table, then closes 3.. in that copy; the shared table and other threads are untouched.
         let rc = unsafe {
@@ -219,6 +250,41 @@ impl PrivateTable {
 mod tests {
     use super::*;
     use std::io::{Read, Seek};
+
+    /// Whether `sig` is blocked on the calling thread.
+    fn blocked(sig: libc::c_int) -> bool {
+        // SAFETY: reads the calling thread's mask into a local set.
+        unsafe {
+            let mut cur: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+            libc::sigismember(&cur, sig) == 1
+        }
+    }
+
+    #[test]
+    fn a_private_table_thread_takes_no_process_directed_signal_but_the_kick() {
+        let got = std::thread::spawn(|| {
+            let _table = PrivateTable::enter().unwrap();
+            [
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+                libc::SIGCHLD,
+                libc::SIGPIPE,
+                super::super::instance::kick_signal(),
+                libc::SIGSEGV,
+                libc::SIGSYS,
+            ]
+            .map(blocked)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            got,
+            [true, true, true, true, true, false, false, false],
+            "blocked: SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE, kick, SIGSEGV, SIGSYS"
+        );
+    }
 
     #[test]
     fn a_private_table_holds_none_of_the_shared_fds_and_imports_by_copy() {
