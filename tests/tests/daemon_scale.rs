@@ -35,18 +35,7 @@ fn sigterm_with_hundreds_of_instances_removes_everything() {
     let limits = format!("[limits]\nmax_instances = {}\n", N + 10);
     let mut d = Daemon::start("scale", &config(0, &[], &limits, &services));
     let dns: SocketAddr = DNS.parse().unwrap();
-    let failed: Vec<String> = d.ns.run(move || {
-        (0..N)
-            .filter_map(|i| {
-                let q = format!("m{i:03}.svc.test.");
-                match query_udp(dns, &q, RecordType::A) {
-                    Ok(m) if m.metadata.response_code == ResponseCode::NoError => None,
-                    Ok(m) => Some(format!("{q}: {}", m.metadata.response_code)),
-                    Err(e) => Some(format!("{q}: {e}")),
-                }
-            })
-            .collect()
-    });
+    let failed = summon_each(&d, dns, (0..N).map(|i| format!("m{i:03}.svc.test.")));
     assert!(failed.is_empty(), "summons failed: {failed:?}");
     // Every instance serves (a sample), and the suspended ones are suspended.
     for i in [1, N / 2 + 1, N - 1] {
@@ -92,6 +81,24 @@ fn sigterm_with_hundreds_of_instances_removes_everything() {
     assert_eq!(links.lines().count(), 1, "only lo may be left: {links}");
 }
 
+/// Asks for each name's A record in turn, from the daemon's namespace; the names (with the
+/// reason) whose answer was not NOERROR.
+fn summon_each(
+    d: &Daemon,
+    dns: SocketAddr,
+    names: impl Iterator<Item = String> + Send,
+) -> Vec<String> {
+    d.ns.run(move || {
+        names
+            .filter_map(|q| match query_udp(dns, &q, RecordType::A) {
+                Ok(m) if m.metadata.response_code == ResponseCode::NoError => None,
+                Ok(m) => Some(format!("{q}: {}", m.metadata.response_code)),
+                Err(e) => Some(format!("{q}: {e}")),
+            })
+            .collect()
+    })
+}
+
 fn without_colours(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
     let mut chars = log.chars();
@@ -133,18 +140,7 @@ fn live_instances_hold_no_fd_of_summond_and_a_stopped_one_leaves_no_link() {
     // The prewarm pool fills right after start; its vCPU threads hold their fds elsewhere too.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before = fd_count(pid);
-    let failed: Vec<String> = d.ns.run(move || {
-        (0..M)
-            .filter_map(|i| {
-                let q = format!("f{i:02}.svc.test.");
-                match query_udp(dns, &q, RecordType::A) {
-                    Ok(m) if m.metadata.response_code == ResponseCode::NoError => None,
-                    Ok(m) => Some(format!("{q}: {}", m.metadata.response_code)),
-                    Err(e) => Some(format!("{q}: {e}")),
-                }
-            })
-            .collect()
-    });
+    let failed = summon_each(&d, dns, (0..M).map(|i| format!("f{i:02}.svc.test.")));
     assert!(failed.is_empty(), "summons failed: {failed:?}");
     for i in [0, M - 1] {
         let addr = SocketAddr::new(ip(i).into(), 80);
