@@ -192,24 +192,35 @@ struct FoundNote {
     descsz: u32,
 }
 
+/// Opens the image at `path` and checks its size against the largest any guest can hold;
+/// returns the file and its length.
+fn open_image(path: &Path) -> Result<(File, usize), ImageError> {
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let len = usize::try_from(size)
+        .ok()
+        .filter(|_| size <= MAX_IMAGE_SIZE)
+        .ok_or_else(|| too_large(path, size))?;
+    Ok((file, len))
+}
+
+fn too_large(path: &Path, size: u64) -> ImageError {
+    ImageError::FileTooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: MAX_IMAGE_SIZE,
+    }
+}
+
 impl ElfImage {
     /// Opens `path` and checks it as [`ElfImage::parse`] does, reading only the headers and
     /// notes; the file stays open, and [`Self::read_segment`] reads the segments from it.
     pub fn from_file(path: &Path) -> Result<ElfImage, ImageError> {
-        let io = |source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let size = file.metadata().map_err(io)?.len();
-        let len = usize::try_from(size)
-            .ok()
-            .filter(|_| size <= MAX_IMAGE_SIZE)
-            .ok_or_else(|| ImageError::FileTooLarge {
-                path: path.to_path_buf(),
-                size,
-                max: MAX_IMAGE_SIZE,
-            })?;
+        let (file, len) = open_image(path)?;
         Self::check(Contents::File {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -222,31 +233,18 @@ impl ElfImage {
     /// number of distinct images costs nothing in the process's fd table, and every boot copies
     /// its segments from memory.
     pub fn read(path: &Path) -> Result<ElfImage, ImageError> {
-        let io = |source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let size = file.metadata().map_err(io)?.len();
-        if size > MAX_IMAGE_SIZE {
-            return Err(ImageError::FileTooLarge {
-                path: path.to_path_buf(),
-                size,
-                max: MAX_IMAGE_SIZE,
-            });
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
+        let (file, len) = open_image(path)?;
+        let mut bytes = Vec::with_capacity(len);
         // At most one byte more than checked: a file that grew since is refused, not truncated.
         (&file)
             .take(MAX_IMAGE_SIZE + 1)
             .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_IMAGE_SIZE {
-            return Err(ImageError::FileTooLarge {
+            .map_err(|source| ImageError::Io {
                 path: path.to_path_buf(),
-                size: bytes.len() as u64,
-                max: MAX_IMAGE_SIZE,
-            });
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_IMAGE_SIZE {
+            return Err(too_large(path, bytes.len() as u64));
         }
         Self::parse(bytes)
     }
