@@ -136,19 +136,8 @@ pub(super) struct PrivateTable {
     _not_send: PhantomData<*const ()>,
 }
 
-/// Signals a private-table thread may take: the kick, and the synchronous ones a fault of its
-/// own raises (which cannot be blocked anyway).
-const DELIVERABLE: [fn() -> libc::c_int; 7] = [
-    super::instance::kick_signal,
-    || libc::SIGSEGV,
-    || libc::SIGBUS,
-    || libc::SIGILL,
-    || libc::SIGFPE,
-    || libc::SIGSYS,
-    || libc::SIGABRT,
-];
-
-/// Blocks every other signal on the calling thread. A process-directed signal (SIGTERM,
+/// Blocks every signal on the calling thread but the kick and the synchronous ones a fault of
+/// its own raises (which cannot be blocked anyway). A process-directed signal (SIGTERM,
 /// SIGHUP, SIGINT, SIGCHLD, ...) goes to some thread that does not block it, and its handler
 /// runs there: tokio's signal handler writes to its wake-up pipe *by fd number*, which in a
 /// private table names another file (a tap, a VM) or none, so the daemon would never see its
@@ -159,8 +148,16 @@ fn block_process_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        for sig in DELIVERABLE {
-            libc::sigdelset(&mut set, sig());
+        for sig in [
+            super::instance::kick_signal(),
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGSYS,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
