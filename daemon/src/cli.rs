@@ -47,6 +47,17 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A worker process that runs guests for summond (started by summond itself, with its
+    /// socket at fd 3; see `kvm.instances_per_process`).
+    #[command(hide = true)]
+    KvmWorker {
+        /// Prepared VMs to keep ready.
+        #[arg(long)]
+        prewarm: usize,
+        /// Counter slots (twice the guests the daemon places here).
+        #[arg(long)]
+        slots: usize,
+    },
 }
 
 /// How `status` and `stop` reach the admin API: flags first, then `--config`'s `[admin]`.

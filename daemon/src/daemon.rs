@@ -66,6 +66,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "looking for leftover interfaces"),
     }
+    // The address stays what it was at start: a reload does not move the gateway.
+    let gateway = config.network.gateway;
+    nl.add_host_address(gateway)
+        .await
+        .with_context(|| format!("adding the guests' gateway {gateway}"))?;
     let plumber = NetPlumber::new(
         nl.clone(),
         config.network.gateway,
@@ -90,7 +95,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         drivers.clone(),
         metrics.clone(),
     )?;
-    let capacity = fds::InstanceCapacity::of_host();
+    let capacity = fds::InstanceCapacity::of_host(config.kvm.instances_per_process);
     tracing::info!(
         instances = capacity.instances,
         limit = capacity.limit,
@@ -227,6 +232,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Ok(left) if !left.is_empty() => tracing::warn!(?left, "removed remaining interfaces"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "final interface cleanup"),
+    }
+    if let Err(e) = nl.del_host_address(gateway).await {
+        tracing::warn!(error = %e, "removing the guests' gateway address");
     }
     tracing::info!("stopped");
     drop(lock);

@@ -226,19 +226,21 @@ impl HostLimits {
 impl InstanceCapacity {
     /// The smallest of what each limit allows (`u64::MAX`, "none", when no limit is known). The
     /// task limits are host-wide or per user: the figure is what fits if summond is alone
-    /// there beyond [`RESERVED_TASKS`].
-    pub fn from_limits(l: HostLimits) -> InstanceCapacity {
+    /// there beyond [`RESERVED_TASKS`]. `vm.max_map_count` is per process: with guests in
+    /// worker processes of `per_process` each (0: in summond itself) it bounds nothing as long
+    /// as one worker's maps fit.
+    pub fn from_limits(l: HostLimits, per_process: u64) -> InstanceCapacity {
+        let maps = l.max_map_count.and_then(|v| {
+            let fit = v.saturating_sub(RESERVED_MAPS) / MAPS_PER_INSTANCE;
+            (per_process == 0 || fit < per_process).then_some(fit)
+        });
         let tasks =
             |v: Option<u64>| v.map(|v| v.saturating_sub(RESERVED_TASKS) / TASKS_PER_INSTANCE);
         let candidates = [
             (tasks(l.pid_max), "kernel.pid_max"),
             (tasks(l.threads_max), "kernel.threads-max"),
             (tasks(l.nproc), "RLIMIT_NPROC"),
-            (
-                l.max_map_count
-                    .map(|v| v.saturating_sub(RESERVED_MAPS) / MAPS_PER_INSTANCE),
-                "vm.max_map_count",
-            ),
+            (maps, "vm.max_map_count"),
         ];
         candidates
             .into_iter()
@@ -250,9 +252,10 @@ impl InstanceCapacity {
             })
     }
 
-    /// This host's (what start-up and `check-config` compare `limits.max_instances` with).
-    pub fn of_host() -> InstanceCapacity {
-        InstanceCapacity::from_limits(HostLimits::read())
+    /// This host's (what start-up and `check-config` compare `limits.max_instances` with), for
+    /// `kvm.instances_per_process`.
+    pub fn of_host(per_process: usize) -> InstanceCapacity {
+        InstanceCapacity::from_limits(HostLimits::read(), per_process as u64)
     }
 }
 
@@ -306,7 +309,7 @@ mod tests {
             nproc: Some(96_365),
             max_map_count: Some(262_144),
         };
-        let c = InstanceCapacity::from_limits(host);
+        let c = InstanceCapacity::from_limits(host, 0);
         assert_eq!(
             c,
             InstanceCapacity {
@@ -315,18 +318,42 @@ mod tests {
             }
         );
         // The kernel's default max_map_count (65530) ends at about 7,700.
-        let c = InstanceCapacity::from_limits(HostLimits {
-            max_map_count: Some(65_530),
-            ..host
-        });
+        let c = InstanceCapacity::from_limits(
+            HostLimits {
+                max_map_count: Some(65_530),
+                ..host
+            },
+            0,
+        );
         assert_eq!((c.instances, c.limit), (7_679, "vm.max_map_count"));
-        let c = InstanceCapacity::from_limits(HostLimits {
-            nproc: Some(8_192),
-            ..host
-        });
+        let c = InstanceCapacity::from_limits(
+            HostLimits {
+                nproc: Some(8_192),
+                ..host
+            },
+            0,
+        );
         assert_eq!((c.instances, c.limit), (2_048, "RLIMIT_NPROC"));
-        let c = InstanceCapacity::from_limits(HostLimits::default());
+        let c = InstanceCapacity::from_limits(HostLimits::default(), 0);
         assert_eq!((c.instances, c.limit), (u64::MAX, "none"));
+        // Guests in workers of 100: the map limit is per worker, so the tasks bound.
+        let c = InstanceCapacity::from_limits(
+            HostLimits {
+                max_map_count: Some(65_530),
+                ..host
+            },
+            100,
+        );
+        assert_eq!((c.instances, c.limit), (46_134, "RLIMIT_NPROC"));
+        // ... unless one worker's maps do not fit.
+        let c = InstanceCapacity::from_limits(
+            HostLimits {
+                max_map_count: Some(4_896),
+                ..host
+            },
+            101,
+        );
+        assert_eq!((c.instances, c.limit), (100, "vm.max_map_count"));
     }
 
     #[test]

@@ -24,3 +24,4 @@ pub mod registry;
 pub mod reload;
 pub mod systemd;
 pub mod testkit;
+pub mod worker;

@@ -60,6 +60,9 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Command::KvmWorker { prewarm, slots }) => {
+            std::process::exit(summon_daemon::worker::run(prewarm, slots))
+        }
         Some(Command::Run) | None => {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");

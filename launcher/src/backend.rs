@@ -3,8 +3,9 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+
+pub use crate::counters::{Counters, InstanceCounters};
 
 /// Where an instance's tap comes from.
 #[derive(Debug)]
@@ -53,7 +54,7 @@ pub struct InstanceSpec {
 
 /// Per-guest limits a backend enforces (the embedded launcher enforces all of them; others
 /// ignore what they cannot). `None` means unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestLimits {
     /// Console output in bytes per second (token bucket, one second of burst); the excess is
     /// dropped and counted in [`InstanceCounters::console_dropped_bytes`].
@@ -69,27 +70,8 @@ pub struct GuestLimits {
     pub cpu_quota_percent: Option<u32>,
 }
 
-/// Counters one instance keeps while it runs, readable without a syscall (atomics, updated by
-/// the instance's own thread). The reaper judges idleness by `rx_frames`: only traffic towards
-/// the guest keeps it alive, never what the guest sends on its own.
-#[derive(Debug, Default)]
-pub struct InstanceCounters {
-    /// Frames delivered to the guest (host → guest).
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Frames the guest sent that reached the tap (guest → host).
-    pub tx_frames: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Frames the guest sent that the rate limit dropped.
-    pub tx_dropped_frames: AtomicU64,
-    /// Console bytes the rate limit dropped.
-    pub console_dropped_bytes: AtomicU64,
-    /// Times the vCPU thread was made to wait because the guest exited too often.
-    pub exits_throttled: AtomicU64,
-}
-
 /// CFS bandwidth statistics of an instance's CPU quota (its cgroup's `cpu.stat`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuStat {
     /// Enforcement periods (100 ms each) in which the guest was runnable.
     pub periods: u64,
@@ -100,7 +82,7 @@ pub struct CpuStat {
 }
 
 /// What an instance reports while it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum InstanceEvent {
     /// One line of console output (without the newline).
     Console(String),
@@ -151,7 +133,7 @@ pub trait Instance: Send + Sync {
     fn state(&self) -> InstanceState;
     /// The instance's live counters, when its backend keeps them (the embedded launcher does;
     /// for libvirt domains the daemon reads the host side of the NIC instead).
-    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+    fn counters(&self) -> Option<Counters> {
         None
     }
     /// Throttling by the instance's CPU quota so far (one read of its cgroup's `cpu.stat`;
@@ -171,4 +153,7 @@ pub enum BackendError {
     Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("instance {0} is not in a state that allows {1}")]
     InvalidState(String, &'static str),
+    /// What a worker process reported (its own error, as text), or why it could not be asked.
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
 }

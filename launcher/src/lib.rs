@@ -5,14 +5,16 @@
 //! image checks the VMM runs before loading a guest are the `summon-image` crate.
 
 pub mod backend;
+pub mod counters;
 pub mod kvm;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod mac;
 pub mod tap;
+pub mod worker;
 
 pub use backend::{
-    Backend, BackendError, BlockSpec, CpuStat, EventSink, GuestLimits, Instance, InstanceCounters,
-    InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
+    Backend, BackendError, BlockSpec, Counters, CpuStat, EventSink, GuestLimits, Instance,
+    InstanceCounters, InstanceEvent, InstanceSpec, InstanceState, NetSpec, TapSource,
 };
 pub use mac::MacAddr;

@@ -95,10 +95,28 @@ fn proc_stat(pid: i32) -> ProcStat {
     }
 }
 
-/// The process's threads counted by name, most frequent first.
+/// summond and its worker processes together: what the daemon costs, wherever its guests run.
+/// `fds` is summond's own table only (the figure its fd budget is about); `procs` counts them.
+fn family_stat(pid: i32) -> (ProcStat, usize) {
+    let procs = process_family(pid);
+    let mut sum = proc_stat(pid);
+    for &p in &procs[1..] {
+        let s = proc_stat(p);
+        sum.rss_kib += s.rss_kib;
+        sum.threads += s.threads;
+        sum.maps += s.maps;
+        sum.cpu_ticks += s.cpu_ticks;
+    }
+    (sum, procs.len())
+}
+
+/// The threads of summond and its workers counted by name, most frequent first.
 fn thread_names(pid: i32) -> String {
     let mut by_name = std::collections::BTreeMap::<String, usize>::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+    for p in process_family(pid) {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
         for t in dir.flatten() {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
             // vCPU threads are named after their instance: count them as one kind.
@@ -222,7 +240,7 @@ fn run(n: usize, idle_window: Duration) -> Run {
     let pid = d.pid();
     // Settle: the prewarm pool fills right after start.
     std::thread::sleep(Duration::from_millis(500));
-    let before = proc_stat(pid);
+    let (before, _) = family_stat(pid);
     let avail_before = mem_available_kib();
 
     let dns: SocketAddr = DNS.parse().unwrap();
@@ -263,13 +281,15 @@ fn run(n: usize, idle_window: Duration) -> Run {
     eprintln!("  {served} served in {summon_time:?}");
 
     std::thread::sleep(Duration::from_secs(1));
-    let live = proc_stat(pid);
+    let (live, procs) = family_stat(pid);
+    eprintln!("  processes: {procs} (summond and its workers)");
     eprintln!("  threads by name: {}", thread_names(pid));
     let avail_live = mem_available_kib();
     // Idle: everything up, nobody asks.
     let t0 = Instant::now();
     std::thread::sleep(idle_window);
-    let idle_end = proc_stat(pid);
+    // A worker that exited meanwhile would lower the sum; none does while all guests live.
+    let (idle_end, _) = family_stat(pid);
     let idle_cpu_pct = (idle_end.cpu_ticks.saturating_sub(live.cpu_ticks)) as f64
         / clock_ticks()
         / t0.elapsed().as_secs_f64()
@@ -343,7 +363,7 @@ fn main() {
     }
     println!();
     println!(
-        "| N | served | failed | first 100 served p50 / p99 (ms) | last 100 served p50 / p99 (ms) | retransmits | summond RSS / inst (KiB) | host MemAvailable drop / inst (KiB) | threads / inst | fds / inst | maps / inst | idle CPU ({} s, % of a core) | SIGTERM (s) | left afterwards |",
+        "| N | served | failed | first 100 served p50 / p99 (ms) | last 100 served p50 / p99 (ms) | retransmits | summond + workers RSS / inst (KiB) | host MemAvailable drop / inst (KiB) | threads / inst | fds / inst | maps / inst | idle CPU ({} s, % of a core) | SIGTERM (s) | left afterwards |",
         idle_window.as_secs()
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -11,7 +11,8 @@
 //!   with summond's log going to a file.
 //!
 //! Prints median and p99 per phase and p99 against the baseline's (goal: at most 3×), and the
-//! CPU summond's threads used during each phase, by thread name (from /proc/PID/task).
+//! CPU summond's threads (and its workers') used during each phase, by thread name (from
+//! /proc/PID/task).
 //! UNDER_ATTACK_CPU_QUOTA (e.g. "20%") sets the flooding guest's `cpu_quota`.
 //! `cargo bench -p summon-tests --bench under_attack` (root, /dev/kvm).
 
@@ -133,12 +134,13 @@ fn own_wait() -> u64 {
 }
 
 /// Per thread name: ns on a CPU and ns runnable but waiting for one (schedstat), summed over
-/// `pid`'s threads of that name.
+/// the threads of that name of `pid` and its worker processes.
 fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, (u64, u64)> {
     let mut by_name = std::collections::BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
-    };
+    let tasks = summon_tests::daemon::process_family(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flatten();
     for t in tasks.flatten() {
         let (Ok(comm), Ok(sched)) = (
             std::fs::read_to_string(t.path().join("comm")),

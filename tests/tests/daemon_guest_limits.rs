@@ -81,25 +81,27 @@ fn summon_and_get(d: &Daemon, name: &str, ip: &str) -> String {
     })
 }
 
-/// The daemon's threads named `vcpu-NAME…` (the vCPU thread of service NAME).
-fn vcpu_threads(pid: i32, service: &str) -> Vec<u32> {
+/// The threads named `vcpu-NAME…` (the vCPU thread of service NAME) of the daemon and its
+/// worker processes.
+fn vcpu_threads(d: &Daemon, service: &str) -> Vec<u32> {
     let want: String = format!("vcpu-{service}").chars().take(15).collect();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| {
+    let mut found = Vec::new();
+    for pid in d.processes() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        found.extend(tasks.flatten().filter_map(|t| {
             let tid: u32 = t.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
             (comm.trim_end() == want).then_some(tid)
-        })
-        .collect()
+        }));
+    }
+    found
 }
 
 /// CPU time the kernel accounted to thread `tid` (schedstat: nanoseconds on a CPU).
-fn thread_cpu(pid: i32, tid: u32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+fn thread_cpu(tid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
         .unwrap_or_else(|e| panic!("schedstat of {tid}: {e}"));
     let ns: u64 = s
         .split_whitespace()
@@ -248,21 +250,21 @@ fn a_spinner_with_a_20_percent_quota_uses_at_most_a_quarter_of_a_core() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     let pid = d.pid();
     assert!(
-        wait_until(Duration::from_secs(5), || vcpu_threads(pid, "spin").len()
+        wait_until(Duration::from_secs(5), || vcpu_threads(&d, "spin").len()
             == 1),
-        "no vCPU thread of spin in {:?}",
-        std::fs::read_dir(format!("/proc/{pid}/task")).map(|r| r.count())
+        "no vCPU thread of spin in the processes {:?}",
+        d.processes()
     );
-    let tid = vcpu_threads(pid, "spin")[0];
+    let tid = vcpu_threads(&d, "spin")[0];
     // Let it reach its spin loop, then measure over 5 s while asking DNS all along.
     std::thread::sleep(Duration::from_millis(500));
-    let (c0, t0) = (thread_cpu(pid, tid), Instant::now());
+    let (c0, t0) = (thread_cpu(tid), Instant::now());
     let mut lat = Vec::new();
     while t0.elapsed() < Duration::from_secs(5) {
         lat.extend(a_latencies(&d, &format!("web.{ZONE}"), 10));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (c1, wall) = (thread_cpu(pid, tid), t0.elapsed());
+    let (c1, wall) = (thread_cpu(tid), t0.elapsed());
     let share = (c1 - c0).as_secs_f64() / wall.as_secs_f64();
     lat.sort();
     eprintln!(

@@ -82,8 +82,9 @@ fn instances_cannot_see_each_others_traffic() {
     assert!(a1.1 >= a0.1 + 20 * 3, "A tx {a0:?} -> {a1:?}");
     assert_eq!(b1, b0, "B's tap saw traffic meant for A");
 
-    // (b) Routed point-to-point: each tap carries only its own guest's /32 and the gateway
-    // address, no subnet route, and strict reverse-path filtering.
+    // (b) Routed point-to-point: each tap carries only its own guest's /32 route, no address
+    // (the gateway is one local address of the host, on lo), no subnet route, and strict
+    // reverse-path filtering.
     for (tap, ip) in [("sm-alpha", A_IP), ("sm-beta", B_IP)] {
         let routes = d.ip(&["-4", "route", "show", "dev", tap]);
         let lines: Vec<&str> = routes.lines().collect();
@@ -94,8 +95,9 @@ fn instances_cannot_see_each_others_traffic() {
             "{routes}"
         );
         let addrs = d.ip(&["-4", "-o", "addr", "show", "dev", tap]);
-        assert_eq!(addrs.lines().count(), 1, "{addrs}");
-        assert!(addrs.contains(&format!("inet {GATEWAY}/32 ")), "{addrs}");
+        assert_eq!(addrs.lines().count(), 0, "{addrs}");
+        let lo = d.ip(&["-4", "-o", "addr", "show", "dev", "lo"]);
+        assert!(lo.contains(&format!("inet {GATEWAY}/32 ")), "{lo}");
         assert_eq!(
             read_in_ns(&d, &format!("/proc/sys/net/ipv4/conf/{tap}/rp_filter")),
             "1",
@@ -112,7 +114,7 @@ fn instances_cannot_see_each_others_traffic() {
     // (c) Spoofing from the guest side. The guest's frames reach the host by a write to the
     // tap's file; a duplicate of summond's own tap fd (pidfd_getfd, as root) writes exactly
     // what a guest's driver writes, without any test hook in the daemon.
-    let tap_fd = duplicate_tap_fd(d.pid(), "sm-alpha");
+    let tap_fd = duplicate_tap_fd(&d.processes(), "sm-alpha");
     let tap_mac = read_in_ns(&d, "/sys/class/net/sm-alpha/address");
     let dst_mac = tap_mac.trim().parse::<MacAddr>().unwrap().octets();
     let guest_mac = [0x02, 0x53, 10, 77, 0, 30];
@@ -165,16 +167,22 @@ fn rp_filter_drops(d: &Daemon) -> u64 {
 }
 
 /// A duplicate of the fd attached to tap `name` (found through fdinfo's `iff:` line) in any of
-/// summond's fd tables: a live instance's tap is in its vCPU thread's own table.
-fn duplicate_tap_fd(pid: i32, name: &str) -> std::os::fd::OwnedFd {
+/// the fd tables of summond and its worker processes (`pids`): a live instance's tap is in its
+/// vCPU thread's own table.
+fn duplicate_tap_fd(pids: &[i32], name: &str) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let (tid, target) = tids
+    let tids: Vec<(i32, i32)> = pids
         .iter()
-        .find_map(|&tid| {
+        .flat_map(|&pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(move |e| Some((pid, e.ok()?.file_name().to_str()?.parse().ok()?)))
+        })
+        .collect();
+    let (pid, tid, target) = tids
+        .iter()
+        .find_map(|&(pid, tid)| {
             let dir = format!("/proc/{pid}/task/{tid}/fd");
             std::fs::read_dir(&dir)
                 .ok()?
@@ -188,9 +196,9 @@ fn duplicate_tap_fd(pid: i32, name: &str) -> std::os::fd::OwnedFd {
                             .lines()
                             .any(|l| l.trim() == format!("iff:\t{name}").trim())
                 })
-                .map(|fd| (tid, fd))
+                .map(|fd| (pid, tid, fd))
         })
-        .unwrap_or_else(|| panic!("no fd table of summond holds an fd for {name}"));
+        .unwrap_or_else(|| panic!("no fd table of summond or its workers holds an fd for {name}"));
     // PIDFD_THREAD (O_EXCL): a pidfd for that thread, whose fd table pidfd_getfd reads.
     let flags = if tid == pid { 0 } else { libc::O_EXCL };
     // SAFETY: pidfd_open on a thread of our own child; the result is checked before use.

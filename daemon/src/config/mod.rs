@@ -67,15 +67,25 @@ pub struct KvmConfig {
     /// Prepared VMs kept ready so `KVM_CREATE_VM`, vCPU creation and the memory slot leave the
     /// cold path (0 disables the pool).
     pub prewarm: usize,
+    /// Guests per worker process (`launcher/src/worker/`); 0 runs them in summond's own
+    /// process, where per-guest costs grow with the number of guests.
+    pub instances_per_process: usize,
 }
 
 /// Upper bound of `kvm.prewarm`: each prepared VM holds a parked thread and an idle VM.
 pub const MAX_PREWARM: u32 = 64;
+/// Upper bound of `kvm.instances_per_process`.
+pub const MAX_INSTANCES_PER_PROCESS: u32 = 4096;
+/// Default of `kvm.instances_per_process`: small enough that a start's share of the per-VM
+/// costs of its address space stays that of the first hundred guests, large enough that a
+/// worker's own memory (a few hundred KiB) is a small share per guest (docs/benchmarks.md).
+pub const DEFAULT_INSTANCES_PER_PROCESS: usize = 100;
 
 impl Default for KvmConfig {
     fn default() -> Self {
         KvmConfig {
             prewarm: summon_launcher::kvm::DEFAULT_PREWARM,
+            instances_per_process: DEFAULT_INSTANCES_PER_PROCESS,
         }
     }
 }

@@ -125,6 +125,9 @@ pub struct RawKvm {
     /// Prepared VMs (VM + vCPU + memory + parked thread) kept ready for the next cold start.
     #[serde(default)]
     pub prewarm: Option<Spanned<u32>>,
+    /// Guests per worker process; 0 runs them in the daemon's own process.
+    #[serde(default)]
+    pub instances_per_process: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -511,7 +511,8 @@ fn memory_budget_is_mib_of_at_least_two() {
 
 #[test]
 fn max_instances_beyond_the_host_capacity_is_an_error() {
-    let capacity = crate::fds::InstanceCapacity::of_host();
+    let capacity =
+        crate::fds::InstanceCapacity::of_host(crate::config::DEFAULT_INSTANCES_PER_PROCESS);
     let cap = capacity.instances;
     if cap >= u64::from(u32::MAX) {
         eprintln!("no host limit bounds the instances here; nothing to exceed");

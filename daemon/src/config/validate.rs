@@ -16,7 +16,8 @@ use super::model::{
 use super::{
     AdminConfig, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, LibvirtService, Limits,
     NetworkConfig, Problem, RrlConfig, ServiceBackend, ServiceConfig, DEFAULT_MAX_FORWARDS,
-    DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_PREWARM, MAX_RRL_TABLE_SIZE,
+    DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_INSTANCES_PER_PROCESS, MAX_PREWARM,
+    MAX_RRL_TABLE_SIZE,
 };
 
 pub(super) struct Checker<'a> {
@@ -410,12 +411,29 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             kvm.prewarm = *p.get_ref() as usize;
         }
     }
+    if let Some(p) = raw
+        .kvm
+        .as_ref()
+        .and_then(|k| k.instances_per_process.as_ref())
+    {
+        if *p.get_ref() > MAX_INSTANCES_PER_PROCESS {
+            c.err(
+                p,
+                format!(
+                    "kvm.instances_per_process: expected 0 (guests in summond itself) to \
+                     {MAX_INSTANCES_PER_PROCESS}"
+                ),
+            );
+        } else {
+            kvm.instances_per_process = *p.get_ref() as usize;
+        }
+    }
 
     // [limits]
     let mut limits = Limits::default();
     if let Some(l) = &raw.limits {
         if let Some(v) = &l.max_instances {
-            let capacity = crate::fds::InstanceCapacity::of_host();
+            let capacity = crate::fds::InstanceCapacity::of_host(kvm.instances_per_process);
             if *v.get_ref() == 0 {
                 c.err(v, "limits.max_instances: expected at least 1");
             } else if u64::from(*v.get_ref()) > capacity.instances {

@@ -1,6 +1,9 @@
 //! The embedded KVM launcher's driver.
 
+use std::time::Duration;
+
 use summon_launcher::kvm::KvmBackend;
+use summon_launcher::worker::{WorkerConfig, WorkerPool};
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceSpec, NetSpec, TapSource,
 };
@@ -13,16 +16,55 @@ use crate::net::{NetPlumber, PlumbError, Tap};
 /// own fd table; summond keeps none), the launcher's start in place (it is short and
 /// never waits for the guest, docs/launcher.md), and the launcher's frame counters.
 pub struct KvmDriver {
-    backend: KvmBackend,
+    launcher: Launcher,
     plumber: NetPlumber,
+}
+
+/// Where the guests run, chosen by `kvm.instances_per_process`.
+enum Launcher {
+    /// In worker processes of at most that many guests each (the default).
+    Workers(WorkerPool),
+    /// In summond's own process (`instances_per_process = 0`).
+    InProcess(KvmBackend),
 }
 
 impl KvmDriver {
     pub fn new(cfg: KvmConfig, plumber: NetPlumber) -> Result<KvmDriver, DriverError> {
-        Ok(KvmDriver {
-            backend: KvmBackend::with_prewarm(cfg.prewarm)?,
-            plumber,
-        })
+        let launcher = match cfg.instances_per_process {
+            0 => Launcher::InProcess(KvmBackend::with_prewarm(cfg.prewarm)?),
+            per_process => Launcher::Workers(WorkerPool::new(WorkerConfig {
+                // The running binary even if the file was replaced since (an upgrade): its
+                // workers must speak its protocol.
+                command: [
+                    "/proc/self/exe",
+                    "kvm-worker",
+                    "--prewarm",
+                    &cfg.prewarm.to_string(),
+                    "--slots",
+                    &(2 * per_process).to_string(),
+                ]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+                per_process,
+            })?),
+        };
+        Ok(KvmDriver { launcher, plumber })
+    }
+
+    /// Ends the worker processes (daemon exit, after every instance was stopped).
+    pub fn shutdown(&self) {
+        if let Launcher::Workers(pool) = &self.launcher {
+            pool.shutdown(Duration::from_secs(5));
+        }
+    }
+
+    /// The worker processes running now (none when guests run in summond itself).
+    pub fn worker_processes(&self) -> Vec<u32> {
+        match &self.launcher {
+            Launcher::Workers(pool) => pool.processes(),
+            Launcher::InProcess(_) => Vec::new(),
+        }
     }
 }
 
@@ -50,7 +92,10 @@ impl super::Driver for KvmDriver {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<Box<dyn Instance>, BackendError> {
-        self.backend.start(spec, events)
+        match &self.launcher {
+            Launcher::Workers(pool) => pool.start(spec, events),
+            Launcher::InProcess(backend) => backend.start(spec, events),
+        }
     }
 
     fn traffic(&self, instance: &dyn Instance, lease: &Lease) -> Traffic {

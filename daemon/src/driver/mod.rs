@@ -20,7 +20,7 @@ mod libvirt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use summon_launcher::{BackendError, EventSink, Instance, InstanceCounters, InstanceSpec, NetSpec};
+use summon_launcher::{BackendError, Counters, EventSink, Instance, InstanceSpec, NetSpec};
 
 use crate::config::{KvmConfig, ServiceBackend, ServiceConfig};
 use crate::net::{NetError, NetPlumber, PlumbError};
@@ -37,6 +37,8 @@ pub const NET_DEVICE: &str = "service";
 pub enum DriverError {
     #[error("starting the KVM backend: {0}")]
     Kvm(#[from] summon_launcher::kvm::KvmError),
+    #[error("starting the KVM worker processes: {0}")]
+    Worker(#[from] summon_launcher::worker::WorkerError),
     #[error("service {service}: connecting to libvirt at {uri}: {source}")]
     Libvirt {
         service: String,
@@ -105,7 +107,7 @@ impl Leased {
 /// Where the reaper reads the traffic towards an instance's guest.
 pub enum Traffic {
     /// The launcher's live counters (an atomic read, no syscall).
-    Counted(Arc<InstanceCounters>),
+    Counted(Counters),
     /// A link's tx counter, read through netlink ([`Drivers::towards_guest`], one dump for all
     /// the instances a reaper pass looks at).
     Link(u32),
@@ -170,9 +172,16 @@ impl HostDrivers {
         })
     }
 
-    /// Releases every SYN hold and removes its rules (daemon exit).
+    /// Releases every SYN hold and removes its rules, and ends the KVM worker processes
+    /// (daemon exit).
     pub fn shutdown(&self) {
         self.libvirt.shutdown();
+        self.kvm.shutdown();
+    }
+
+    /// The KVM worker processes running now.
+    pub fn worker_processes(&self) -> Vec<u32> {
+        self.kvm.worker_processes()
     }
 }
 

@@ -13,6 +13,9 @@ use summon_launcher::MacAddr;
 
 use super::PlumbStep;
 
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("netlink: {what}: {source}")]
@@ -97,20 +100,6 @@ impl Netlink {
             .await
             .map_err(nl(format!("setting link {index} up")))
             .map_err(|e| (PlumbStep::Link, e))?;
-        if let Err(e) = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(gateway), 32)
-            .execute()
-            .await
-        {
-            if !is_errno(&e, libc::EEXIST) {
-                return Err((
-                    PlumbStep::Address,
-                    nl(format!("adding {gateway}/32 to link {index}"))(e),
-                ));
-            }
-        }
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(guest, 32)
             .output_interface(index)
@@ -135,6 +124,54 @@ impl Netlink {
             .await
             .map_err(nl(format!("adding neighbour {guest} on link {index}")))
             .map_err(|e| (PlumbStep::Neighbour, e))?;
+        Ok(())
+    }
+
+    /// Makes `addr` a local address of the host, on the loopback device (brought up if it is
+    /// not): the guests' gateway. One address for all taps, not one per tap: the same /32 on
+    /// thousands of links makes the kernel's local route for it a list of thousands of
+    /// entries, walked on every add and delete (docs/benchmarks.md, Density). The host answers
+    /// a guest's ARP for it on the guest's tap (a local address, `arp_ignore` 0).
+    pub async fn add_host_address(&self, addr: Ipv4Addr) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(LOOPBACK_INDEX).up().build())
+            .execute()
+            .await
+            .map_err(nl("setting the loopback device up".to_string()))?;
+        match self
+            .handle
+            .address()
+            .add(LOOPBACK_INDEX, IpAddr::V4(addr), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl(format!("adding {addr}/32 to the loopback device"))(e)),
+        }
+    }
+
+    /// Removes what [`Self::add_host_address`] added (daemon exit); gone already is fine.
+    pub async fn del_host_address(&self, addr: Ipv4Addr) -> Result<(), NetError> {
+        let mut found = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(LOOPBACK_INDEX)
+            .set_address_filter(IpAddr::V4(addr))
+            .execute();
+        while let Some(msg) = found
+            .try_next()
+            .await
+            .map_err(nl(format!("looking up {addr} on the loopback device")))?
+        {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(nl(format!("removing {addr} from the loopback device"))(e)),
+            }
+        }
         Ok(())
     }
 

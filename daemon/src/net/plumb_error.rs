@@ -14,8 +14,6 @@ pub enum PlumbStep {
     Persist,
     /// Setting the link up (with its txqueuelen).
     Link,
-    /// Adding the gateway's /32 to the host side.
-    Address,
     /// Adding the guest's /32 route.
     Route,
     /// Adding the guest's permanent neighbour entry.
@@ -27,7 +25,6 @@ impl fmt::Display for PlumbStep {
         f.write_str(match self {
             PlumbStep::TapOpen => "opening the tap",
             PlumbStep::Link => "setting the link up",
-            PlumbStep::Address => "adding the gateway address",
             PlumbStep::Route => "adding the route",
             PlumbStep::Neighbour => "adding the neighbour entry",
             PlumbStep::Persist => "making the tap persistent",

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use summon_launcher::{
-    Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceEvent, InstanceSpec,
-    InstanceState, NetSpec, TapSource,
+    Backend, BackendError, Counters, EventSink, Instance, InstanceCounters, InstanceEvent,
+    InstanceSpec, InstanceState, NetSpec, TapSource,
 };
 
 use super::*;
@@ -99,8 +99,8 @@ impl Instance for FakeInstance {
         self.resumes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn counters(&self) -> Option<Arc<InstanceCounters>> {
-        self.counters.clone()
+    fn counters(&self) -> Option<Counters> {
+        self.counters.clone().map(Counters::from)
     }
     fn state(&self) -> InstanceState {
         if self.stopped.load(Ordering::SeqCst) {

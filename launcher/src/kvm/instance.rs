@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::{BackendError, Instance, InstanceCounters, InstanceState};
+use crate::backend::{BackendError, Counters, Instance, InstanceState};
 
 use super::error::KvmError;
 
@@ -336,7 +336,7 @@ pub struct KvmInstance {
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
     /// The CPU quota group, for its statistics.
     pub(super) cpu_group: Option<Arc<super::cgroup::Group>>,
-    pub(super) counters: Arc<InstanceCounters>,
+    pub(super) counters: Counters,
 }
 
 impl KvmInstance {
@@ -409,7 +409,7 @@ impl Instance for KvmInstance {
         self.cpu_group.as_ref()?.stat()
     }
 
-    fn counters(&self) -> Option<Arc<InstanceCounters>> {
+    fn counters(&self) -> Option<Counters> {
         Some(self.counters.clone())
     }
 }

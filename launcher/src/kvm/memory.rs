@@ -7,6 +7,7 @@
 //! (which would kill the whole host process with SIGSEGV).
 
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 
 use summon_hvt_abi::{hc, BootInfo, MftHeader};
 
@@ -232,6 +233,46 @@ impl GuestMemory {
         if !writable {
             self.read_only.push(start..start + len);
         }
+        Ok(())
+    }
+}
+
+impl GuestMemory {
+    /// Replaces the page-aligned range `[start, start + len)` with a read-only shared mapping of
+    /// `file` at `offset` (a sealed memory file, see `shared_pages.rs`): the guest reads those
+    /// bytes and cannot write them, as after [`Self::protect`], and guests of one image share
+    /// the pages.
+    pub fn map_read_only(
+        &mut self,
+        start: u64,
+        len: u64,
+        file: &impl AsRawFd,
+        offset: u64,
+    ) -> Result<(), KvmError> {
+        let end = start.checked_add(len).filter(|&e| e <= self.size);
+        if len == 0 || end.is_none() || !start.is_multiple_of(4096) || !len.is_multiple_of(4096) {
+            return Err(KvmError::Sys {
+                op: "mapping shared image pages",
+                source: std::io::Error::other("range outside guest memory or not page-aligned"),
+            });
+        }
+        // SAFETY: MAP_FIXED over a page-aligned range inside our own mapping (checked above):
+        // it replaces only pages of guest memory, which no reference of ours points into while
+        // the loader holds `&mut self`. The file is only ever mapped read-only.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.add(start as usize).cast(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(KvmError::last_os("mapping shared image pages"));
+        }
+        self.read_only.push(start..start + len);
         Ok(())
     }
 }

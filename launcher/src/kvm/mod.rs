@@ -20,6 +20,7 @@ mod memory;
 mod private;
 mod regs;
 mod seccomp;
+mod shared_pages;
 mod vcpu;
 mod vm;
 mod warm;
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::Kvm;
 
-use crate::backend::{Backend, BackendError, EventSink, Instance, InstanceCounters, InstanceSpec};
+use crate::backend::{Backend, BackendError, Counters, EventSink, Instance, InstanceSpec};
 
 pub use error::KvmError;
 pub use instance::KvmInstance;
@@ -40,6 +41,7 @@ pub use summon_image::{ElfImage, ImageError};
 use devices::Devices;
 use memory::GuestMemory;
 use private::{InShared, Outbox};
+use shared_pages::SharedPages;
 use warm::{HostInfo, Job, Pool, Template, WarmVcpu};
 
 /// Prepared vCPUs [`KvmBackend::new`] keeps ready (see `warm.rs`).
@@ -67,6 +69,15 @@ struct FileStamp {
     mtime_nsec: i64,
 }
 
+/// A parsed image in the cache, with its read-only pages ready to share (`None`: copied into
+/// each guest instead, see `shared_pages.rs`).
+#[derive(Clone)]
+struct Cached {
+    stamp: FileStamp,
+    image: Arc<ElfImage>,
+    shared: Option<Arc<SharedPages>>,
+}
+
 /// The embedded KVM backend.
 pub struct KvmBackend {
     host: Arc<HostInfo>,
@@ -74,7 +85,7 @@ pub struct KvmBackend {
     /// Without a pool, the vCPU thread whose VM was probed for [`HostInfo`], kept for the first
     /// start: a process that runs one guest (summon-run) then creates exactly one VM.
     probe: Mutex<Option<WarmVcpu>>,
-    images: Mutex<HashMap<PathBuf, (FileStamp, Arc<ElfImage>)>>,
+    images: Mutex<HashMap<PathBuf, Cached>>,
 }
 
 impl KvmBackend {
@@ -147,6 +158,10 @@ impl KvmBackend {
     /// Parses the image at `path` (read into memory: the cache holds no fd), or returns the
     /// cached parse if the file has not changed.
     pub fn load_image(&self, path: &Path) -> Result<Arc<ElfImage>, KvmError> {
+        Ok(self.cached(path)?.image)
+    }
+
+    fn cached(&self, path: &Path) -> Result<Cached, KvmError> {
         let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
             path: path.to_path_buf(),
             source,
@@ -159,15 +174,27 @@ impl KvmBackend {
             mtime_nsec: meta.mtime_nsec(),
         };
         let cache = || self.images.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, img)) = cache().get(path) {
-            if *s == stamp {
-                return Ok(img.clone());
+        if let Some(c) = cache().get(path) {
+            if c.stamp == stamp {
+                return Ok(c.clone());
             }
         }
         // Parsed without the lock, so starts of other images do not wait for this one.
-        let img = Arc::new(ElfImage::read(path)?);
-        cache().insert(path.to_path_buf(), (stamp, img.clone()));
-        Ok(img)
+        let image = Arc::new(ElfImage::read(path)?);
+        let shared = match SharedPages::build(&image) {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(image = %path.display(), error = %e, "read-only pages not shared; copied into each guest");
+                None
+            }
+        };
+        let c = Cached {
+            stamp,
+            image,
+            shared,
+        };
+        cache().insert(path.to_path_buf(), c.clone());
+        Ok(c)
     }
 
     /// Starts `spec` with its image read through the cache (see [`Self::load_image`]).
@@ -176,8 +203,19 @@ impl KvmBackend {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<KvmInstance, KvmError> {
-        let image = self.load_image(&spec.image)?;
-        self.start_image(image, spec, events)
+        self.start_counted(spec, events, Counters::default())
+    }
+
+    /// Like [`Self::start_kvm`], with the instance's counters kept in `counters` (a slot of
+    /// memory shared with another process, for a worker process's instances).
+    pub fn start_counted(
+        &self,
+        spec: InstanceSpec,
+        events: EventSink,
+        counters: Counters,
+    ) -> Result<KvmInstance, KvmError> {
+        let c = self.cached(&spec.image)?;
+        self.start_image_counted(c.image, c.shared, spec, events, counters)
     }
 
     /// Starts an already parsed image; `spec.image` is then only used in messages.
@@ -187,15 +225,34 @@ impl KvmBackend {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<KvmInstance, KvmError> {
+        self.start_image_counted(image, None, spec, events, Counters::default())
+    }
+
+    fn start_image_counted(
+        &self,
+        image: Arc<ElfImage>,
+        shared: Option<Arc<SharedPages>>,
+        spec: InstanceSpec,
+        events: EventSink,
+        counters: Counters,
+    ) -> Result<KvmInstance, KvmError> {
         let mem_size = mem_size_from_mib(spec.memory_mib)?;
         image.check_fits(mem_size)?;
         let cmdline = boot_info::cmdline(&spec.args)?;
         let devices = Devices::attach(&image.manifest, spec.nets, spec.blocks)?;
-        // Named here (no syscall); created by the vCPU thread as it enters it.
-        let cpu_group = spec.limits.cpu_quota_percent.and_then(|p| {
-            let h = cgroup::support().as_ref().ok()?;
-            Some(Arc::new(h.group(&spec.name, p)))
-        });
+        // Named here (no syscall); created by the vCPU thread as it enters it. Only for a quota
+        // below one core: a guest has one vCPU thread, which can never use more than that, so a
+        // larger quota limits nothing and its group would cost for nothing (setting a quota
+        // makes the kernel check every task group of the host; at thousands of guests that is
+        // milliseconds per start, docs/benchmarks.md, Density).
+        let cpu_group = spec
+            .limits
+            .cpu_quota_percent
+            .filter(|&p| p < 100)
+            .and_then(|p| {
+                let h = cgroup::support().as_ref().ok()?;
+                Some(Arc::new(h.group(&spec.name, p)))
+            });
 
         // A vCPU prepared here makes its VM on its own thread while this one loads the image
         // into memory of its own (registered by the thread when the guest arrives).
@@ -212,13 +269,19 @@ impl KvmBackend {
                 )?,
             },
         };
-        let loaded = self.load(&mut warm, &image, mem_size, &devices, &cmdline);
+        let loaded = self.load(
+            &mut warm,
+            &image,
+            shared.as_deref(),
+            mem_size,
+            &devices,
+            &cmdline,
+        );
         if let Some(p) = &self.pool {
             p.refill();
         }
         let (mem, registered) = loaded?;
         let mem_range = (mem.host_base(), mem.size());
-        let counters = Arc::new(InstanceCounters::default());
         let WarmVcpu {
             control,
             job,
@@ -264,11 +327,13 @@ impl KvmBackend {
     }
 
     /// Puts the guest into the prepared vCPU's memory, which it takes, or into fresh memory;
-    /// `true` with the prepared memory (already the VM's slot 0).
+    /// `true` with the prepared memory (already the VM's slot 0). The read-only segments are
+    /// mapped from `shared` when given, else copied and protected.
     fn load(
         &self,
         warm: &mut WarmVcpu,
         image: &ElfImage,
+        shared: Option<&SharedPages>,
         mem_size: u64,
         devices: &Devices,
         cmdline: &[u8],
@@ -279,31 +344,27 @@ impl KvmBackend {
             // memory before the guest runs, and nothing runs in the VM meanwhile.
             _ => (warm::fresh_memory(mem_size)?, false),
         };
-        for seg in &image.segments {
+        for seg in image
+            .segments
+            .iter()
+            .filter(|s| s.writable || shared.is_none())
+        {
             let dst = mem
                 .load_slice(seg.gpa, seg.filesz)
                 .map_err(|_| image_error_fits(image, mem_size))?;
             image.read_segment(seg, dst)?;
         }
         // Fresh anonymous memory is zero, so bss needs no writes; writable segments are already
-        // read-write, so only the others need an mprotect — one per run of adjacent read-only
-        // segments (text and rodata are usually one): every mprotect in this process calls the
-        // MMU notifier of every live VM, so at thousands of guests each call costs milliseconds
-        // (docs/benchmarks.md, Density).
-        let mut run: Option<(u64, u64)> = None;
-        for seg in image.segments.iter().filter(|s| !s.writable) {
-            let (start, end) = (seg.aligned_start(), seg.aligned_end());
-            run = match run {
-                Some((s, e)) if start == e => Some((s, end)),
-                Some((s, e)) => {
-                    mem.protect(s, e, false)?;
-                    Some((start, end))
+        // read-write, so only the read-only runs need work: a mapping of the shared pages, or an
+        // mprotect of the copy (one per run of adjacent read-only segments; text and rodata are
+        // usually one).
+        match shared {
+            Some(s) => s.map_into(&mut mem)?,
+            None => {
+                for (start, end) in shared_pages::read_only_runs(image) {
+                    mem.protect(start, end, false)?;
                 }
-                None => Some((start, end)),
-            };
-        }
-        if let Some((s, e)) = run {
-            mem.protect(s, e, false)?;
+            }
         }
         let mft = devices.manifest_bytes(&image.manifest);
         boot_info::write_boot_info(&mem, image.kernel_end, self.host.tsc_khz, &mft, cmdline);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::{InstanceCounters, InstanceEvent};
+use crate::backend::{Counters, InstanceEvent};
 
 use super::cgroup::Entered;
 use super::devices::{Console, Devices};
@@ -52,7 +52,7 @@ pub(super) struct VcpuRunner {
     pub poll_handles: Vec<u64>,
     pub net_ready_sent: bool,
     /// Shared with the instance handle; only this thread writes them.
-    pub counters: Arc<InstanceCounters>,
+    pub counters: Counters,
     pub tx_limit: Option<TxLimit>,
     pub exit_limit: Option<ExitLimit>,
     /// The CPU quota group this thread is in; held only to be dropped (retired) with the runner,

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::backend::{GuestLimits, InstanceCounters};
+use crate::backend::{Counters, GuestLimits};
 
 use super::devices::Devices;
 use super::error::KvmError;
@@ -86,7 +86,7 @@ pub(super) struct Job {
     /// The CPU quota group the vCPU thread enters before the guest runs.
     pub cpu_group: Option<Arc<super::cgroup::Group>>,
     pub limits: GuestLimits,
-    pub counters: Arc<InstanceCounters>,
+    pub counters: Counters,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's

@@ -1,0 +1,28 @@
+//! `summond kvm-worker`: a process that runs guests for summond (`kvm.instances_per_process`),
+//! started by the daemon's worker pool with its socket at fd [`WORKER_FD`].
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use summon_launcher::worker::{serve, LogForward, WORKER_FD};
+use tracing_subscriber::EnvFilter;
+
+/// Serves the daemon until it goes away; the process's exit status.
+pub fn run(prewarm: usize, slots: usize) -> i32 {
+    // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
+    if unsafe { libc::fcntl(WORKER_FD, libc::F_GETFD) } < 0 {
+        eprintln!("summond kvm-worker: no socket at fd {WORKER_FD}; summond starts this itself");
+        return 2;
+    }
+    // SAFETY: the pool that started this process put its socket at WORKER_FD, and nothing
+    // else in this process owns that descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
+    serve(sock, prewarm, slots, |forward: LogForward| {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .without_time()
+            .with_ansi(false)
+            .with_writer(move || forward.clone())
+            .try_init();
+    })
+}

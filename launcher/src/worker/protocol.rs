@@ -1,0 +1,103 @@
+//! What the daemon and a worker process say to each other: JSON, one message per seqpacket.
+//! Requests that want an answer carry a sequence number the [`FromWorker::Reply`] repeats.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{CpuStat, GuestLimits, InstanceEvent};
+
+/// Daemon → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum ToWorker {
+    /// Start an instance; answered with [`Answer::Started`]. The message carries one
+    /// descriptor per [`TapReq::Fd`] net device, in order.
+    Start {
+        seq: u64,
+        id: u64,
+        name: String,
+        image: PathBuf,
+        memory_mib: u64,
+        nets: Vec<NetReq>,
+        blocks: Vec<BlockReq>,
+        args: Vec<String>,
+        limits: GuestLimits,
+    },
+    /// Ask the instance to end, without an answer.
+    RequestStop {
+        id: u64,
+    },
+    /// End the instance; answered once it has.
+    Stop {
+        seq: u64,
+        id: u64,
+    },
+    Suspend {
+        seq: u64,
+        id: u64,
+    },
+    Resume {
+        seq: u64,
+        id: u64,
+    },
+    /// Read its CPU quota statistics; answered with [`Answer::CpuStat`].
+    CpuStat {
+        seq: u64,
+        id: u64,
+    },
+    /// The daemon dropped its handle: end the instance and free its counter slot.
+    Release {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct NetReq {
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub tap: TapReq,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum TapReq {
+    /// Open the interface of this name.
+    Name(String),
+    /// The next descriptor that came with the message.
+    Fd,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct BlockReq {
+    pub name: String,
+    pub path: PathBuf,
+    pub sector_size: Option<u32>,
+}
+
+/// Worker → daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum FromWorker {
+    /// First message: the worker is ready. Carries the counter region's memory file.
+    Hello {
+        slots: usize,
+    },
+    Reply {
+        seq: u64,
+        result: Result<Answer, String>,
+    },
+    Event {
+        id: u64,
+        event: InstanceEvent,
+    },
+    /// A log line of the worker's own (already formatted, with its level).
+    Log(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Answer {
+    /// Started; its counters are in this slot of the region.
+    Started {
+        slot: usize,
+    },
+    Done,
+    CpuStat(Option<CpuStat>),
+}

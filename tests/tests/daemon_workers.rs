@@ -1,0 +1,136 @@
+//! Guests run in worker processes of `kvm.instances_per_process` guests each: no worker holds
+//! more, a worker that dies takes only its own guests (reported as faulted, summoned again on
+//! the next query) while the daemon and the other workers' guests go on, and SIGTERM leaves no
+//! worker behind. With `instances_per_process = 0` the guests run in summond itself.
+
+use summon_tests::daemon as daemon_support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use daemon_support::*;
+use hickory_proto::rr::RecordType;
+
+fn ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 40 + i)
+}
+
+fn services(names: &[&str]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| http_service(n, &ip(i as u8).to_string(), ""))
+        .collect()
+}
+
+fn summon(d: &Daemon, name: &str, addr: Ipv4Addr) {
+    let m = d.query(&format!("{name}.svc.test."), RecordType::A);
+    assert_eq!(a_records(&m).first().map(|r| r.0), Some(addr), "{m:?}");
+    let sa = SocketAddr::from((addr, 80));
+    let page = d.ns.run(move || http_get(sa, "/")).expect("GET /");
+    assert!(page.contains(name), "{page}");
+}
+
+/// The process (summond or a worker) running service `name`'s vCPU thread.
+fn process_of(d: &Daemon, name: &str) -> Option<i32> {
+    let want: String = format!("vcpu-{name}").chars().take(15).collect();
+    d.processes().into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == want)
+            })
+    })
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+}
+
+#[test]
+fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_query() {
+    if !prerequisites("daemon worker processes") {
+        return;
+    }
+    let names = ["alpha", "beta", "gamma"];
+    let cfg = config(30, &[], "", &services(&names)) + "\n[kvm]\ninstances_per_process = 2\n";
+    let mut d = Daemon::start("workers", &cfg);
+    for (i, n) in names.iter().enumerate() {
+        summon(&d, n, ip(i as u8));
+    }
+    let summond = d.pid();
+    let homes: Vec<i32> = names
+        .iter()
+        .map(|n| process_of(&d, n).unwrap_or_else(|| panic!("no vCPU thread of {n}")))
+        .collect();
+    assert!(
+        homes.iter().all(|&p| p != summond),
+        "a guest runs in summond itself: {homes:?}"
+    );
+    // Two per worker at most: alpha and beta share one, gamma has another.
+    assert_eq!(homes[0], homes[1], "{homes:?}");
+    assert_ne!(homes[1], homes[2], "{homes:?}");
+
+    // The worker of alpha and beta dies (as a VMM crash would end it).
+    // SAFETY: kill(2) on a child process of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(homes[0], libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || d.metric(
+            "summon_instances",
+            &[("service", "alpha"), ("state", "running")]
+        ) == 0.0
+            && d.metric(
+                "summon_instances",
+                &[("service", "beta"), ("state", "running")]
+            ) == 0.0),
+        "alpha and beta still counted as running\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains(&format!("its worker process {} ended", homes[0])),
+        "{log}"
+    );
+    // gamma never noticed, and summond answers as before.
+    let sa = SocketAddr::from((ip(2), 80));
+    let page = d.ns.run(move || http_get(sa, "/")).expect("GET / on gamma");
+    assert!(page.contains("gamma"), "{page}");
+    // The next query summons alpha again, in a worker that is alive.
+    summon(&d, "alpha", ip(0));
+    let again = process_of(&d, "alpha").expect("alpha's new vCPU thread");
+    assert_ne!(again, homes[0]);
+
+    let workers: Vec<i32> = d
+        .processes()
+        .into_iter()
+        .filter(|&p| p != summond)
+        .collect();
+    let status = d.terminate_within(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}\n{}", d.log());
+    for w in workers {
+        assert!(
+            wait_until(Duration::from_secs(2), || !alive(w)),
+            "worker {w} outlived summond"
+        );
+    }
+}
+
+#[test]
+fn with_instances_per_process_zero_guests_run_in_summond_itself() {
+    if !prerequisites("daemon guests in process") {
+        return;
+    }
+    let cfg = config(30, &[], "", &services(&["solo"])) + "\n[kvm]\ninstances_per_process = 0\n";
+    let mut d = Daemon::start("inproc", &cfg);
+    summon(&d, "solo", ip(0));
+    assert_eq!(process_of(&d, "solo"), Some(d.pid()));
+    assert_eq!(d.processes(), vec![d.pid()], "summond started a worker");
+    let status = d.terminate_within(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}");
+}
