@@ -223,7 +223,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(c) = &cluster {
         c.shutdown().await;
     }
-    drivers.shutdown();
+    // Waits (bounded) for the guests' worker processes: off the async workers.
+    let d = drivers.clone();
+    let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
     if let Ok(h) = summon_launcher::kvm::cgroup::support() {
         let h = h.clone();
         let _ = tokio::task::spawn_blocking(move || h.release(Duration::from_secs(1))).await;

@@ -52,6 +52,13 @@ impl KvmDriver {
         Ok(KvmDriver { launcher, plumber })
     }
 
+    /// Asks every worker process to end its guests and exit (daemon exit), without waiting.
+    pub fn stop_all(&self) {
+        if let Launcher::Workers(pool) = &self.launcher {
+            pool.stop_all();
+        }
+    }
+
     /// Ends the worker processes (daemon exit, after every instance was stopped).
     pub fn shutdown(&self) {
         if let Launcher::Workers(pool) = &self.launcher {

@@ -149,6 +149,10 @@ pub trait Drivers: Send + Sync + 'static {
     async fn teardown_all(&self, leases: Vec<Leased>) {
         futures::future::join_all(leases.into_iter().map(Leased::release)).await;
     }
+    /// Daemon exit, before the instances are stopped one by one: ends in bulk what can be (the
+    /// KVM guests, a message per worker process instead of one per guest). Their handles then
+    /// report them stopped.
+    fn stop_all(&self) {}
 }
 
 /// The daemon's drivers: one KVM driver shared by all KVM services, one libvirt driver per
@@ -173,10 +177,15 @@ impl HostDrivers {
     }
 
     /// Releases every SYN hold and removes its rules, and ends the KVM worker processes
-    /// (daemon exit).
+    /// (daemon exit, once every instance was stopped), waiting for them.
     pub fn shutdown(&self) {
         self.libvirt.shutdown();
+        let t = std::time::Instant::now();
         self.kvm.shutdown();
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            "guest worker processes ended"
+        );
     }
 
     /// The KVM worker processes running now.
@@ -196,6 +205,10 @@ impl Drivers for HostDrivers {
 
     async fn towards_guest(&self, links: &[u32]) -> HashMap<u32, u64> {
         self.plumber.towards_guest(links).await
+    }
+
+    fn stop_all(&self) {
+        self.kvm.stop_all();
     }
 
     async fn teardown_all(&self, leases: Vec<Leased>) {

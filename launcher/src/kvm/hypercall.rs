@@ -293,15 +293,19 @@ impl VcpuRunner {
             let mut ready: u64 = 0;
             let mut count = 0;
             if n > 0 {
-                for (p, &h) in self.poll_fds.iter().zip(&self.poll_handles) {
+                for (p, &h) in self.poll_fds.iter_mut().zip(&self.poll_handles) {
                     // Level-triggered, like the reference tender: a frame left unread keeps
-                    // POLL ready. An error or hang-up on the tap also counts as ready, so that
-                    // the guest's read reports it instead of POLL spinning.
-                    if p.revents != 0 {
+                    // POLL ready.
+                    if p.revents & libc::POLLIN != 0 {
                         if let Some(bit) = 1u64.checked_shl(h as u32) {
                             ready |= bit;
                             count += 1;
                         }
+                    } else if p.revents != 0 {
+                        // An error or hang-up without data: the tap is gone (its link deleted,
+                        // as at daemon exit). Polled no more (ppoll skips a negative fd), so
+                        // the guest neither wakes for it nor spins on it; its writes fail.
+                        p.fd = -1;
                     }
                 }
             }

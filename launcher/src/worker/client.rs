@@ -154,14 +154,26 @@ impl WorkerPool {
         }
     }
 
+    /// Asks every worker to end all its guests, without waiting (daemon exit): one message per
+    /// worker instead of one per guest. The handles of their guests report them stopped from
+    /// now on; [`Self::shutdown`] ends the processes.
+    ///
+    /// Their taps stay open until [`Self::shutdown`]: a caller that deletes the taps in between
+    /// has each detached with one RCU grace period instead of two (one at the guest's close,
+    /// one at the delete), and the guests' teardown overlaps the deletion.
+    pub fn stop_all(&self) {
+        for w in self.list().iter() {
+            w.tell(&ToWorker::StopAll);
+            w.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Ends every worker (daemon exit): each ends its guests and exits; those still there at
     /// `deadline` are killed.
     pub fn shutdown(&self, deadline: Duration) {
         let workers: Vec<Arc<Worker>> = std::mem::take(&mut *self.list());
         for w in &workers {
-            // SAFETY: shutdown on a socket this worker owns; the reader thread then sees EOF
-            // and the worker sees its peer gone.
-            unsafe { libc::shutdown(w.sock.as_raw_fd(), libc::SHUT_RDWR) };
+            w.close();
         }
         let end = Instant::now() + deadline;
         for w in &workers {
@@ -252,7 +264,13 @@ impl Backend for WorkerPool {
                 pid: worker.pid,
                 message: format!("unexpected answer to a start: {other:?}"),
             }),
-            Err(e) => fail(e),
+            Err(e) => {
+                if matches!(e, WorkerError::Timeout { .. }) {
+                    // It may still start the guest after all: nobody would hold it.
+                    worker.tell(&ToWorker::Release { id });
+                }
+                fail(e)
+            }
         }
     }
 }
@@ -297,6 +315,11 @@ struct Worker {
     live: AtomicUsize,
     routes: Mutex<Routes>,
     dead: AtomicBool,
+    /// The daemon closed the socket on purpose ([`Worker::close`]): its end is no fault.
+    closing: AtomicBool,
+    /// Told to end all its guests ([`WorkerPool::stop_all`]): their handles report them
+    /// stopped.
+    stopping: AtomicBool,
     child: Mutex<Option<Child>>,
 }
 
@@ -307,6 +330,15 @@ impl Worker {
 
     fn dead(&self) -> bool {
         self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Closes the socket both ways: the worker ends its guests and exits, the reader thread
+    /// stops, and requests fail at once from now on.
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.dead.store(true, Ordering::SeqCst);
+        // SAFETY: shutdown on a socket this worker owns (the descriptor stays open until drop).
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// Sends a request that wants no answer; a worker that is gone makes it moot.
@@ -439,6 +471,13 @@ fn read_loop(w: Arc<Worker>) {
         }
     }
     w.dead.store(true, Ordering::SeqCst);
+    if w.closing.load(Ordering::SeqCst) {
+        // Ended on the daemon's request: its guests were asked to stop, not faulted.
+        let mut r = w.routes();
+        r.sinks.clear();
+        r.waiting.clear();
+        return;
+    }
     let (sinks, waiting) = {
         let mut r = w.routes();
         (std::mem::take(&mut r.sinks), std::mem::take(&mut r.waiting))
@@ -618,6 +657,8 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
         live: AtomicUsize::new(0),
         routes: Mutex::new(Routes::default()),
         dead: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
         child: Mutex::new(Some(child)),
     });
     let reader = w.clone();
@@ -660,12 +701,17 @@ impl Instance for WorkerInstance {
                 self.state.store(STOPPED, Ordering::SeqCst);
                 Ok(())
             }
+            // The daemon closed this worker: it ends all its guests.
+            Err(_) if self.worker.closing.load(Ordering::SeqCst) => {
+                self.state.store(STOPPED, Ordering::SeqCst);
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     fn request_stop(&self) {
-        if self.state() != InstanceState::Stopped {
+        if self.state() != InstanceState::Stopped && !self.worker.dead() {
             self.worker.tell(&ToWorker::RequestStop { id: self.id });
         }
     }
@@ -697,6 +743,9 @@ impl Instance for WorkerInstance {
     }
 
     fn state(&self) -> InstanceState {
+        if self.worker.stopping.load(Ordering::SeqCst) {
+            return InstanceState::Stopped;
+        }
         state_of(self.state.load(Ordering::SeqCst))
     }
 
@@ -720,7 +769,10 @@ impl Instance for WorkerInstance {
 impl Drop for WorkerInstance {
     fn drop(&mut self) {
         self.worker.routes().sinks.remove(&self.id);
-        self.worker.tell(&ToWorker::Release { id: self.id });
+        // A stopping worker keeps its guests' taps until it exits (see `stop_all`).
+        if !self.worker.dead() && !self.worker.stopping.load(Ordering::SeqCst) {
+            self.worker.tell(&ToWorker::Release { id: self.id });
+        }
         self.worker.live.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -49,6 +49,9 @@ pub(super) enum ToWorker {
     Release {
         id: u64,
     },
+    /// Daemon exit: end every instance now, but keep their taps open until the daemon closes
+    /// the socket (it deletes the taps meanwhile; see `WorkerPool::stop_all`).
+    StopAll,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -89,6 +89,9 @@ fn write_loop(sock: Arc<OwnedFd>, rx: Receiver<FromWorker>) {
 struct Live {
     instance: Arc<KvmInstance>,
     slot: usize,
+    /// A second descriptor of each of its taps, closed only after the guest's own: see
+    /// [`ToWorker::StopAll`].
+    _taps: Vec<OwnedFd>,
 }
 
 /// The counter slots not in use; a slot returns only once its instance's thread has ended.
@@ -243,6 +246,14 @@ fn handle(
             let stat = live.get(&id).and_then(|l| l.instance.cpu_stat());
             out.reply(seq, Ok(Answer::CpuStat(stat)));
         }
+        ToWorker::StopAll => {
+            // The guests end now, in parallel; their taps stay open (`Live::_taps`) until the
+            // daemon, having deleted them, closes the socket. A tap deleted while open is
+            // detached with one RCU grace period; one closed first costs another at its close.
+            for l in live.values() {
+                l.instance.request_stop();
+            }
+        }
         ToWorker::Release { id } => {
             if let Some(l) = live.remove(&id) {
                 l.instance.request_stop();
@@ -308,6 +319,13 @@ fn start(
     limits: crate::GuestLimits,
     fds: Vec<OwnedFd>,
 ) -> Result<Live, String> {
+    // Second descriptors of the taps (see `Live::_taps`): one fd each in this process's table,
+    // at most two per guest.
+    let taps = fds
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("duplicating a tap descriptor: {e}"))?;
     let mut fds = fds.into_iter();
     let nets = nets
         .into_iter()
@@ -359,6 +377,7 @@ fn start(
         Ok(instance) => Ok(Live {
             instance: Arc::new(instance),
             slot,
+            _taps: taps,
         }),
         Err(e) => {
             give_back(slot);
