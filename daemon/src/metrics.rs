@@ -143,7 +143,7 @@ impl Metrics {
             HistogramOpts::new(
                 "summon_cold_stage_seconds",
                 "Stages of a cold summon: dns (request handling outside the registry), spawn \
-                 (query to start task), plumbing (tap, address, route, neighbour), launch_queue \
+                 (query to start task), plumbing (tap, route, neighbour), launch_queue \
                  (to the launcher's thread), launch (launcher start: VM, memory, image, vCPU \
                  hand-over), publish (launcher start returned to the instance marked running), wake (instance running to the waiting query resumed, reply=immediate), boot \
                  (launcher start returned to guest network-ready)",

@@ -274,7 +274,7 @@ fn main() {
         ),
         ("spawn: query -> start task", "cold stages", web, "spawn_us"),
         (
-            "plumbing: tap, address, route, neighbour",
+            "plumbing: tap, route, neighbour",
             "cold stages",
             web,
             "plumbing_us",

@@ -415,8 +415,24 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Gone from the pool: either dead (reap the zombie) or shut down already.
-        self.reap(Instant::now());
+        // Gone from the pool and from every handle: dead, or shut down already. A process still
+        // exiting (its guests' teardown) is waited for on a thread of its own, not here: the
+        // last handle may go on a tokio worker or under the pool's lock.
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut c) = child {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let waiter = std::thread::Builder::new()
+                    .name("worker-reap".into())
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let _ = c.wait();
+                    });
+                if waiter.is_err() {
+                    tracing::warn!(pid = self.pid, "no thread to reap a worker; left a zombie");
+                }
+            }
+        }
     }
 }
 
