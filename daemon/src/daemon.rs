@@ -71,6 +71,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     nl.add_host_address(gateway)
         .await
         .with_context(|| format!("adding the guests' gateway {gateway}"))?;
+    if let Some(problem) = crate::net::gateway_arp_problem() {
+        tracing::error!("{problem}");
+    }
     let plumber = NetPlumber::new(
         nl.clone(),
         config.network.gateway,

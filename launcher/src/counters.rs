@@ -67,7 +67,7 @@ enum Home {
 impl Counters {
     /// Slot `index` of `region`, zeroed: the caller owns the slot until its instance is gone.
     pub fn in_region(region: &Arc<CounterRegion>, index: usize) -> Option<Counters> {
-        if index >= region.slots {
+        if index >= region.slots || !region.writable {
             return None;
         }
         let c = Counters(Home::Shared(region.clone(), index));
@@ -110,6 +110,8 @@ impl Deref for Counters {
 pub struct CounterRegion {
     base: *mut u8,
     slots: usize,
+    /// Mapped read-write (the writer's side); the reader's mapping is never written.
+    writable: bool,
     /// Kept so that it can be handed to the reading process.
     fd: OwnedFd,
 }
@@ -123,9 +125,18 @@ unsafe impl Sync for CounterRegion {}
 impl CounterRegion {
     /// A new region of `slots` zeroed slots, mapped read-write.
     pub fn create(slots: usize) -> io::Result<CounterRegion> {
-        let len = (slots.max(1) * SLOT) as libc::off_t;
+        let len = slots
+            .max(1)
+            .checked_mul(SLOT)
+            .and_then(|l| libc::off_t::try_from(l).ok())
+            .ok_or_else(|| io::Error::other("counter region too large"))?;
         // SAFETY: the name is a NUL-terminated literal; the flags are valid.
-        let raw = unsafe { libc::memfd_create(c"summon-counters".as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(
+                c"summon-counters".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -135,11 +146,25 @@ impl CounterRegion {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Its size fixed for good: a reader's mapping can never run past the file's end.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own, with valid seal flags.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Self::map(fd, slots.max(1), true)
     }
 
-    /// Maps a region another process created (read-only: this side only reads).
+    /// Maps a region another process created (read-only: this side only reads). Refused unless
+    /// the file is sealed against shrinking (a shrunk file would fault this side's reads).
     pub fn open(fd: OwnedFd, slots: usize) -> io::Result<CounterRegion> {
+        // SAFETY: fcntl(F_GET_SEALS) only reads the seals of an fd we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::other(
+                "counter region is not sealed against shrinking",
+            ));
+        }
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: fstat writes a stat into `st` for an fd we own.
         if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
@@ -147,7 +172,7 @@ impl CounterRegion {
         }
         // SAFETY: fstat succeeded, so `st` is initialised.
         let size = unsafe { st.assume_init() }.st_size as usize;
-        if slots == 0 || size < slots * SLOT {
+        if slots == 0 || slots.checked_mul(SLOT).is_none_or(|need| size < need) {
             return Err(io::Error::other(format!(
                 "counter region of {size} bytes cannot hold {slots} slots"
             )));
@@ -179,6 +204,7 @@ impl CounterRegion {
         Ok(CounterRegion {
             base: base.cast(),
             slots,
+            writable,
             fd,
         })
     }
@@ -235,6 +261,8 @@ mod tests {
             0
         );
         assert!(Counters::read_from(&r, 4).is_none());
+        // The reader's mapping is never handed out for writing.
+        assert!(Counters::in_region(&r, 1).is_none());
         let again = Counters::in_region(&w, 2).unwrap();
         assert_eq!(again.rx_frames.load(Relaxed), 0);
         assert!(Counters::in_region(&w, 4).is_none());

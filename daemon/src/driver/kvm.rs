@@ -91,7 +91,9 @@ impl super::Driver for KvmDriver {
     }
 
     fn starts_inline(&self) -> bool {
-        true
+        // In summond itself the start is short and never waits. A worker's start is a round
+        // trip to another process that may have to be started first: a blocking thread's.
+        matches!(self.launcher, Launcher::InProcess(_))
     }
 
     fn start(

@@ -81,6 +81,21 @@ impl NetPlumber {
     }
 }
 
+/// Why guests could not resolve their gateway, if this host says so: the gateway is a local
+/// address on `lo`, which the host answers ARP for on a tap only with `arp_ignore` 0 (the
+/// kernel takes the larger of `all` and the device's value, so a tap cannot lower it).
+pub fn gateway_arp_problem() -> Option<String> {
+    let path = "/proc/sys/net/ipv4/conf/all/arp_ignore";
+    let v = std::fs::read_to_string(path).ok()?;
+    (v.trim() != "0").then(|| {
+        format!(
+            "{path} is {}: the host will not answer the guests' ARP for their gateway (an address \
+             on lo), so guests cannot reach anything beyond their tap; set it to 0",
+            v.trim()
+        )
+    })
+}
+
 /// Strict reverse-path filtering on the tap: a guest cannot send with another guest's (or any
 /// other) source address. IPv6 off on the tap (guests are IPv4-only): otherwise the host's own
 /// router solicitations and MLD reports go to the guest, wake it, and count as traffic that

@@ -352,6 +352,11 @@ impl KvmInstance {
         &self.name
     }
 
+    /// Whether the guest runs under a CPU quota group (what [`Instance::cpu_stat`] reads).
+    pub fn has_cpu_quota(&self) -> bool {
+        self.cpu_group.is_some()
+    }
+
     /// Bytes of guest memory resident on the host (pages the guest or the loader touched);
     /// 0 once the guest's memory is gone.
     pub fn guest_resident_bytes(&self) -> u64 {

@@ -56,7 +56,8 @@ fn next_number() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-type SpawnRequest = Option<SyncSender<Result<Arc<Worker>, WorkerError>>>;
+/// `None`: a spare, in the background. `Some`: a caller waits for a worker with room.
+type SpawnRequest = Option<SyncSender<Result<(), WorkerError>>>;
 
 impl WorkerPool {
     /// Starts the first worker (so that a host without KVM fails here, not at the first query).
@@ -93,7 +94,9 @@ impl WorkerPool {
             .collect()
     }
 
-    fn spawn_now(&self) -> Result<Arc<Worker>, WorkerError> {
+    /// Has a worker started unless one with room exists by the time the spawner gets to it
+    /// (a burst of starts that found no room shares the one new worker).
+    fn spawn_now(&self) -> Result<(), WorkerError> {
         let (tx, rx) = sync_channel(1);
         let sent = self
             .spawner
@@ -115,6 +118,19 @@ impl WorkerPool {
     /// starting in the background once less than half a worker's room is left, so that a
     /// start rarely waits for a process to come up.
     fn pick(&self) -> Result<Arc<Worker>, WorkerError> {
+        // A worker started for us may be filled by others before we look again: a few tries.
+        for _ in 0..8 {
+            if let Some(w) = self.pick_with_room() {
+                return Ok(w);
+            }
+            self.spawn_now()?;
+        }
+        Err(WorkerError::Setup {
+            message: "every worker filled up faster than new ones started".into(),
+        })
+    }
+
+    fn pick_with_room(&self) -> Option<Arc<Worker>> {
         let per = self.cfg.per_process;
         let chosen = {
             let mut list = self.list();
@@ -144,14 +160,7 @@ impl WorkerPool {
             }
             chosen
         };
-        match chosen {
-            Some(w) => Ok(w),
-            None => {
-                let w = self.spawn_now()?;
-                w.live.fetch_add(1, Ordering::SeqCst);
-                Ok(w)
-            }
-        }
+        chosen
     }
 
     /// Asks every worker to end all its guests, without waiting (daemon exit): one message per
@@ -244,22 +253,25 @@ impl Backend for WorkerPool {
             Err(BackendError::from(e))
         };
         match answer {
-            Ok(Answer::Started { slot }) => match Counters::read_from(&worker.region, slot) {
-                Some(counters) => Ok(Box::new(WorkerInstance {
-                    worker: worker.clone(),
-                    id,
-                    name: spec.name,
-                    counters,
-                    state,
-                })),
-                None => {
-                    worker.tell(&ToWorker::Release { id });
-                    fail(WorkerError::Protocol {
-                        pid: worker.pid,
-                        message: format!("counter slot {slot} out of range"),
-                    })
+            Ok(Answer::Started { slot, cpu_quota }) => {
+                match Counters::read_from(&worker.region, slot) {
+                    Some(counters) => Ok(Box::new(WorkerInstance {
+                        worker: worker.clone(),
+                        id,
+                        name: spec.name,
+                        counters,
+                        state,
+                        cpu_quota,
+                    })),
+                    None => {
+                        worker.tell(&ToWorker::Release { id });
+                        fail(WorkerError::Protocol {
+                            pid: worker.pid,
+                            message: format!("counter slot {slot} out of range"),
+                        })
+                    }
                 }
-            },
+            }
             Ok(other) => fail(WorkerError::Protocol {
                 pid: worker.pid,
                 message: format!("unexpected answer to a start: {other:?}"),
@@ -512,6 +524,8 @@ fn read_loop(w: Arc<Worker>) {
             w.pid
         )));
     }
+    // Not left a zombie until the next start looks at the pool.
+    w.reap(Instant::now() + QUICK_WAIT);
 }
 
 /// A worker's log line, logged again at the level its formatter wrote first.
@@ -527,8 +541,18 @@ fn log_line(pid: u32, line: &str) {
     }
 }
 
+/// Whether a live worker has room for another instance.
+fn has_room(workers: &Mutex<Vec<Arc<Worker>>>, per_process: usize) -> bool {
+    workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|w| !w.dead() && w.live.load(Ordering::SeqCst) < per_process)
+}
+
 /// The thread that starts workers. A worker dies with the thread that forked it
 /// (`PR_SET_PDEATHSIG` follows the parent thread), so one long-lived thread does all forks.
+/// A waiting caller's request is answered at once when a worker has room by then.
 fn start_spawner(
     cfg: WorkerConfig,
     workers: Arc<Mutex<Vec<Arc<Worker>>>>,
@@ -540,13 +564,15 @@ fn start_spawner(
         .stack_size(256 << 10)
         .spawn(move || {
             for req in rx {
-                let r = spawn_worker(&cfg);
-                if let Ok(w) = &r {
-                    workers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(w.clone());
+                if req.is_some() && has_room(&workers, cfg.per_process) {
+                    if let Some(reply) = req {
+                        let _ = reply.send(Ok(()));
+                    }
+                    continue;
                 }
+                let r = spawn_worker(&cfg).map(|w| {
+                    workers.lock().unwrap_or_else(|p| p.into_inner()).push(w);
+                });
                 match req {
                     Some(reply) => {
                         let _ = reply.send(r);
@@ -697,6 +723,8 @@ struct WorkerInstance {
     name: String,
     counters: Counters,
     state: Arc<AtomicU8>,
+    /// It has a CPU quota group in the worker: only then does a scrape ask for its statistics.
+    cpu_quota: bool,
 }
 
 impl Instance for WorkerInstance {
@@ -749,9 +777,17 @@ impl Instance for WorkerInstance {
         if self.state() == InstanceState::Stopped {
             return Err(BackendError::InvalidState(self.name.clone(), "resume"));
         }
+        if self.worker.dead() {
+            return Err(WorkerError::Gone {
+                pid: self.worker.pid,
+            }
+            .into());
+        }
+        // Sent, not asked: a resume never waits in the launcher either (it only lets the vCPU
+        // thread go on), and the registry resumes under the service's lock. A guest that ended
+        // meanwhile reports so through its events.
         let seq = next_number();
-        let req = ToWorker::Resume { seq, id: self.id };
-        self.worker.ask(seq, &req, &[], QUICK_WAIT, "resume")?;
+        self.worker.tell(&ToWorker::Resume { seq, id: self.id });
         let _ = self
             .state
             .compare_exchange(PAUSED, RUNNING, Ordering::SeqCst, Ordering::SeqCst);
@@ -770,6 +806,9 @@ impl Instance for WorkerInstance {
     }
 
     fn cpu_stat(&self) -> Option<CpuStat> {
+        if !self.cpu_quota || self.worker.dead() {
+            return None;
+        }
         let seq = next_number();
         let req = ToWorker::CpuStat { seq, id: self.id };
         match self

@@ -97,9 +97,11 @@ pub(super) enum FromWorker {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Answer {
-    /// Started; its counters are in this slot of the region.
+    /// Started; its counters are in this slot of the region. `cpu_quota`: it has a quota
+    /// group, so [`ToWorker::CpuStat`] has something to read.
     Started {
         slot: usize,
+        cpu_quota: bool,
     },
     Done,
     CpuStat(Option<CpuStat>),

@@ -105,6 +105,13 @@ pub fn serve(sock: OwnedFd, prewarm: usize, slots: usize, log: impl FnOnce(LogFo
     // Named in `ps` and /proc (else it is the executable's name, often `exe`).
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"kvm-worker".as_ptr()) };
+    // summond ends its workers itself, in an order that matters (their taps must outlive the
+    // links' deletion, docs/daemon.md): a SIGTERM sent to the whole service (systemd's default
+    // kill mode) or a Ctrl-C to the process group must not end them first. SIGKILL still does.
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: setting a signal's disposition to ignore, before any thread of ours exists.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
     let sock = Arc::new(sock);
     let (tx, rx) = sync_channel::<FromWorker>(OUTBOX);
     log(LogForward(tx.clone()));
@@ -215,8 +222,9 @@ fn handle(
             let answer = match result {
                 Ok(l) => {
                     let slot = l.slot;
+                    let cpu_quota = l.instance.has_cpu_quota();
                     live.insert(id, l);
-                    Ok(Answer::Started { slot })
+                    Ok(Answer::Started { slot, cpu_quota })
                 }
                 Err(e) => Err(e),
             };
