@@ -343,6 +343,16 @@ impl Daemon {
             .run(move || query_udp(DNS.parse().unwrap(), &name, qtype).expect("DNS query"))
     }
 
+    /// Summons http service `name` through DNS (its A record must be `ip`) and fetches its page,
+    /// which must name it.
+    pub fn summon_http(&self, name: &str, ip: Ipv4Addr) {
+        let m = self.query(&format!("{name}.{ZONE}"), RecordType::A);
+        assert_eq!(a_records(&m).first().map(|r| r.0), Some(ip), "{m:?}");
+        let addr = SocketAddr::from((ip, 80));
+        let page = self.ns.run(move || http_get(addr, "/")).expect("GET /");
+        assert!(page.contains(name), "{page}");
+    }
+
     pub fn query_tcp(&self, name: &str, qtype: RecordType) -> Message {
         let name = name.to_string();
         self.ns

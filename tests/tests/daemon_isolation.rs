@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use daemon_support::*;
-use hickory_proto::rr::RecordType;
 use summon_launcher::MacAddr;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 30);
@@ -37,14 +36,6 @@ fn counters(d: &Daemon, tap: &str) -> (u64, u64) {
     (get("rx_packets"), get("tx_packets"))
 }
 
-fn summon(d: &Daemon, name: &str, ip: Ipv4Addr) {
-    let m = d.query(&format!("{name}.svc.test."), RecordType::A);
-    assert_eq!(a_records(&m).first().map(|r| r.0), Some(ip), "{m:?}");
-    let addr = SocketAddr::from((ip, 80));
-    let page = d.ns.run(move || http_get(addr, "/")).expect("GET /");
-    assert!(page.contains(name), "{page}");
-}
-
 #[test]
 fn instances_cannot_see_each_others_traffic() {
     if !prerequisites("daemon isolation test") {
@@ -58,8 +49,8 @@ fn instances_cannot_see_each_others_traffic() {
             + &http_service("beta", &B_IP.to_string(), "")),
     );
     let d = Daemon::start("isol", &cfg);
-    summon(&d, "alpha", A_IP);
-    summon(&d, "beta", B_IP);
+    d.summon_http("alpha", A_IP);
+    d.summon_http("beta", B_IP);
     let mut taps = d.taps();
     taps.sort();
     assert_eq!(taps, vec!["sm-alpha".to_string(), "sm-beta".to_string()]);

@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use daemon_support::*;
-use hickory_proto::rr::RecordType;
 
 fn ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 40 + i)
@@ -21,14 +20,6 @@ fn services(names: &[&str]) -> String {
         .enumerate()
         .map(|(i, n)| http_service(n, &ip(i as u8).to_string(), ""))
         .collect()
-}
-
-fn summon(d: &Daemon, name: &str, addr: Ipv4Addr) {
-    let m = d.query(&format!("{name}.svc.test."), RecordType::A);
-    assert_eq!(a_records(&m).first().map(|r| r.0), Some(addr), "{m:?}");
-    let sa = SocketAddr::from((addr, 80));
-    let page = d.ns.run(move || http_get(sa, "/")).expect("GET /");
-    assert!(page.contains(name), "{page}");
 }
 
 /// The process (summond or a worker) running service `name`'s vCPU thread.
@@ -62,7 +53,7 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
     let cfg = config(30, &[], "", &services(&names)) + "\n[kvm]\ninstances_per_process = 2\n";
     let mut d = Daemon::start("workers", &cfg);
     for (i, n) in names.iter().enumerate() {
-        summon(&d, n, ip(i as u8));
+        d.summon_http(n, ip(i as u8));
     }
     let summond = d.pid();
     let homes: Vec<i32> = names
@@ -102,7 +93,7 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
     let page = d.ns.run(move || http_get(sa, "/")).expect("GET / on gamma");
     assert!(page.contains("gamma"), "{page}");
     // The next query summons alpha again, in a worker that is alive.
-    summon(&d, "alpha", ip(0));
+    d.summon_http("alpha", ip(0));
     let again = process_of(&d, "alpha").expect("alpha's new vCPU thread");
     assert_ne!(again, homes[0]);
 
@@ -128,7 +119,7 @@ fn with_instances_per_process_zero_guests_run_in_summond_itself() {
     }
     let cfg = config(30, &[], "", &services(&["solo"])) + "\n[kvm]\ninstances_per_process = 0\n";
     let mut d = Daemon::start("inproc", &cfg);
-    summon(&d, "solo", ip(0));
+    d.summon_http("solo", ip(0));
     assert_eq!(process_of(&d, "solo"), Some(d.pid()));
     assert_eq!(d.processes(), vec![d.pid()], "summond started a worker");
     let status = d.terminate_within(Duration::from_secs(5));

@@ -16,7 +16,7 @@ use crate::backend::{
 };
 use crate::counters::CounterRegion;
 
-use super::protocol::{Answer, BlockReq, FromWorker, NetReq, TapReq, ToWorker};
+use super::protocol::{Answer, BlockReq, FromWorker, NetReq, StartSpec, TapReq, ToWorker};
 use super::{wire, WorkerError, WORKER_FD};
 
 /// How long a request that waits for a guest (stop, suspend) may take: the worker's own wait
@@ -235,13 +235,15 @@ impl Backend for WorkerPool {
         let req = ToWorker::Start {
             seq,
             id,
-            name: spec.name.clone(),
-            image: spec.image,
-            memory_mib: spec.memory_mib,
-            nets,
-            blocks,
-            args: spec.args,
-            limits: spec.limits,
+            spec: StartSpec {
+                name: spec.name.clone(),
+                image: spec.image,
+                memory_mib: spec.memory_mib,
+                nets,
+                blocks,
+                args: spec.args,
+                limits: spec.limits,
+            },
         };
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let answer = worker.ask(seq, &req, &raw, QUICK_WAIT, "start");

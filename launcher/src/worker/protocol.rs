@@ -15,13 +15,7 @@ pub(super) enum ToWorker {
     Start {
         seq: u64,
         id: u64,
-        name: String,
-        image: PathBuf,
-        memory_mib: u64,
-        nets: Vec<NetReq>,
-        blocks: Vec<BlockReq>,
-        args: Vec<String>,
-        limits: GuestLimits,
+        spec: StartSpec,
     },
     /// Ask the instance to end, without an answer.
     RequestStop {
@@ -52,6 +46,18 @@ pub(super) enum ToWorker {
     /// Daemon exit: end every instance now, but keep their taps open until the daemon closes
     /// the socket (it deletes the taps meanwhile; see `WorkerPool::stop_all`).
     StopAll,
+}
+
+/// An [`crate::InstanceSpec`] as it crosses the socket: taps by name or as passed descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StartSpec {
+    pub name: String,
+    pub image: PathBuf,
+    pub memory_mib: u64,
+    pub nets: Vec<NetReq>,
+    pub blocks: Vec<BlockReq>,
+    pub args: Vec<String>,
+    pub limits: GuestLimits,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

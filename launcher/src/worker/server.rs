@@ -11,7 +11,7 @@ use crate::backend::{
 use crate::counters::CounterRegion;
 use crate::kvm::{KvmBackend, KvmInstance};
 
-use super::protocol::{Answer, FromWorker, NetReq, TapReq, ToWorker};
+use super::protocol::{Answer, FromWorker, StartSpec, TapReq, ToWorker};
 use super::{wire, WorkerError};
 
 /// Messages waiting for the socket; console lines and log lines beyond it are dropped (a daemon
@@ -204,21 +204,8 @@ fn handle(
     out: &Outbox,
 ) {
     match req {
-        ToWorker::Start {
-            seq,
-            id,
-            name,
-            image,
-            memory_mib,
-            nets,
-            blocks,
-            args,
-            limits,
-        } => {
-            let result = start(
-                backend, region, free, out, id, name, image, memory_mib, nets, blocks, args,
-                limits, fds,
-            );
+        ToWorker::Start { seq, id, spec } => {
+            let result = start(backend, region, free, out, id, spec, fds);
             let answer = match result {
                 Ok(l) => {
                     let slot = l.slot;
@@ -311,22 +298,24 @@ fn waiting(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start(
     backend: &KvmBackend,
     region: &Arc<CounterRegion>,
     free: &FreeSlots,
     out: &Outbox,
     id: u64,
-    name: String,
-    image: std::path::PathBuf,
-    memory_mib: u64,
-    nets: Vec<NetReq>,
-    blocks: Vec<crate::worker::protocol::BlockReq>,
-    args: Vec<String>,
-    limits: crate::GuestLimits,
+    spec: StartSpec,
     fds: Vec<OwnedFd>,
 ) -> Result<Live, String> {
+    let StartSpec {
+        name,
+        image,
+        memory_mib,
+        nets,
+        blocks,
+        args,
+        limits,
+    } = spec;
     // Second descriptors of the taps (see `Live::_taps`): one fd each in this process's table,
     // at most two per guest.
     let taps = fds
