@@ -28,7 +28,8 @@
 //! is a vCPU thread plus the per-VM `kvm-nx-lpage-recovery` task KVM creates in the process:
 //! `kernel.pid_max`, `kernel.threads-max`, RLIMIT_NPROC), and memory maps (about 7 per instance:
 //! guest memory split by protection, the vCPU's `kvm_run`, the thread's stack and guard;
-//! `vm.max_map_count`). Guest memory is `limits.memory_budget`'s.
+//! `vm.max_map_count`, which is per process: with the guests in worker processes it bounds only
+//! the guests per worker). Guest memory is `limits.memory_budget`'s.
 
 use std::io;
 use std::path::Path;

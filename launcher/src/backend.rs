@@ -27,7 +27,7 @@ pub struct NetSpec {
 }
 
 /// A block device to attach, matched to the image's manifest entry `name`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BlockSpec {
     pub name: String,
     pub path: PathBuf,
@@ -94,6 +94,16 @@ pub enum InstanceEvent {
     Faulted(String),
     /// The instance was stopped on request.
     Stopped,
+}
+
+impl InstanceEvent {
+    /// Whether this is the instance's last event: it halted, faulted or was stopped.
+    pub fn is_end(&self) -> bool {
+        matches!(
+            self,
+            InstanceEvent::Exited(_) | InstanceEvent::Faulted(_) | InstanceEvent::Stopped
+        )
+    }
 }
 
 /// Receives an instance's events, from the instance's own thread. Keep it cheap and non-blocking.

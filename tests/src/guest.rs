@@ -64,12 +64,7 @@ impl Events {
 
     /// The guest's end: `Ok(status)` for HALT, `Err(reason)` for a fault or stop.
     pub fn wait_end(&self, timeout: Duration) -> Result<i32, String> {
-        let end = self.wait_for(timeout, |e| {
-            matches!(
-                e,
-                InstanceEvent::Exited(_) | InstanceEvent::Faulted(_) | InstanceEvent::Stopped
-            )
-        });
+        let end = self.wait_for(timeout, InstanceEvent::is_end);
         match end {
             Some((_, InstanceEvent::Exited(status))) => Ok(status),
             Some((_, other)) => Err(format!("{other:?}; console: {}", self.console())),

@@ -13,8 +13,9 @@ use crate::config::{KvmConfig, ServiceConfig};
 use crate::net::{NetPlumber, PlumbError, Tap};
 
 /// A persistent tap per instance whose one fd the VMM gets (its vCPU thread copies it into its
-/// own fd table; summond keeps none), the launcher's start in place (it is short and
-/// never waits for the guest, docs/launcher.md), and the launcher's frame counters.
+/// own fd table; summond keeps none), the start (on a blocking thread when it goes to a worker
+/// process, in place when the guest runs in summond: then it is short and never waits for the
+/// guest, docs/launcher.md), and the launcher's frame counters.
 pub struct KvmDriver {
     launcher: Launcher,
     plumber: NetPlumber,
@@ -63,14 +64,6 @@ impl KvmDriver {
     pub fn shutdown(&self) {
         if let Launcher::Workers(pool) = &self.launcher {
             pool.shutdown(Duration::from_secs(5));
-        }
-    }
-
-    /// The worker processes running now (none when guests run in summond itself).
-    pub fn worker_processes(&self) -> Vec<u32> {
-        match &self.launcher {
-            Launcher::Workers(pool) => pool.processes(),
-            Launcher::InProcess(_) => Vec::new(),
         }
     }
 }

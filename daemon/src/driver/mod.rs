@@ -5,8 +5,9 @@
 //! a tokio worker), and where the reaper reads the instance's traffic. The registry calls the
 //! service's driver; it never looks at which backend a service has.
 //!
-//! - [`KvmDriver`]: the embedded launcher; a tap (fd handed to the VMM), route and neighbour
-//!   entry; the start runs inline; the launcher counts the guest's frames.
+//! - [`KvmDriver`]: the embedded launcher, in worker processes or in summond itself; a tap (fd
+//!   handed to the VMM), route and neighbour entry; the start runs on a blocking thread with
+//!   workers, inline without; the launcher counts the guest's frames.
 //! - [`GeneratedDomain`]: a transient domain generated from the service; a persistent tap
 //!   libvirt opens by name, first SYNs held until the guest answers ([`HeldBackend`]); the start
 //!   runs on a blocking thread; traffic from the tap's counter.
@@ -186,11 +187,6 @@ impl HostDrivers {
             ms = t.elapsed().as_millis() as u64,
             "guest worker processes ended"
         );
-    }
-
-    /// The KVM worker processes running now.
-    pub fn worker_processes(&self) -> Vec<u32> {
-        self.kvm.worker_processes()
     }
 }
 

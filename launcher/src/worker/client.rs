@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{
     Backend, BackendError, Counters, CpuStat, EventSink, Instance, InstanceEvent, InstanceSpec,
-    InstanceState, TapSource,
+    InstanceState,
 };
 use crate::counters::CounterRegion;
 
-use super::protocol::{Answer, BlockReq, FromWorker, NetReq, StartSpec, TapReq, ToWorker};
+use super::protocol::{Answer, FromWorker, StartSpec, ToWorker};
 use super::{wire, WorkerError, WORKER_FD};
 
 /// How long a request that waits for a guest (stop, suspend) may take: the worker's own wait
@@ -85,25 +85,20 @@ impl WorkerPool {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Live worker processes (for metrics and tests).
-    pub fn processes(&self) -> Vec<u32> {
-        self.list()
-            .iter()
-            .filter(|w| !w.dead())
-            .map(|w| w.pid)
-            .collect()
+    /// Hands `req` to the spawner thread; false when it is gone.
+    fn to_spawner(&self, req: SpawnRequest) -> bool {
+        self.spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(req)
+            .is_ok()
     }
 
     /// Has a worker started unless one with room exists by the time the spawner gets to it
     /// (a burst of starts that found no room shares the one new worker).
     fn spawn_now(&self) -> Result<(), WorkerError> {
         let (tx, rx) = sync_channel(1);
-        let sent = self
-            .spawner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Some(tx));
-        if sent.is_err() {
+        if !self.to_spawner(Some(tx)) {
             return Err(WorkerError::Setup {
                 message: "the worker spawner thread is gone".into(),
             });
@@ -132,34 +127,27 @@ impl WorkerPool {
 
     fn pick_with_room(&self) -> Option<Arc<Worker>> {
         let per = self.cfg.per_process;
-        let chosen = {
-            let mut list = self.list();
-            list.retain(|w| !w.dead());
-            let mut room = 0;
-            let mut chosen = None;
-            for w in list.iter() {
-                let left = per.saturating_sub(w.live.load(Ordering::SeqCst));
-                room += left;
-                if chosen.is_none() && left > 0 {
-                    chosen = Some(w.clone());
-                }
+        let mut list = self.list();
+        list.retain(|w| !w.dead());
+        let mut room = 0;
+        let mut chosen = None;
+        for w in list.iter() {
+            let left = per.saturating_sub(w.live.load(Ordering::SeqCst));
+            room += left;
+            if chosen.is_none() && left > 0 {
+                chosen = Some(w.clone());
             }
-            if let Some(w) = &chosen {
-                w.live.fetch_add(1, Ordering::SeqCst);
-                room -= 1;
-            }
-            if room < per.div_ceil(2) && !self.spare_pending.swap(true, Ordering::SeqCst) {
-                let sent = self
-                    .spawner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(None);
-                if sent.is_err() {
-                    self.spare_pending.store(false, Ordering::SeqCst);
-                }
-            }
-            chosen
-        };
+        }
+        if let Some(w) = &chosen {
+            w.live.fetch_add(1, Ordering::SeqCst);
+            room -= 1;
+        }
+        if room < per.div_ceil(2)
+            && !self.spare_pending.swap(true, Ordering::SeqCst)
+            && !self.to_spawner(None)
+        {
+            self.spare_pending.store(false, Ordering::SeqCst);
+        }
         chosen
     }
 
@@ -207,44 +195,9 @@ impl Backend for WorkerPool {
             .routes()
             .sinks
             .insert(id, tracking(state.clone(), events));
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        let nets = spec
-            .nets
-            .into_iter()
-            .map(|n| NetReq {
-                name: n.name,
-                mac: n.mac.map(Into::into),
-                tap: match n.tap {
-                    TapSource::Name(s) => TapReq::Name(s),
-                    TapSource::Fd(fd) => {
-                        fds.push(fd);
-                        TapReq::Fd
-                    }
-                },
-            })
-            .collect();
-        let blocks = spec
-            .blocks
-            .into_iter()
-            .map(|b| BlockReq {
-                name: b.name,
-                path: b.path,
-                sector_size: b.sector_size,
-            })
-            .collect();
-        let req = ToWorker::Start {
-            seq,
-            id,
-            spec: StartSpec {
-                name: spec.name.clone(),
-                image: spec.image,
-                memory_mib: spec.memory_mib,
-                nets,
-                blocks,
-                args: spec.args,
-                limits: spec.limits,
-            },
-        };
+        let name = spec.name.clone();
+        let (spec, fds) = StartSpec::from_spec(spec);
+        let req = ToWorker::Start { seq, id, spec };
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let answer = worker.ask(seq, &req, &raw, QUICK_WAIT, "start");
         // The worker has its own copies now (or never will).
@@ -260,7 +213,7 @@ impl Backend for WorkerPool {
                     Some(counters) => Ok(Box::new(WorkerInstance {
                         worker: worker.clone(),
                         id,
-                        name: spec.name,
+                        name,
                         counters,
                         state,
                         cpu_quota,
@@ -304,10 +257,7 @@ fn state_of(v: u8) -> InstanceState {
 /// The caller's sink, behind a step that marks the handle stopped when the guest ends.
 fn tracking(state: Arc<AtomicU8>, events: EventSink) -> EventSink {
     Arc::new(move |ev: InstanceEvent| {
-        if matches!(
-            ev,
-            InstanceEvent::Exited(_) | InstanceEvent::Faulted(_) | InstanceEvent::Stopped
-        ) {
+        if ev.is_end() {
             state.store(STOPPED, Ordering::SeqCst);
         }
         events(ev)
@@ -480,10 +430,7 @@ fn read_loop(w: Arc<Worker>) {
                 }
             }
             FromWorker::Event { id, event } => {
-                let end = matches!(
-                    event,
-                    InstanceEvent::Exited(_) | InstanceEvent::Faulted(_) | InstanceEvent::Stopped
-                );
+                let end = event.is_end();
                 let sink = {
                     let mut r = w.routes();
                     if end {

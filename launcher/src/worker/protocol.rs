@@ -1,11 +1,14 @@
 //! What the daemon and a worker process say to each other: JSON, one message per seqpacket.
 //! Requests that want an answer carry a sequence number the [`FromWorker::Reply`] repeats.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{CpuStat, GuestLimits, InstanceEvent};
+use crate::backend::{
+    BlockSpec, CpuStat, GuestLimits, InstanceEvent, InstanceSpec, NetSpec, TapSource,
+};
 
 /// Daemon → worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,9 +58,72 @@ pub(super) struct StartSpec {
     pub image: PathBuf,
     pub memory_mib: u64,
     pub nets: Vec<NetReq>,
-    pub blocks: Vec<BlockReq>,
+    pub blocks: Vec<BlockSpec>,
     pub args: Vec<String>,
     pub limits: GuestLimits,
+}
+
+impl StartSpec {
+    /// `spec` as it crosses the socket, and the tap descriptors to pass with it, in order.
+    pub fn from_spec(spec: InstanceSpec) -> (StartSpec, Vec<OwnedFd>) {
+        let mut fds = Vec::new();
+        let nets = spec
+            .nets
+            .into_iter()
+            .map(|n| NetReq {
+                name: n.name,
+                mac: n.mac.map(Into::into),
+                tap: match n.tap {
+                    TapSource::Name(s) => TapReq::Name(s),
+                    TapSource::Fd(fd) => {
+                        fds.push(fd);
+                        TapReq::Fd
+                    }
+                },
+            })
+            .collect();
+        let start = StartSpec {
+            name: spec.name,
+            image: spec.image,
+            memory_mib: spec.memory_mib,
+            nets,
+            blocks: spec.blocks,
+            args: spec.args,
+            limits: spec.limits,
+        };
+        (start, fds)
+    }
+
+    /// The instance spec again, each [`TapReq::Fd`] taking the next of `fds`.
+    pub fn into_spec(self, fds: Vec<OwnedFd>) -> Result<InstanceSpec, String> {
+        let mut fds = fds.into_iter();
+        let nets =
+            self.nets
+                .into_iter()
+                .map(|n| {
+                    let tap = match n.tap {
+                        TapReq::Name(s) => TapSource::Name(s),
+                        TapReq::Fd => TapSource::Fd(fds.next().ok_or_else(|| {
+                            format!("net device {}: its tap fd is missing", n.name)
+                        })?),
+                    };
+                    Ok(NetSpec {
+                        name: n.name,
+                        tap,
+                        mac: n.mac.map(Into::into),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+        Ok(InstanceSpec {
+            name: self.name,
+            image: self.image,
+            memory_mib: self.memory_mib,
+            nets,
+            blocks: self.blocks,
+            args: self.args,
+            limits: self.limits,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,13 +139,6 @@ pub(super) enum TapReq {
     Name(String),
     /// The next descriptor that came with the message.
     Fd,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct BlockReq {
-    pub name: String,
-    pub path: PathBuf,
-    pub sector_size: Option<u32>,
 }
 
 /// Worker → daemon.

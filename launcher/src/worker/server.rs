@@ -5,13 +5,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{
-    BlockSpec, Counters, EventSink, Instance, InstanceEvent, InstanceSpec, NetSpec, TapSource,
-};
+use crate::backend::{Counters, EventSink, Instance, InstanceEvent};
 use crate::counters::CounterRegion;
 use crate::kvm::{KvmBackend, KvmInstance};
 
-use super::protocol::{Answer, FromWorker, StartSpec, TapReq, ToWorker};
+use super::protocol::{Answer, FromWorker, StartSpec, ToWorker};
 use super::{wire, WorkerError};
 
 /// Messages waiting for the socket; console lines and log lines beyond it are dropped (a daemon
@@ -307,15 +305,6 @@ fn start(
     spec: StartSpec,
     fds: Vec<OwnedFd>,
 ) -> Result<Live, String> {
-    let StartSpec {
-        name,
-        image,
-        memory_mib,
-        nets,
-        blocks,
-        args,
-        limits,
-    } = spec;
     // Second descriptors of the taps (see `Live::_taps`): one fd each in this process's table,
     // at most two per guest.
     let taps = fds
@@ -323,32 +312,7 @@ fn start(
         .map(|f| f.try_clone())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("duplicating a tap descriptor: {e}"))?;
-    let mut fds = fds.into_iter();
-    let nets = nets
-        .into_iter()
-        .map(|n| {
-            let tap = match n.tap {
-                TapReq::Name(s) => TapSource::Name(s),
-                TapReq::Fd => TapSource::Fd(
-                    fds.next()
-                        .ok_or_else(|| format!("net device {}: its tap fd is missing", n.name))?,
-                ),
-            };
-            Ok(NetSpec {
-                name: n.name,
-                tap,
-                mac: n.mac.map(Into::into),
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let blocks = blocks
-        .into_iter()
-        .map(|b| BlockSpec {
-            name: b.name,
-            path: b.path,
-            sector_size: b.sector_size,
-        })
-        .collect();
+    let spec = spec.into_spec(fds)?;
     let slot = free
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -361,15 +325,6 @@ fn start(
     };
     let sink_out = out.clone();
     let sink: EventSink = Arc::new(move |event| sink_out.send(FromWorker::Event { id, event }));
-    let spec = InstanceSpec {
-        name,
-        image,
-        memory_mib,
-        nets,
-        blocks,
-        args,
-        limits,
-    };
     match backend.start_counted(spec, sink, counters) {
         Ok(instance) => Ok(Live {
             instance: Arc::new(instance),
