@@ -88,13 +88,19 @@ impl Prefixes {
     }
 
     /// `src`'s prefix; a v4-mapped IPv6 address counts as its IPv4 address.
-    pub fn of(&self, src: IpAddr) -> u128 {
+    pub fn of(&self, src: IpAddr) -> SourcePrefix {
         match src.to_canonical() {
-            IpAddr::V4(a) => u128::from(u32::from(a) & self.ipv4_mask),
-            // The low bit keeps v4 and v6 prefixes apart.
-            IpAddr::V6(a) => (u128::from(a) & self.ipv6_mask) | 1,
+            IpAddr::V4(a) => SourcePrefix::V4(u32::from(a) & self.ipv4_mask),
+            IpAddr::V6(a) => SourcePrefix::V6(u128::from(a) & self.ipv6_mask),
         }
     }
+}
+
+/// A client's source prefix, the family kept apart: `::1` and `0.0.0.1` are two clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourcePrefix {
+    V4(u32),
+    V6(u128),
 }
 
 pub struct Rrl {
@@ -355,6 +361,24 @@ mod tests {
         assert_eq!(sent(&r, "2001:db8:0:ff::2", "a.test.", 0, 10), 0);
         assert_eq!(sent(&r, "2001:db8:0:100::1", "a.test.", 0, 10), 2);
         assert_eq!(sent(&r, "::ffff:192.0.3.7", "a.test.", 0, 10), 0);
+    }
+
+    #[test]
+    fn an_ipv6_client_never_shares_an_ipv4_clients_bucket() {
+        // With whole-address prefixes `::1` and `0.0.0.1` have the same 128-bit value.
+        let r = Rrl::new(&RrlConfig {
+            rate: 2,
+            slip: 0,
+            ipv4_prefix: 32,
+            ipv6_prefix: 128,
+            whitelist: Vec::new(),
+            table_size: 1024,
+        })
+        .unwrap();
+        assert_eq!(sent(&r, "0.0.0.1", "a.test.", 0, 10), 2);
+        assert_eq!(sent(&r, "::1", "a.test.", 0, 10), 2);
+        assert_eq!(sent(&r, "::", "a.test.", 0, 10), 2);
+        assert_eq!(sent(&r, "0.0.0.0", "a.test.", 0, 10), 2);
     }
 
     #[test]

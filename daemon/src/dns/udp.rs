@@ -30,7 +30,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
-use super::rrl::Prefixes;
+use super::rrl::{Prefixes, SourcePrefix};
 use super::DnsFront;
 
 /// Datagrams per `recvmmsg` (and at most as many replies per `sendmmsg`).
@@ -72,7 +72,7 @@ pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
     let mut rx = RecvBatch::new();
     let mut out = Vec::with_capacity(BATCH);
     let mut order: Vec<(u32, usize)> = Vec::with_capacity(rx.capacity());
-    let mut ranks: HashMap<u128, u32> = HashMap::with_capacity(rx.capacity());
+    let mut ranks: HashMap<SourcePrefix, u32> = HashMap::with_capacity(rx.capacity());
     let mut waiting = JoinSet::new();
     loop {
         let n = match rx.fill(&socket) {
@@ -130,8 +130,8 @@ pub async fn serve(socket: UdpSocket, front: DnsFront, prefixes: Prefixes) {
 /// order to answer them: by rank (a datagram's place among its prefix's in this batch), then
 /// by arrival, i.e. round-robin over prefixes. Returns how many are first of their prefix.
 fn fair_order(
-    datagrams: impl Iterator<Item = (usize, u128)>,
-    ranks: &mut HashMap<u128, u32>,
+    datagrams: impl Iterator<Item = (usize, SourcePrefix)>,
+    ranks: &mut HashMap<SourcePrefix, u32>,
     order: &mut Vec<(u32, usize)>,
 ) -> usize {
     ranks.clear();
@@ -356,7 +356,11 @@ mod tests {
 
     #[test]
     fn a_batch_is_answered_round_robin_over_source_prefixes() {
-        let (a, b, c) = (1u128, 2u128, 3u128);
+        let (a, b, c) = (
+            SourcePrefix::V4(1),
+            SourcePrefix::V6(1),
+            SourcePrefix::V4(3),
+        );
         let batch = [a, a, a, b, a, c, b];
         let (mut ranks, mut order) = (HashMap::new(), Vec::new());
         let first = fair_order(batch.iter().copied().enumerate(), &mut ranks, &mut order);
