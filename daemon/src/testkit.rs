@@ -29,6 +29,9 @@ impl Driver for RefusingDriver {
     fn starts_inline(&self) -> bool {
         true
     }
+    fn resumes_inline(&self) -> bool {
+        true
+    }
     fn start(&self, spec: InstanceSpec, _: EventSink) -> Result<Box<dyn Instance>, BackendError> {
         Err(BackendError::InvalidState(
             spec.name,

@@ -89,6 +89,11 @@ impl super::Driver for KvmDriver {
         matches!(self.launcher, Launcher::InProcess(_))
     }
 
+    fn resumes_inline(&self) -> bool {
+        // A kick of the guest's vCPU thread, or a message to its worker with no answer awaited.
+        true
+    }
+
     fn start(
         &self,
         spec: InstanceSpec,

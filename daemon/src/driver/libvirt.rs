@@ -157,6 +157,11 @@ impl Driver for GeneratedDomain {
         false
     }
 
+    fn resumes_inline(&self) -> bool {
+        // A libvirt RPC.
+        false
+    }
+
     fn start(
         &self,
         spec: InstanceSpec,
@@ -188,6 +193,11 @@ impl Driver for ExistingDomain {
     }
 
     fn starts_inline(&self) -> bool {
+        false
+    }
+
+    fn resumes_inline(&self) -> bool {
+        // A libvirt RPC.
         false
     }
 

@@ -126,6 +126,10 @@ pub trait Driver: Send + Sync + 'static {
     /// place on a tokio worker (it saves two thread hand-offs on the cold path); otherwise it
     /// runs on a blocking thread.
     fn starts_inline(&self) -> bool;
+    /// Whether resuming a suspended instance is only a message to its guest's thread, so that
+    /// it may run under the slot's lock on a tokio worker; otherwise (an RPC) it runs on a
+    /// blocking thread with the slot unlocked.
+    fn resumes_inline(&self) -> bool;
     fn start(
         &self,
         spec: InstanceSpec,

@@ -76,7 +76,7 @@ impl Registry {
                     g.early_exit = Some(reason);
                     return;
                 }
-                Phase::Running | Phase::Suspending | Phase::Suspended => {}
+                Phase::Running | Phase::Suspending | Phase::Suspended | Phase::Resuming => {}
                 _ => return,
             }
             let failed = !g.net_ready;

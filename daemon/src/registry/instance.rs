@@ -16,18 +16,22 @@ pub enum Phase {
     /// A suspend is under way (its acknowledgement awaited off the tokio workers).
     Suspending,
     Suspended,
+    /// A resume that may block (a libvirt RPC) is under way, off the tokio workers and with
+    /// the slot unlocked; queries for it wait for the outcome.
+    Resuming,
     Stopping,
     /// The last boot failed; no new boot before the backoff expires.
     Failed,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Stopped,
         Phase::Starting,
         Phase::Running,
         Phase::Suspending,
         Phase::Suspended,
+        Phase::Resuming,
         Phase::Stopping,
         Phase::Failed,
     ];
@@ -39,6 +43,7 @@ impl Phase {
             Phase::Running => "running",
             Phase::Suspending => "suspending",
             Phase::Suspended => "suspended",
+            Phase::Resuming => "resuming",
             Phase::Stopping => "stopping",
             Phase::Failed => "failed",
         }
@@ -52,6 +57,7 @@ impl Phase {
                 | Phase::Running
                 | Phase::Suspending
                 | Phase::Suspended
+                | Phase::Resuming
                 | Phase::Stopping
         )
     }
@@ -65,6 +71,9 @@ pub struct Inner {
     pub instance: Option<Arc<dyn Instance>>,
     pub net: Option<Leased>,
     pub net_ready: bool,
+    /// The instance has been resumed from a suspension since its start (queries that waited
+    /// for it are answered as resumed, not cold).
+    pub resumed: bool,
     /// An exit or fault that arrived while the start call had not returned yet.
     pub early_exit: Option<String>,
     pub failures: u32,
@@ -98,6 +107,7 @@ impl Inner {
             instance: None,
             net: None,
             net_ready: false,
+            resumed: false,
             early_exit: None,
             failures: 0,
             backoff_until: None,

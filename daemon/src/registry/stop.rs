@@ -130,11 +130,14 @@ impl Registry {
         true
     }
 
-    /// Waits (bounded) for a start or suspend under way to finish, so that it can be stopped.
+    /// Waits (bounded) for a start, suspend or resume under way to finish, so that it can be
+    /// stopped.
     pub(super) async fn settle(&self, slot: &Arc<Slot>) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(slot.phase(), Phase::Starting | Phase::Suspending)
-            && Instant::now() < deadline
+        while matches!(
+            slot.phase(),
+            Phase::Starting | Phase::Suspending | Phase::Resuming
+        ) && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -150,9 +153,12 @@ impl Registry {
         for s in &slots {
             s.lock().removed = true;
         }
-        let starting = slots
-            .iter()
-            .filter(|s| matches!(s.phase(), Phase::Starting | Phase::Suspending));
+        let starting = slots.iter().filter(|s| {
+            matches!(
+                s.phase(),
+                Phase::Starting | Phase::Suspending | Phase::Resuming
+            )
+        });
         futures::future::join_all(starting.map(|s| self.settle(s))).await;
         let mut taken = Vec::new();
         let mut instances = Vec::new();

@@ -37,12 +37,6 @@ impl Registry {
         let cfg = &entry.cfg;
         // Bounds the wait for a start under way (or for readiness); never unbounded.
         let deadline = t0 + cfg.ready_timeout;
-        if !entry.driver.starts_inline() && slot.phase() == Phase::Suspended {
-            // A driver whose start may block resumes by a call that may block too (a libvirt
-            // RPC): a caller that polls this future once in place (the DNS UDP loop) sees it
-            // pending and moves the query to a task of its own.
-            tokio::task::yield_now().await;
-        }
         let mut waited_gen = None;
         let result = loop {
             let mut rx = {
@@ -97,8 +91,8 @@ impl Registry {
         }
         match g.phase {
             Phase::Running => self.running(slot, g, cfg, waited_gen).map(Ok),
-            Phase::Suspended => Some(self.resume(slot, g, cfg)),
-            Phase::Starting | Phase::Stopping | Phase::Suspending => None,
+            Phase::Suspended => self.resume(slot, g, entry),
+            Phase::Starting | Phase::Stopping | Phase::Suspending | Phase::Resuming => None,
             Phase::Failed | Phase::Stopped if !may_boot => Some(Err(SummonError::NotLive)),
             Phase::Failed | Phase::Stopped => self.admit_and_start(slot, g, entry, t0, waited_gen),
         }
@@ -119,6 +113,9 @@ impl Registry {
         if waited_gen.is_none() {
             return Some((cfg.ip, Served::Warm));
         }
+        if g.resumed {
+            return Some((cfg.ip, Served::Resumed));
+        }
         if cfg.reply == ReplyMode::Immediate {
             if let Some(t) = g.launched_at {
                 let wake = t.elapsed();
@@ -129,25 +126,61 @@ impl Registry {
         Some((cfg.ip, Served::Cold))
     }
 
-    /// Resumes a suspended instance; one that fails to resume is destroyed, so that the next
-    /// query boots a fresh one.
+    /// Resumes a suspended instance. A driver whose resume is a message to the guest's own
+    /// thread resumes it here, under the lock; one whose resume waits (a libvirt RPC) resumes
+    /// on a blocking thread, the slot unlocked and `Resuming` meanwhile, and this query waits
+    /// for the outcome like the others (`None`). One that fails to resume is destroyed, so
+    /// that the next query boots a fresh one.
     fn resume(
         &self,
         slot: &Arc<Slot>,
         g: &mut Inner,
-        cfg: &ServiceConfig,
-    ) -> Result<(Ipv4Addr, Served), SummonError> {
+        entry: &Entry,
+    ) -> Option<Result<(Ipv4Addr, Served), SummonError>> {
         let Some(inst) = g.instance.clone() else {
-            return Err(SummonError::BootFailed("no instance to resume".into()));
+            return Some(Err(SummonError::BootFailed("no instance to resume".into())));
         };
-        match inst.resume() {
+        if entry.driver.resumes_inline() {
+            let r = inst.resume().map_err(|e| e.to_string());
+            return Some(
+                self.resumed(slot, g, r)
+                    .map(|()| (entry.cfg.ip, Served::Resumed)),
+            );
+        }
+        self.transition(slot, g, Phase::Resuming);
+        let (reg, slot, gen) = (self.clone(), slot.clone(), g.gen);
+        tokio::spawn(async move {
+            let r = match tokio::task::spawn_blocking(move || inst.resume()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("resume task: {e}")),
+            };
+            let mut g = slot.lock();
+            if g.gen == gen && g.phase == Phase::Resuming {
+                // A failure reaches the waiting queries as the stop's `last_error`.
+                let _ = reg.resumed(&slot, &mut g, r);
+            }
+        });
+        None
+    }
+
+    /// A resume's outcome, under the slot's lock: running again, or on its way out.
+    fn resumed(
+        &self,
+        slot: &Arc<Slot>,
+        g: &mut Inner,
+        result: Result<(), String>,
+    ) -> Result<(), SummonError> {
+        match result {
             Ok(()) => {
+                g.resumed = true;
                 self.transition(slot, g, Phase::Running);
                 self.arm_reaper(slot, g);
-                Ok((cfg.ip, Served::Resumed))
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(service = %slot.name, error = %e, "resume failed; destroying");
+                let why = format!("resume: {e}");
+                g.last_error = Some(why.clone());
                 self.transition(slot, g, Phase::Stopping);
                 let (gen, inst, lease) = (g.gen, g.instance.take(), g.net.take());
                 let reg = self.clone();
@@ -156,7 +189,7 @@ impl Registry {
                     reg.finish_stop(&s, gen, inst, lease, Some("resume failed"))
                         .await
                 });
-                Err(SummonError::BootFailed(format!("resume: {e}")))
+                Err(SummonError::BootFailed(why))
             }
         }
     }
@@ -220,6 +253,7 @@ impl Registry {
         // live phase's share.
         g.gen = self.shared.gen.fetch_add(1, Ordering::Relaxed) + 1;
         g.net_ready = false;
+        g.resumed = false;
         g.early_exit = None;
         g.started_at = Some(t0);
         g.launched_at = None;

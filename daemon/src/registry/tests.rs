@@ -52,6 +52,8 @@ struct FakeBackend {
     stops: Arc<AtomicU32>,
     boot_delay: Duration,
     fail_resume: Arc<AtomicBool>,
+    /// `Hold` makes resumes wait (like a libvirt RPC) until it is set back.
+    resume_gate: SuspendGate,
     /// The limits of the last spec started.
     last_limits: Mutex<Option<summon_launcher::GuestLimits>>,
     /// Live counters the instances report, like the embedded launcher's (`None`: none, like
@@ -66,6 +68,7 @@ struct FakeInstance {
     stops: Arc<AtomicU32>,
     resumes: Arc<AtomicU64>,
     fail_resume: Arc<AtomicBool>,
+    resume_gate: SuspendGate,
     counters: Option<Arc<InstanceCounters>>,
 }
 
@@ -92,6 +95,12 @@ impl Instance for FakeInstance {
         Ok(())
     }
     fn resume(&self) -> Result<(), BackendError> {
+        let (m, cv) = &*self.resume_gate;
+        let mut gate = m.lock().unwrap();
+        while *gate == SuspendScript::Hold {
+            gate = cv.wait(gate).unwrap();
+        }
+        drop(gate);
         if self.fail_resume.load(Ordering::SeqCst) {
             return Err(BackendError::InvalidState("fake".into(), "resume"));
         }
@@ -145,6 +154,7 @@ impl Backend for FakeBackend {
             stops: self.stops.clone(),
             resumes: RESUMES.get_or_init(Default::default).clone(),
             fail_resume: self.fail_resume.clone(),
+            resume_gate: self.resume_gate.clone(),
             counters: self.counters.lock().unwrap().clone(),
         }))
     }
@@ -218,6 +228,9 @@ impl Driver for FakeDriver {
         Ok((lease, nets))
     }
     fn starts_inline(&self) -> bool {
+        self.inline.load(Ordering::SeqCst)
+    }
+    fn resumes_inline(&self) -> bool {
         self.inline.load(Ordering::SeqCst)
     }
     fn start(
@@ -318,6 +331,7 @@ fn fixture(services: Vec<ServiceConfig>, limits: Limits, script: Script) -> Fixt
     let backend = Arc::new(FakeBackend {
         script: Mutex::new(script),
         suspend: Arc::new((Mutex::new(SuspendScript::Ack), std::sync::Condvar::new())),
+        resume_gate: Arc::new((Mutex::new(SuspendScript::Ack), std::sync::Condvar::new())),
         starts: AtomicU32::new(0),
         stops: Arc::new(AtomicU32::new(0)),
         boot_delay: Duration::from_millis(30),
@@ -873,19 +887,24 @@ async fn reload_during_a_boot_stops_the_instance_it_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_resume_destroys_and_the_next_query_boots() {
-    let f = fixture(vec![svc("keep", 13)], Limits::default(), Script::Healthy);
-    let slot = f.reg.get("keep").unwrap();
-    f.reg.summon(&slot).await.unwrap();
-    assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
-    f.backend.fail_resume.store(true, Ordering::SeqCst);
-    assert!(matches!(
-        f.reg.summon(&slot).await,
-        Err(SummonError::BootFailed(_))
-    ));
-    wait_phase(&slot, Phase::Stopped).await;
-    assert!(f.plumbing.live.lock().unwrap().is_empty());
-    assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
-    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+    for inline in [true, false] {
+        let f = fixture(vec![svc("keep", 13)], Limits::default(), Script::Healthy);
+        f.drivers.of("keep")[0]
+            .inline
+            .store(inline, Ordering::SeqCst);
+        let slot = f.reg.get("keep").unwrap();
+        f.reg.summon(&slot).await.unwrap();
+        assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+        f.backend.fail_resume.store(true, Ordering::SeqCst);
+        match f.reg.summon(&slot).await {
+            Err(SummonError::BootFailed(e)) => assert!(e.contains("resume"), "{e}"),
+            other => panic!("inline {inline}: {other:?}"),
+        }
+        wait_phase(&slot, Phase::Stopped).await;
+        assert!(f.plumbing.live.lock().unwrap().is_empty());
+        assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Cold);
+        assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -961,14 +980,47 @@ async fn a_resume_that_may_block_is_not_ready_at_the_first_poll() {
             inline,
             "inline {inline}"
         );
-        // KVM resumed in that poll; libvirt's yield came before anything changed, so the slot
-        // is still suspended and the next summon resumes it (in a task, for the UDP loop).
-        let (phase, served) = if inline {
-            (Phase::Running, Served::Warm)
-        } else {
-            (Phase::Suspended, Served::Resumed)
-        };
-        assert_eq!(slot.phase(), phase, "inline {inline}");
-        assert_eq!(f.reg.summon(&slot).await.unwrap().1, served);
+        // KVM resumed in that poll; libvirt's resume goes on in a task of its own, which the
+        // dropped query does not cancel.
+        wait_phase(&slot, Phase::Running).await;
+        assert_eq!(f.reg.summon(&slot).await.unwrap().1, Served::Warm);
     }
+}
+
+/// A resume that waits (a libvirt RPC) holds neither the slot's lock nor a tokio worker: the
+/// slot reads `Resuming` meanwhile, another service keeps answering, and every query that
+/// waited is answered as resumed once it is done, none of them booting another instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_resume_holds_no_lock_and_no_worker() {
+    let mut s = svc("nap", 22);
+    s.stop = StopMode::Suspend;
+    let f = fixture(
+        vec![s, svc("other", 23)],
+        Limits::default(),
+        Script::Healthy,
+    );
+    f.drivers.of("nap")[0].inline.store(false, Ordering::SeqCst);
+    let slot = f.reg.get("nap").unwrap();
+    let other = f.reg.get("other").unwrap();
+    f.reg.summon(&slot).await.unwrap();
+    f.reg.summon(&other).await.unwrap();
+    assert!(f.reg.stop(&slot, StopMode::Suspend, "test").await);
+    set_suspend(&f.backend.resume_gate, SuspendScript::Hold);
+    let queries: Vec<_> = (0..4)
+        .map(|_| {
+            let (reg, s) = (f.reg.clone(), slot.clone());
+            tokio::spawn(async move { reg.summon(&s).await })
+        })
+        .collect();
+    wait_phase(&slot, Phase::Resuming).await;
+    for _ in 0..20 {
+        assert_eq!(f.reg.summon(&other).await.unwrap().1, Served::Warm);
+    }
+    assert_eq!(slot.phase(), Phase::Resuming);
+    set_suspend(&f.backend.resume_gate, SuspendScript::Ack);
+    for q in queries {
+        assert_eq!(q.await.unwrap().unwrap().1, Served::Resumed);
+    }
+    assert_eq!(slot.phase(), Phase::Running);
+    assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
 }
