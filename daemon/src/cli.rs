@@ -57,6 +57,9 @@ pub enum Command {
         /// Counter slots (twice the guests the daemon places here).
         #[arg(long)]
         slots: usize,
+        /// summond's cpu cgroup: the worker's guests' quota groups go inside it.
+        #[arg(long)]
+        cgroup_parent: Option<std::path::PathBuf>,
     },
 }
 

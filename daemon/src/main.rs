@@ -60,9 +60,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::KvmWorker { prewarm, slots }) => {
-            std::process::exit(summon_daemon::worker::run(prewarm, slots))
-        }
+        Some(Command::KvmWorker {
+            prewarm,
+            slots,
+            cgroup_parent,
+        }) => std::process::exit(summon_daemon::worker::run(prewarm, slots, cgroup_parent)),
         Some(Command::Run) | None => {
             let Some(config) = cli.config else {
                 anyhow::bail!("no configuration: use `summond --config FILE`");

@@ -2,15 +2,25 @@
 //! started by the daemon's worker pool with its socket at fd [`WORKER_FD`].
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
 
-use summon_launcher::worker::{serve, LogForward, WORKER_FD};
+use summon_launcher::worker::{drop_capabilities, serve, LogForward, WORKER_FD};
 use tracing_subscriber::EnvFilter;
 
-/// Serves the daemon until it goes away; the process's exit status.
-pub fn run(prewarm: usize, slots: usize) -> i32 {
+/// Serves the daemon until it goes away; the process's exit status. `cgroup_parent`: summond's
+/// cpu cgroup, inside which this worker's quota groups go.
+pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 {
     // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
     if unsafe { libc::fcntl(WORKER_FD, libc::F_GETFD) } < 0 {
         eprintln!("summond kvm-worker: no socket at fd {WORKER_FD}; summond starts this itself");
+        return 2;
+    }
+    if let Some(parent) = cgroup_parent {
+        summon_launcher::kvm::cgroup::nest_in(parent);
+    }
+    // Capabilities are per thread: given up here, before the first other thread exists.
+    if let Err(e) = drop_capabilities() {
+        eprintln!("summond kvm-worker: giving up capabilities: {e}");
         return 2;
     }
     // SAFETY: the pool that started this process put its socket at WORKER_FD, and nothing

@@ -36,6 +36,16 @@ fn process_of(d: &Daemon, name: &str) -> Option<i32> {
     })
 }
 
+/// A field of /proc/PID/status (e.g. `CapEff`), as the kernel prints it.
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 fn alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -67,6 +77,15 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
     // Two per worker at most: alpha and beta share one, gamma has another.
     assert_eq!(homes[0], homes[1], "{homes:?}");
     assert_ne!(homes[1], homes[2], "{homes:?}");
+    // The workers run the guests with no capability at all (summond keeps CAP_NET_ADMIN for
+    // the plumbing), and can gain none.
+    for &w in &homes {
+        assert_eq!(status_field(w, "CapEff"), "0000000000000000", "worker {w}");
+        assert_eq!(status_field(w, "CapPrm"), "0000000000000000", "worker {w}");
+        assert_eq!(status_field(w, "CapAmb"), "0000000000000000", "worker {w}");
+        assert_eq!(status_field(w, "NoNewPrivs"), "1", "worker {w}");
+    }
+    assert_ne!(status_field(summond, "CapEff"), "0000000000000000");
 
     // The worker of alpha and beta dies (as a VMM crash would end it).
     // SAFETY: kill(2) on a child process of the daemon this test started.

@@ -1,8 +1,9 @@
 //! The embedded KVM launcher's driver.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
-use summon_launcher::kvm::KvmBackend;
+use summon_launcher::kvm::{cgroup, KvmBackend};
 use summon_launcher::worker::{WorkerConfig, WorkerPool};
 use summon_launcher::{
     Backend, BackendError, EventSink, Instance, InstanceSpec, NetSpec, TapSource,
@@ -33,10 +34,10 @@ impl KvmDriver {
     pub fn new(cfg: KvmConfig, plumber: NetPlumber) -> Result<KvmDriver, DriverError> {
         let launcher = match cfg.instances_per_process {
             0 => Launcher::InProcess(KvmBackend::with_prewarm(cfg.prewarm)?),
-            per_process => Launcher::Workers(WorkerPool::new(WorkerConfig {
+            per_process => {
                 // The running binary even if the file was replaced since (an upgrade): its
                 // workers must speak its protocol.
-                command: [
+                let mut command: Vec<OsString> = [
                     "/proc/self/exe",
                     "kvm-worker",
                     "--prewarm",
@@ -46,9 +47,18 @@ impl KvmDriver {
                 ]
                 .into_iter()
                 .map(Into::into)
-                .collect(),
-                per_process,
-            })?),
+                .collect();
+                // A worker has no capability left to create a group at the top of a cgroup
+                // hierarchy: its quota groups go inside summond's.
+                if let Ok(h) = cgroup::support() {
+                    command.push("--cgroup-parent".into());
+                    command.push(h.base().into());
+                }
+                Launcher::Workers(WorkerPool::new(WorkerConfig {
+                    command,
+                    per_process,
+                })?)
+            }
         };
         Ok(KvmDriver { launcher, plumber })
     }

@@ -19,6 +19,11 @@
 //! remove the groups whose threads have exited. Groups of a process that died are removed when
 //! the next one detects the hierarchy.
 //!
+//! A KVM worker process has no capability with which to create a group at the top of a
+//! hierarchy (on v1 its directory is not writable without `CAP_DAC_OVERRIDE`): its group is
+//! `…/summond-PID/worker-PID`, inside summond's, which as root it may write to
+//! ([`nest_in`]).
+//!
 //! Detection runs once per process ([`support`]); a host without a usable controller runs
 //! guests without a quota, which the caller logs and exports.
 
@@ -81,6 +86,16 @@ pub struct Hierarchy {
 
 static SUPPORT: OnceLock<Result<Arc<Hierarchy>, CgroupError>> = OnceLock::new();
 
+/// The group this process's group goes inside, when its parent process made one for it.
+static PARENT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Puts this process's group inside `parent` (named `worker-PID`) instead of at its own place
+/// in the hierarchy: for a process that gives up its capabilities, `parent` being its parent
+/// process's group. Call it before [`support`].
+pub fn nest_in(parent: PathBuf) {
+    let _ = PARENT.set(parent);
+}
+
 /// The process-wide hierarchy, detected (its leftovers cleaned, the outcome logged) on first
 /// use: the first start with a quota, or a host program asking up front (summond, for its
 /// metric). A process that never asks for a quota (summon-run) never touches cgroupfs and never
@@ -119,11 +134,19 @@ impl Hierarchy {
                 v1_cpu_group(&mounts, &own).ok_or(CgroupError::NoController)?,
             ),
         };
-        remove_leftovers(&group);
-        let base = group.join(format!("summond-{}", std::process::id()));
-        if mode == CgroupMode::V2 {
-            write(&group.join("cgroup.subtree_control"), "+cpu")?;
-        }
+        let base = match PARENT.get() {
+            Some(parent) => {
+                remove_leftovers(parent, "worker-");
+                parent.join(format!("worker-{}", std::process::id()))
+            }
+            None => {
+                remove_leftovers(&group, "summond-");
+                if mode == CgroupMode::V2 {
+                    write(&group.join("cgroup.subtree_control"), "+cpu")?;
+                }
+                group.join(format!("summond-{}", std::process::id()))
+            }
+        };
         match fs::create_dir(&base) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -198,6 +221,8 @@ impl Hierarchy {
     /// `wait` for their threads to exit) and then this process's own group.
     pub fn release(&self, wait: std::time::Duration) {
         let deadline = std::time::Instant::now() + wait;
+        // The groups of worker processes that ended without removing theirs (killed).
+        remove_leftovers(&self.base, "worker-");
         let has_groups = || {
             fs::read_dir(&self.base).is_ok_and(|mut d| {
                 d.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
@@ -433,9 +458,10 @@ fn v1_cpu_group(mountinfo: &str, own: &str) -> Option<PathBuf> {
     Some(Path::new(mount).join(path.trim_start_matches('/')))
 }
 
-/// Removes `summond-PID` groups of processes that no longer exist (and their instance groups,
-/// which no thread can hold any more). Groups of live processes are left alone.
-fn remove_leftovers(group: &Path) {
+/// Removes the `PREFIX-PID` groups (`summond-`, `worker-`) of processes that no longer exist,
+/// with the groups below them, which no thread can hold any more. Groups of live processes are
+/// left alone.
+fn remove_leftovers(group: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(group) else {
         return;
     };
@@ -443,7 +469,7 @@ fn remove_leftovers(group: &Path) {
         let name = e.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("summond-"))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -452,22 +478,28 @@ fn remove_leftovers(group: &Path) {
             continue;
         }
         let dir = e.path();
-        if let Ok(children) = fs::read_dir(&dir) {
-            for c in children.flatten() {
-                if c.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = fs::remove_dir(c.path());
-                }
-            }
-        }
-        match fs::remove_dir(&dir) {
+        match remove_tree(&dir) {
             Ok(()) => {
-                tracing::info!(group = %dir.display(), "removed the cgroup of a summond that is gone")
+                tracing::info!(group = %dir.display(), "removed the cgroup of a process that is gone")
             }
             Err(e) => {
-                tracing::warn!(group = %dir.display(), error = %e, "cannot remove the cgroup of a summond that is gone")
+                tracing::warn!(group = %dir.display(), error = %e, "cannot remove the cgroup of a process that is gone")
             }
         }
     }
+}
+
+/// Removes a group and the groups below it, deepest first (a cgroup directory's files go with
+/// it; only its subdirectories must go before it).
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    if let Ok(children) = fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = remove_tree(&c.path());
+            }
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!   in a worker; picks a worker with room and keeps a spare one starting in the background.
 //! - `server.rs`: the worker process, an embedded [`crate::kvm::KvmBackend`] serving the daemon
 //!   ([`serve`]).
+//! - `privileges.rs`: what a worker gives up before it runs a guest (every capability).
 //! - `protocol.rs`: the messages; `wire.rs`: one message per `SOCK_SEQPACKET` packet, taps
 //!   passed with `SCM_RIGHTS`.
 //!
@@ -19,6 +20,7 @@
 //! ([`crate::counters::CounterRegion`]), so the reaper still reads them without a syscall.
 
 mod client;
+mod privileges;
 mod protocol;
 mod server;
 mod wire;
@@ -26,6 +28,7 @@ mod wire;
 use std::time::Duration;
 
 pub use client::{WorkerConfig, WorkerPool};
+pub use privileges::drop_capabilities;
 pub use server::{serve, LogForward};
 
 /// The descriptor number at which a worker process finds its socket to the daemon.
