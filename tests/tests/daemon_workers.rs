@@ -1,7 +1,8 @@
 //! Guests run in worker processes of `kvm.instances_per_process` guests each: no worker holds
 //! more, a worker that dies takes only its own guests (reported as faulted, summoned again on
 //! the next query) while the daemon and the other workers' guests go on, and SIGTERM leaves no
-//! worker behind. With `instances_per_process = 0` the guests run in summond itself.
+//! worker behind; workers left without guests end. With `instances_per_process = 0` the guests run
+//! in summond itself.
 
 use summon_tests::daemon as daemon_support;
 
@@ -143,4 +144,40 @@ fn with_instances_per_process_zero_guests_run_in_summond_itself() {
     assert_eq!(d.processes(), vec![d.pid()], "summond started a worker");
     let status = d.terminate_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// The workers a burst needed end once their guests are gone, down to what leaves a whole
+/// worker's room; the next query still summons at once.
+#[test]
+fn workers_left_without_guests_end() {
+    if !prerequisites("daemon idle workers end") {
+        return;
+    }
+    let names = ["one", "two", "three", "four"];
+    let cfg = config(30, &[], "", &services(&names)) + "\n[kvm]\ninstances_per_process = 1\n";
+    let mut d = Daemon::start("workers-idle", &cfg);
+    for (i, n) in names.iter().enumerate() {
+        d.summon_http(n, ip(i as u8));
+    }
+    let summond = d.pid();
+    let workers = |d: &Daemon| d.processes().into_iter().filter(|&p| p != summond).count();
+    assert!(workers(&d) >= names.len(), "{} workers", workers(&d));
+    let admin = ADMIN.parse().unwrap();
+    for n in names {
+        let path = format!("/v1/instances/{n}/stop");
+        d.ns.run(move || admin_post(admin, &path))
+            .expect("admin stop");
+    }
+    // One empty worker stays (a whole worker's room), and perhaps the spare being started.
+    let t = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || workers(&d) <= 2),
+        "{} workers left for no guest\n{}",
+        workers(&d),
+        d.log()
+    );
+    eprintln!("workers down to {} after {:?}", workers(&d), t.elapsed());
+    d.summon_http("three", ip(2));
+    let status = d.terminate_within(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}\n{}", d.log());
 }

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::{
@@ -212,6 +212,10 @@ impl Backend for WorkerPool {
                 match Counters::read_from(&worker.region, slot) {
                     Some(counters) => Ok(Box::new(WorkerInstance {
                         worker: worker.clone(),
+                        pool: PoolRef {
+                            workers: Arc::downgrade(&self.workers),
+                            per_process: self.cfg.per_process,
+                        },
                         id,
                         name,
                         counters,
@@ -668,6 +672,7 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
 /// An instance in a worker process, as the daemon holds it.
 struct WorkerInstance {
     worker: Arc<Worker>,
+    pool: PoolRef,
     id: u64,
     name: String,
     counters: Counters,
@@ -777,6 +782,47 @@ impl Drop for WorkerInstance {
         if !self.worker.dead() && !self.worker.stopping.load(Ordering::SeqCst) {
             self.worker.tell(&ToWorker::Release { id: self.id });
         }
-        self.worker.live.fetch_sub(1, Ordering::SeqCst);
+        let was = self.worker.live.fetch_sub(1, Ordering::SeqCst);
+        if was == 1 && !self.worker.stopping.load(Ordering::SeqCst) {
+            self.pool.retire_if_idle(&self.worker);
+        }
+    }
+}
+
+/// What an instance's handle needs of its pool: to end its worker once the last guest is gone.
+struct PoolRef {
+    workers: Weak<Mutex<Vec<Arc<Worker>>>>,
+    per_process: usize,
+}
+
+impl PoolRef {
+    /// Ends `worker` if it holds no guest and the other workers have a whole worker's room
+    /// without it: the workers a burst needed do not outlive it (each keeps a few MiB, threads
+    /// and a prepared VM), and the next start still finds room at once.
+    fn retire_if_idle(&self, worker: &Arc<Worker>) {
+        let Some(workers) = self.workers.upgrade() else {
+            return;
+        };
+        let mut list = workers.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted in only under this lock (`pick_with_room`): no start is on its way to it.
+        if worker.live.load(Ordering::SeqCst) != 0 || worker.dead() {
+            return;
+        }
+        let per = self.per_process;
+        let others: usize = list
+            .iter()
+            .filter(|w| !Arc::ptr_eq(w, worker) && !w.dead())
+            .map(|w| per.saturating_sub(w.live.load(Ordering::SeqCst)))
+            .sum();
+        if others < per {
+            return;
+        }
+        list.retain(|w| !Arc::ptr_eq(w, worker));
+        drop(list);
+        worker.close();
+        tracing::debug!(
+            pid = worker.pid,
+            "ended a worker process left without guests"
+        );
     }
 }
