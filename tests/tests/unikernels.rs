@@ -300,6 +300,40 @@ fn http_serves_parallel_clients() {
     assert_eq!(total.trim(), (CLIENTS * EACH + 1).to_string());
 }
 
+/// More connections open at once than the server keeps listening ahead (16): each one
+/// connected makes it listen on another socket, up to its capacity (64 unless memory is small).
+#[test]
+fn http_holds_more_open_connections_than_it_listens_for_ahead() {
+    if !require::kvm_and_netns("KVM and network namespaces") {
+        return;
+    }
+    let h = HttpGuest::start("uni-many", &["--name=many"]);
+    const OPEN: usize = 40;
+    let done = h.ns.run(|| {
+        let mut open = Vec::new();
+        for i in 0..OPEN {
+            let mut c =
+                Client::connect(guest_addr()).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            let r = c
+                .get("/")
+                .unwrap_or_else(|e| panic!("GET on connection {i}: {e}"));
+            assert_eq!(r.status, 200);
+            open.push(c);
+        }
+        // All still open and served again, in reverse order.
+        for (i, c) in open.iter_mut().enumerate().rev() {
+            let r = c
+                .get("/healthz")
+                .unwrap_or_else(|e| panic!("second GET on {i}: {e}"));
+            assert_eq!(r.status, 200);
+        }
+        open.len()
+    });
+    assert_eq!(done, OPEN);
+    let total = h.with_client(|mut c| c.get("/count").expect("count").body);
+    assert_eq!(total.trim(), (2 * OPEN + 1).to_string());
+}
+
 #[test]
 fn http_answers_malformed_requests_400_and_keeps_serving() {
     if !require::kvm_and_netns("KVM and network namespaces") {

@@ -67,9 +67,11 @@ fn parse_args() -> Result<Options, ArgError> {
 
 fn main() -> i32 {
     let opts = parse_args().unwrap_or_else(|e| rt::fail(e));
-    let mut stack = rt::net::Stack::new("service", &opts.net)
+    let capacity = server::Server::capacity_for_heap();
+    let mut stack = rt::net::Stack::new("service", &opts.net, capacity)
         .unwrap_or_else(|e| rt::fail(format_args!("net device \"service\": {e}")));
-    let mut server = server::Server::new(opts.name.clone(), opts.port, &mut stack.sockets);
+    let mut server =
+        server::Server::new(opts.name.clone(), opts.port, capacity, &mut stack.sockets);
     rt::println!(
         "http: {} listening on {}/{}:{}, {} connections ({} us after entry)",
         opts.name,

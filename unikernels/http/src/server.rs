@@ -1,5 +1,8 @@
-//! Connections: a fixed pool of listening TCP sockets on one port, each with its request
-//! buffer; keep-alive and pipelined requests are answered in order.
+//! Connections: listening TCP sockets on one port, each with its request buffer; keep-alive
+//! and pipelined requests are answered in order. smoltcp has no listen backlog, so a few
+//! sockets more than are connected always listen, added as connections take them, up to the
+//! most the heap holds: creating all of them at start-up would touch every socket's memory
+//! before the first request, and each first touch of a page is a host fault.
 
 use alloc::format;
 use alloc::string::String;
@@ -14,6 +17,9 @@ use http_request::Parse;
 
 /// Most concurrent connections (one smoltcp socket each); fewer when memory is small.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Sockets listening beyond those connected: the SYNs that may arrive at once (a browser opens
+/// about six connections, `wrk -c16` sixteen) before the next poll adds more.
+pub const LISTEN_AHEAD: usize = 16;
 /// Worst-case heap use of one connection: its socket buffers and a full request buffer (which
 /// the allocator rounds up to the next power of two).
 const CONNECTION_COST: u64 = (RX_BUFFER + TX_BUFFER + 2 * REQUEST_LIMIT) as u64;
@@ -36,40 +42,62 @@ pub struct Server {
     port: u16,
     served: u64,
     conns: Vec<Connection>,
+    /// The most sockets the heap holds (`conns` grows up to it).
+    capacity: usize,
 }
 
 impl Server {
-    pub fn new(name: String, port: u16, sockets: &mut SocketSet<'static>) -> Self {
-        // Half the heap at most, so a small guest (--mem=2) still serves a few connections
-        // instead of failing an allocation under load.
-        let fits = (rt::heap::unused() / 2 / CONNECTION_COST) as usize;
-        let conns = (0..fits.clamp(1, MAX_CONNECTIONS))
-            .map(|_| {
-                let mut socket = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
-                    tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
-                );
-                // Listen before the stack first polls: a SYN already waiting in the tap (the
-                // client that summoned us) must find a listener, not earn a RST.
-                let _ = socket.listen(port);
-                Connection {
-                    handle: sockets.add(socket),
-                    buf: Vec::new(),
-                    closing: false,
-                }
-            })
-            .collect();
-        Server {
+    /// Serves `port` with at most `capacity` connections ([`Server::capacity_for_heap`]).
+    pub fn new(name: String, port: u16, capacity: usize, sockets: &mut SocketSet<'static>) -> Self {
+        let mut server = Server {
             name,
             port,
             served: 0,
-            conns,
+            conns: Vec::new(),
+            capacity: capacity.max(1),
+        };
+        server.conns.reserve_exact(server.capacity);
+        server.listen_ahead(sockets);
+        server
+    }
+
+    /// The most connections the heap holds: half of it at most, so a small guest (--mem=2)
+    /// still serves a few instead of failing an allocation under load.
+    pub fn capacity_for_heap() -> usize {
+        let fits = (rt::heap::unused() / 2 / CONNECTION_COST) as usize;
+        fits.clamp(1, MAX_CONNECTIONS)
+    }
+
+    /// Adds listening sockets until `LISTEN_AHEAD` listen (or the capacity is reached); true
+    /// if it added any. Listening before the stack first polls: a SYN already waiting in the
+    /// tap (the client that summoned us) must find a listener, not earn a RST.
+    fn listen_ahead(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+        let listening = self
+            .conns
+            .iter()
+            .filter(|c| sockets.get::<tcp::Socket>(c.handle).is_listening())
+            .count();
+        let add = LISTEN_AHEAD
+            .saturating_sub(listening)
+            .min(self.capacity - self.conns.len());
+        for _ in 0..add {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+            );
+            let _ = socket.listen(self.port);
+            self.conns.push(Connection {
+                handle: sockets.add(socket),
+                buf: Vec::new(),
+                closing: false,
+            });
         }
+        add > 0
     }
 
     /// How many connections can be open at once.
     pub fn capacity(&self) -> usize {
-        self.conns.len()
+        self.capacity
     }
 
     /// Moves every connection forward; true if anything changed.
@@ -79,6 +107,9 @@ impl Server {
             let handle = self.conns[i].handle;
             let socket = sockets.get_mut::<tcp::Socket>(handle);
             progress |= self.step_one(i, socket);
+        }
+        if self.conns.len() < self.capacity {
+            progress |= self.listen_ahead(sockets);
         }
         progress
     }

@@ -35,8 +35,10 @@ pub fn now() -> Instant {
 }
 
 impl Stack {
-    /// Opens net device `name` of the manifest and configures it with `config`.
-    pub fn new(name: &str, config: &Config) -> Result<Self, DeviceError> {
+    /// Opens net device `name` of the manifest and configures it with `config`, with room for
+    /// `sockets` sockets reserved up front: a set that grows moves (and so touches again) every
+    /// socket in it, and each first touch of a page costs a host fault.
+    pub fn new(name: &str, config: &Config, sockets: usize) -> Result<Self, DeviceError> {
         let mut device = NetDevice::open(name)?;
         let mut iface_config =
             IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(device.mac())));
@@ -55,7 +57,7 @@ impl Stack {
         Ok(Stack {
             iface,
             device,
-            sockets: SocketSet::new(alloc::vec::Vec::new()),
+            sockets: SocketSet::new(alloc::vec::Vec::with_capacity(sockets)),
         })
     }
 
