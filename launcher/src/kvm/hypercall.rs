@@ -263,6 +263,34 @@ impl VcpuRunner {
         self.poll_handles = handles;
     }
 
+    /// At the guest's first wait for the network (nothing ready on its NICs), records the pages
+    /// it has touched as its image's working set (`working_set.rs`). Until then each POLL costs
+    /// one more `ppoll`, with a zero timeout; the record is one `mincore`, once per image.
+    fn learn_if_waiting(&mut self) {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        for p in &mut self.poll_fds {
+            p.revents = 0;
+        }
+        // SAFETY: ppoll on this runner's own pollfd array with its length, a zero timeout and no
+        // signal mask (a kick that interrupts it only makes it return -1).
+        let n = unsafe {
+            libc::ppoll(
+                self.poll_fds.as_mut_ptr(),
+                self.poll_fds.len() as libc::nfds_t,
+                &zero,
+                std::ptr::null(),
+            )
+        };
+        if n == 0 {
+            if let Some(l) = self.learn.take() {
+                l.learn(&self.mem);
+            }
+        }
+    }
+
     fn poll(&mut self, gpa: u64) -> HcResult {
         let r: hc::Poll = self.request(nr::POLL, gpa)?;
         self.check_out::<hc::Poll>(nr::POLL, gpa)?;
@@ -270,6 +298,9 @@ impl VcpuRunner {
             self.net_ready();
         }
         self.poll_set();
+        if self.learn.is_some() && self.net_ready_sent {
+            self.learn_if_waiting();
+        }
         // A timeout too large to represent means "wait for a frame or a request". No eventfd,
         // no epoll: ppoll on the taps, and a stop or suspend kicks with a signal that only the
         // call itself lets in (see `Control::sleep`).

@@ -275,7 +275,56 @@ impl GuestMemory {
         self.read_only.push(start..start + len);
         Ok(())
     }
+
+    /// The pages the host has backed so far (touched by the guest or the loader), as GPA
+    /// ranges, leaving out the read-only ones (the image's shared text and rodata).
+    pub fn resident(&self) -> Vec<Range<u64>> {
+        let pages = (self.size / PAGE) as usize;
+        let mut flags = vec![0u8; pages];
+        // SAFETY: mincore reads the residency of our own mapping (page-aligned, `size` bytes,
+        // alive until drop) into a vector of one byte per page; it touches no page.
+        let r = unsafe { libc::mincore(self.ptr.cast(), self.size as usize, flags.as_mut_ptr()) };
+        if r != 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for (i, f) in flags.iter().enumerate() {
+            let gpa = i as u64 * PAGE;
+            if f & 1 == 0 || self.read_only.iter().any(|ro| ro.contains(&gpa)) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == gpa => last.end = gpa + PAGE,
+                _ => out.push(gpa..gpa + PAGE),
+            }
+        }
+        out
+    }
+
+    /// Has the host back `ranges` (GPA ranges) now, zero-filled, so that the guest's first
+    /// touches of them need no host fault. Best effort: a range outside the mapping, or a kernel
+    /// without `MADV_POPULATE_WRITE`, leaves the pages to be faulted in on use.
+    pub fn populate(&self, ranges: &[Range<u64>]) {
+        for r in ranges {
+            if r.start >= r.end || r.end > self.size || r.start % PAGE != 0 {
+                continue;
+            }
+            // SAFETY: the range lies inside our own writable mapping (checked above, and the
+            // read-only ranges are left out by `resident`); populating only backs its pages with
+            // zeroed memory, which is what the guest would read there anyway.
+            unsafe {
+                libc::madvise(
+                    self.ptr.add(r.start as usize).cast(),
+                    (r.end - r.start) as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+        }
+    }
 }
+
+/// The host's page size, which guest memory is mapped in.
+const PAGE: u64 = 4096;
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {

@@ -24,6 +24,7 @@ mod shared_pages;
 mod vcpu;
 mod vm;
 mod warm;
+mod working_set;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -43,6 +44,7 @@ use memory::GuestMemory;
 use private::{InShared, Outbox};
 use shared_pages::SharedPages;
 use warm::{HostInfo, Job, Pool, Template, WarmVcpu};
+use working_set::Learned;
 
 /// Prepared vCPUs [`KvmBackend::new`] keeps ready (see `warm.rs`).
 pub const DEFAULT_PREWARM: usize = 1;
@@ -76,6 +78,8 @@ struct Cached {
     stamp: FileStamp,
     image: Arc<ElfImage>,
     shared: Option<Arc<SharedPages>>,
+    /// The pages its guests touch as they start (`working_set.rs`).
+    learned: Arc<Learned>,
 }
 
 /// The embedded KVM backend.
@@ -120,6 +124,7 @@ impl KvmBackend {
             Template::Probe(cpuid.clone()),
             0,
             false,
+            &[],
             true,
             &warm::spawn_vcpu_thread,
         )?;
@@ -153,6 +158,12 @@ impl KvmBackend {
     /// Prepared vCPUs ready right now.
     pub fn prewarmed(&self) -> usize {
         self.pool.as_ref().map_or(0, |p| p.ready())
+    }
+
+    /// Bytes of guest memory already backed in each prepared vCPU's memory (low-memory
+    /// structures, and the boot working set of the latest start's image, `working_set.rs`).
+    pub fn prewarmed_backed(&self) -> Vec<u64> {
+        self.pool.as_ref().map_or(Vec::new(), |p| p.backed())
     }
 
     /// Parses the image at `path` (read into memory: the cache holds no fd), or returns the
@@ -192,6 +203,7 @@ impl KvmBackend {
             stamp,
             image,
             shared,
+            learned: Arc::default(),
         };
         cache().insert(path.to_path_buf(), c.clone());
         Ok(c)
@@ -215,7 +227,7 @@ impl KvmBackend {
         counters: Counters,
     ) -> Result<KvmInstance, KvmError> {
         let c = self.cached(&spec.image)?;
-        self.start_image_counted(c.image, c.shared, spec, events, counters)
+        self.start_image_counted(c.image, c.shared, Some(c.learned), spec, events, counters)
     }
 
     /// Starts an already parsed image; `spec.image` is then only used in messages.
@@ -225,13 +237,14 @@ impl KvmBackend {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<KvmInstance, KvmError> {
-        self.start_image_counted(image, None, spec, events, Counters::default())
+        self.start_image_counted(image, None, None, spec, events, Counters::default())
     }
 
     fn start_image_counted(
         &self,
         image: Arc<ElfImage>,
         shared: Option<Arc<SharedPages>>,
+        learned: Option<Arc<Learned>>,
         spec: InstanceSpec,
         events: EventSink,
         counters: Counters,
@@ -256,7 +269,11 @@ impl KvmBackend {
 
         // A vCPU prepared here makes its VM on its own thread while this one loads the image
         // into memory of its own (registered by the thread when the guest arrives).
-        let mut warm = match self.pool.as_ref().and_then(|p| p.take(mem_size)) {
+        let mut warm = match self
+            .pool
+            .as_ref()
+            .and_then(|p| p.take(mem_size, learned.clone()))
+        {
             Some(w) => w,
             None => match self.take_probe() {
                 Some(w) => w,
@@ -264,6 +281,7 @@ impl KvmBackend {
                     Template::Host(self.host.clone()),
                     0,
                     false,
+                    &[],
                     false,
                     &warm::spawn_vcpu_thread,
                 )?,
@@ -298,6 +316,7 @@ impl KvmBackend {
             cpu_group: cpu_group.clone(),
             limits: spec.limits,
             counters: counters.clone(),
+            learn: learned.filter(|l| !l.is_known()),
         });
         if job_sent.is_err() {
             // The parked thread is gone (its pre-run failed after all): nothing ran yet.

@@ -132,6 +132,8 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
         libc::SYS_mprotect,
         libc::SYS_madvise,
     ]);
+    // Which guest pages are backed, read once per image for its working set (`working_set.rs`).
+    allow(&[libc::SYS_mincore]);
     // Teardown on this thread: closing the vCPU, VM, tap and block fds, unmapping guest memory
     // (munmap above), lowering the thread's priority first, and the thread's own end (glibc frees
     // the alternate signal stack, advises the stack away and calls exit).

@@ -29,6 +29,7 @@ use super::private::{Outbox, PrivateTable};
 use super::seccomp;
 use super::vm;
 use super::warm::Job;
+use super::working_set::Learned;
 
 /// Everything the vCPU thread owns. Field order is drop order: `finish` goes first, so that
 /// nobody can kick into kvm_run once the vCPU fd (and with it kvm_run) is closed; the vCPU and
@@ -51,6 +52,9 @@ pub(super) struct VcpuRunner {
     /// The guest's handle of each entry of `poll_fds`.
     pub poll_handles: Vec<u64>,
     pub net_ready_sent: bool,
+    /// Where to record the guest's working set at its first wait for the network, if nobody
+    /// has for its image yet (see `hypercall.rs`, POLL).
+    pub learn: Option<Arc<Learned>>,
     /// Shared with the instance handle; only this thread writes them.
     pub counters: Counters,
     pub tx_limit: Option<TxLimit>,
@@ -145,6 +149,7 @@ impl VcpuRunner {
             poll_fds: Vec::new(),
             poll_handles: Vec::new(),
             net_ready_sent: false,
+            learn: job.learn,
             cpu_group,
             counters: job.counters,
             tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),

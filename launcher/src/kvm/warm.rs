@@ -12,6 +12,7 @@
 //! empty (a burst of starts, or `prewarm = 0`), `start` spawns a thread that makes its VM while
 //! the start path loads the image into fresh memory.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,6 +33,7 @@ use super::regs;
 use super::seccomp;
 use super::vcpu::VcpuRunner;
 use super::vm;
+use super::working_set::Learned;
 
 /// Stack of a vCPU thread: the run loop and hypercall handlers need little.
 const VCPU_STACK: usize = 256 << 10;
@@ -87,6 +89,9 @@ pub(super) struct Job {
     pub cpu_group: Option<Arc<super::cgroup::Group>>,
     pub limits: GuestLimits,
     pub counters: Counters,
+    /// Where the guest records the pages it touched by its first wait for the network, when
+    /// nobody has for its image yet (`working_set.rs`).
+    pub learn: Option<Arc<Learned>>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
@@ -159,8 +164,14 @@ struct Made {
 }
 
 /// The vCPU thread's preparation: its own `/dev/kvm`, VM and vCPU (CPUID and long-mode sregs
-/// set), memory of `mem_size` as slot 0 when non-zero, and the pre-run when asked.
-fn make(template: &Template, mem_size: u64, pre_run_it: bool) -> Result<Made, String> {
+/// set), memory of `mem_size` as slot 0 when non-zero with the `populate` ranges backed, and
+/// the pre-run when asked.
+fn make(
+    template: &Template,
+    mem_size: u64,
+    pre_run_it: bool,
+    populate: &[Range<u64>],
+) -> Result<Made, String> {
     // Opened here, in the thread's table, only to create the VM; the VM does not need it after.
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let (vm, mut vcpu) = new_vcpu(&kvm).map_err(|e| e.to_string())?;
@@ -184,6 +195,7 @@ fn make(template: &Template, mem_size: u64, pre_run_it: bool) -> Result<Made, St
         .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
     let mem = if mem_size > 0 {
         let m = memory_for(&vm, mem_size).map_err(|e| e.to_string())?;
+        m.populate(populate);
         if pre_run_it {
             pre_run(&mut vcpu, &m).map_err(|e| format!("pre-running a prepared vCPU: {e}"))?;
         }
@@ -200,8 +212,8 @@ fn make(template: &Template, mem_size: u64, pre_run_it: bool) -> Result<Made, St
 
 impl WarmVcpu {
     /// Spawns a vCPU thread (with `spawn`) that takes its own fd table and makes its VM and
-    /// vCPU there; with `mem_size > 0` also memory of that size, and with `pre_run` (and memory)
-    /// runs it once through a stub. `pooled`: the thread confines itself (seccomp stage one)
+    /// vCPU there; with `mem_size > 0` also memory of that size, with the `populate` ranges
+    /// backed, and with `pre_run` (and memory) runs it once through a stub. `pooled`: the thread confines itself (seccomp stage one)
     /// while it waits for a guest; otherwise, prepared on a start path, it attaches a single
     /// filter once its guest has arrived (two attaches there would only compete with the start).
     /// Returns at once; [`WarmVcpu::ready`] waits for the thread's report.
@@ -209,6 +221,7 @@ impl WarmVcpu {
         template: Template,
         mem_size: u64,
         pre_run_it: bool,
+        populate: &[Range<u64>],
         pooled: bool,
         spawn: &dyn Fn(VcpuBody) -> std::io::Result<JoinHandle<()>>,
     ) -> Result<WarmVcpu, KvmError> {
@@ -216,6 +229,7 @@ impl WarmVcpu {
         let (job, jobs) = channel::<Job>();
         let (ready_tx, ready) = channel::<Result<Ready, String>>();
         let thread_control = control.clone();
+        let populate = populate.to_vec();
         let thread = spawn(Box::new(move || {
             // Before anything on this thread opens an fd.
             let table = match PrivateTable::enter() {
@@ -229,7 +243,7 @@ impl WarmVcpu {
                     return;
                 }
             };
-            match make(&template, mem_size, pre_run_it) {
+            match make(&template, mem_size, pre_run_it, &populate) {
                 Ok(Made { vm, vcpu, ready }) => {
                     let had_mem = ready.mem.is_some();
                     // Declared after `vcpu` so that it is dropped first: `immediate_exit`
@@ -320,6 +334,8 @@ pub(super) struct Pool {
     shutdown: AtomicBool,
     /// Memory size of the latest start: what the next prepared vCPU gets.
     mem_size: AtomicU64,
+    /// The latest start's image's working set: what the next prepared vCPU's memory has backed.
+    learned: Mutex<Option<Arc<Learned>>>,
 }
 
 impl Pool {
@@ -334,6 +350,7 @@ impl Pool {
             target,
             shutdown: AtomicBool::new(false),
             mem_size: AtomicU64::new(0),
+            learned: Mutex::new(None),
         });
         let p = pool.clone();
         let spawned = start_spawner().and_then(|spawner| {
@@ -373,11 +390,19 @@ impl Pool {
                 }
             }
             let mem_size = self.mem_size.load(Ordering::SeqCst);
+            let populate: Vec<Range<u64>> = self
+                .learned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|l| l.ranges(mem_size).to_vec())
+                .unwrap_or_default();
             let prepare = |pre_run_it: bool| {
                 let mut w = WarmVcpu::prepare(
                     Template::Host(host.clone()),
                     mem_size,
                     pre_run_it,
+                    &populate,
                     true,
                     &spawn,
                 )?;
@@ -405,9 +430,11 @@ impl Pool {
         }
     }
 
-    /// A prepared vCPU, if one is ready. Call [`Self::refill`] once the start is done.
-    pub fn take(&self, mem_size: u64) -> Option<WarmVcpu> {
+    /// A prepared vCPU, if one is ready. Call [`Self::refill`] once the start is done. The next
+    /// ones are prepared for this start's memory size and image (`learned`).
+    pub fn take(&self, mem_size: u64, learned: Option<Arc<Learned>>) -> Option<WarmVcpu> {
         self.mem_size.store(mem_size, Ordering::SeqCst);
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = learned;
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
@@ -419,6 +446,16 @@ impl Pool {
     /// Number of prepared vCPUs ready now.
     pub fn ready(&self) -> usize {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Bytes backed in each ready prepared vCPU's memory.
+    pub fn backed(&self) -> Vec<u64> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter_map(|w| w.mem.as_ref())
+            .map(|m| m.resident().iter().map(|r| r.end - r.start).sum())
+            .collect()
     }
 
     pub fn shutdown(&self) {
