@@ -79,6 +79,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         config.network.gateway,
         config.network.txqueuelen,
         mark.clone(),
+        config.network.spare_taps as usize,
     );
 
     // Their shutdown at exit removes the libvirt SYN hold's iptables rules.

@@ -383,8 +383,23 @@ impl Daemon {
 
     /// Names of the namespace's interfaces starting with "sm-".
     pub fn taps(&self) -> Vec<String> {
+        self.sm_links(true)
+    }
+
+    /// The `sm-` links that are down: spare taps kept for their service's next start
+    /// (`network.spare_taps`).
+    pub fn spare_taps(&self) -> Vec<String> {
+        self.sm_links(false)
+    }
+
+    /// The `sm-` links whose administrative state is (or is not) up.
+    fn sm_links(&self, up: bool) -> Vec<String> {
         self.ip(&["-o", "link", "show"])
             .lines()
+            .filter(|l| {
+                let flags = l.split('<').nth(1).and_then(|f| f.split('>').next());
+                flags.is_some_and(|f| f.split(',').any(|x| x == "UP")) == up
+            })
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
             .filter(|n| n.starts_with("sm-"))

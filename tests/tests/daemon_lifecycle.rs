@@ -229,3 +229,73 @@ fn limits_answer_servfail_at_once() {
         ResponseCode::NoError
     );
 }
+
+/// The index of link `name` in the daemon's namespace.
+fn link_index(d: &Daemon, name: &str) -> String {
+    d.ip(&["-o", "link", "show", name])
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A stopped instance's tap is kept down, with no route or neighbour entry, for its service's
+/// next start, which takes the same link instead of creating one; beyond `network.spare_taps`
+/// the oldest spare is deleted, and SIGTERM removes the spares with everything else.
+#[test]
+fn a_stopped_services_tap_is_kept_down_for_its_next_start() {
+    if !prerequisites("daemon spare taps") {
+        return;
+    }
+    let services = http_service("one", "10.77.0.41", "") + &http_service("two", "10.77.0.42", "");
+    let cfg = config(1, &[], "", &services).replace(
+        "gateway = \"10.77.0.1\"\n",
+        "gateway = \"10.77.0.1\"\nspare_taps = 1\n",
+    );
+    let mut d = Daemon::start("spares", &cfg);
+    let admin = ADMIN.parse().unwrap();
+    let stop = |d: &Daemon, name: &str| {
+        let path = format!("/v1/instances/{name}/stop");
+        d.ns.run(move || admin_post(admin, &path))
+            .expect("admin stop");
+    };
+    d.summon_http("one", "10.77.0.41".parse().unwrap());
+    let first = link_index(&d, "sm-one");
+    stop(&d, "one");
+    assert!(
+        wait_until(Duration::from_secs(5), || d.spare_taps() == ["sm-one"]),
+        "no spare: up {:?}, down {:?}",
+        d.taps(),
+        d.spare_taps()
+    );
+    assert!(d.taps().is_empty(), "{:?}", d.taps());
+    // Nothing of the stopped instance routes to the spare.
+    assert_eq!(d.ip(&["route", "show", "dev", "sm-one"]).trim(), "");
+    assert_eq!(d.ip(&["neigh", "show", "dev", "sm-one"]).trim(), "");
+    // The next start of "one" takes that link, up, with its route and neighbour entry again.
+    d.summon_http("one", "10.77.0.41".parse().unwrap());
+    assert_eq!(
+        link_index(&d, "sm-one"),
+        first,
+        "a new link instead of the spare"
+    );
+    assert_eq!(d.taps(), vec!["sm-one".to_string()]);
+    assert!(d
+        .ip(&["route", "show", "dev", "sm-one"])
+        .contains("10.77.0.41"));
+    assert!(d.spare_taps().is_empty());
+    // One spare at most: the older one goes when another service stops.
+    d.summon_http("two", "10.77.0.42".parse().unwrap());
+    stop(&d, "one");
+    assert!(wait_until(Duration::from_secs(5), || d.spare_taps() == ["sm-one"]));
+    stop(&d, "two");
+    assert!(
+        wait_until(Duration::from_secs(5), || d.spare_taps() == ["sm-two"]),
+        "spares: {:?}",
+        d.spare_taps()
+    );
+    let status = d.terminate_within(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(d.spare_taps().is_empty() && d.taps().is_empty());
+}

@@ -74,6 +74,11 @@ pub struct KvmConfig {
 
 /// Upper bound of `kvm.prewarm`: each prepared VM holds a parked thread and an idle VM.
 pub const MAX_PREWARM: u32 = 64;
+/// Default of `network.spare_taps`: the services most recently stopped keep their tap for
+/// their next start (creating a tap is most of a cold start's plumbing).
+pub const DEFAULT_SPARE_TAPS: u32 = 64;
+/// Upper bound of `network.spare_taps`: each spare is a net device the kernel keeps.
+pub const MAX_SPARE_TAPS: u32 = 4096;
 /// Upper bound of `kvm.instances_per_process`.
 pub const MAX_INSTANCES_PER_PROCESS: u32 = 4096;
 /// Default of `kvm.instances_per_process`: small enough that a start's share of the per-VM
@@ -160,6 +165,8 @@ pub struct NetworkConfig {
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub txqueuelen: u32,
+    /// Taps of stopped KVM instances kept (down, detached) for their service's next start.
+    pub spare_taps: u32,
 }
 
 impl NetworkConfig {

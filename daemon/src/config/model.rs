@@ -73,6 +73,8 @@ pub struct RawNetwork {
     pub gateway: Spanned<String>,
     #[serde(default)]
     pub txqueuelen: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub spare_taps: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

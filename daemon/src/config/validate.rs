@@ -16,8 +16,8 @@ use super::model::{
 use super::{
     AdminConfig, Config, DaemonConfig, DnsConfig, IpNet, KvmConfig, LibvirtService, Limits,
     NetworkConfig, Problem, RrlConfig, ServiceBackend, ServiceConfig, DEFAULT_MAX_FORWARDS,
-    DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_INSTANCES_PER_PROCESS, MAX_PREWARM,
-    MAX_RRL_TABLE_SIZE,
+    DEFAULT_SPARE_TAPS, DEFAULT_TCP_MAX_CLIENTS, MAX_CPU_QUOTA_PERCENT, MAX_INSTANCES_PER_PROCESS,
+    MAX_PREWARM, MAX_RRL_TABLE_SIZE, MAX_SPARE_TAPS,
 };
 
 pub(super) struct Checker<'a> {
@@ -227,6 +227,7 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         prefix: 32,
         gateway: Ipv4Addr::UNSPECIFIED,
         txqueuelen: 1000,
+        spare_taps: DEFAULT_SPARE_TAPS,
     };
     let mut network_ok = true;
     let subnet = &raw.network.subnet;
@@ -278,6 +279,16 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             c.err(q, "network.txqueuelen: expected a queue length above zero");
         } else {
             network.txqueuelen = *q.get_ref();
+        }
+    }
+    if let Some(n) = &raw.network.spare_taps {
+        if *n.get_ref() > MAX_SPARE_TAPS {
+            c.err(
+                n,
+                format!("network.spare_taps: expected at most {MAX_SPARE_TAPS} (0 keeps none)"),
+            );
+        } else {
+            network.spare_taps = *n.get_ref();
         }
     }
 

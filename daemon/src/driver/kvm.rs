@@ -124,6 +124,10 @@ impl super::Driver for KvmDriver {
     }
 
     async fn teardown(&self, lease: Lease) {
-        lease.remove(&self.plumber).await
+        // The tap may serve the service's next start (kept down and detached, `net/spare.rs`).
+        match lease {
+            Lease::Link { name, index } => self.plumber.release(&name, index).await,
+            Lease::None => {}
+        }
     }
 }

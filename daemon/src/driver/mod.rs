@@ -220,6 +220,7 @@ impl Drivers for HostDrivers {
                 if let Err(e) = batch {
                     tracing::warn!(error = %e, "removing the taps as a group; one by one instead");
                 }
+                self.plumber.remove_spares().await;
                 futures::future::join_all(leases.into_iter().map(Leased::release)).await;
             }
         }

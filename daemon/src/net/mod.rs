@@ -5,10 +5,12 @@ pub mod hold;
 mod netlink;
 mod plumb_error;
 pub mod proxy_arp;
+mod spare;
 mod tap;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use summon_launcher::MacAddr;
 
@@ -35,16 +37,30 @@ pub struct NetPlumber {
     txqueuelen: u32,
     /// Alias set on every link we create ([`crate::hostlock::HostLock::link_mark`]).
     mark: String,
+    /// Taps of stopped instances kept for their service's next start (`spare.rs`).
+    spares: Arc<Mutex<spare::Spares>>,
 }
 
 impl NetPlumber {
-    pub fn new(nl: Netlink, gateway: Ipv4Addr, txqueuelen: u32, mark: String) -> NetPlumber {
+    /// `spare_taps`: how many taps of stopped instances [`NetPlumber::release`] keeps.
+    pub fn new(
+        nl: Netlink,
+        gateway: Ipv4Addr,
+        txqueuelen: u32,
+        mark: String,
+        spare_taps: usize,
+    ) -> NetPlumber {
         NetPlumber {
             nl,
             gateway,
             txqueuelen,
             mark,
+            spares: Arc::new(Mutex::new(spare::Spares::new(spare_taps))),
         }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, spare::Spares> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn netlink(&self) -> &Netlink {
@@ -60,14 +76,25 @@ impl NetPlumber {
         mac: MacAddr,
     ) -> Result<InstanceNet, PlumbError> {
         let name = tap_name(service);
-        let tap = Tap::open(&name).map_err(|(step, source)| {
-            let (step, what) = match step {
-                TapStep::Open => (PlumbStep::TapOpen, format!("creating tap {name}")),
-                TapStep::Persist => (PlumbStep::Persist, "TUNSETPERSIST".to_string()),
-            };
-            PlumbError::new(step, &name, NetError::Io { what, source })
-        })?;
-        restrict_tap_sysctls(&name);
+        let spare = self.spares().take(&name);
+        let tap = match spare {
+            Some(index) => self.reuse(&name, index).await,
+            None => None,
+        };
+        let tap = match tap {
+            Some(t) => t,
+            None => {
+                let tap = Tap::open(&name).map_err(|(step, source)| {
+                    let (step, what) = match step {
+                        TapStep::Open => (PlumbStep::TapOpen, format!("creating tap {name}")),
+                        TapStep::Persist => (PlumbStep::Persist, "TUNSETPERSIST".to_string()),
+                    };
+                    PlumbError::new(step, &name, NetError::Io { what, source })
+                })?;
+                restrict_tap_sysctls(&name);
+                tap
+            }
+        };
         let index = tap.index;
         if let Err((step, e)) = self
             .nl
@@ -78,6 +105,64 @@ impl NetPlumber {
             return Err(PlumbError::new(step, name, e));
         }
         Ok(InstanceNet { tap, guest })
+    }
+}
+
+impl NetPlumber {
+    /// Attaches to the spare tap `name` (link `index`); `None` (and the spare deleted) when it
+    /// cannot be had. The stopped instance's process may still be closing its fd of it: a tap
+    /// takes one fd at a time, so an attach that finds it busy waits a little.
+    async fn reuse(&self, name: &str, index: u32) -> Option<Tap> {
+        for _ in 0..20 {
+            match Tap::attach(name, index) {
+                Ok(t) => return Some(t),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tokio::time::sleep(std::time::Duration::from_micros(250)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(tap = name, error = %e, "spare tap not reusable; a new one instead");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.nl.delete_link(index).await {
+            tracing::warn!(tap = name, error = %e, "removing a spare tap");
+        }
+        None
+    }
+
+    /// Keeps no spare from now on and deletes those kept (daemon exit, when the taps cannot be
+    /// removed as one group).
+    pub async fn remove_spares(&self) {
+        let spares = self.spares().close();
+        for i in spares {
+            if let Err(e) = self.nl.delete_link(i).await {
+                tracing::warn!(link = i, error = %e, "removing a spare tap");
+            }
+        }
+    }
+
+    /// Removes or keeps the tap of a stopped instance (link `index`, named `name`): kept down as
+    /// its service's spare while there is room (`spare.rs`), deleted otherwise.
+    pub async fn release(&self, name: &str, index: u32) {
+        let kept = self.spares().limit() > 0 && self.nl.set_link_down(index).await.is_ok();
+        let delete = if kept {
+            let mut spares = self.spares();
+            let delete = spares.put(name, index);
+            tracing::debug!(
+                tap = name,
+                spares = spares.len(),
+                "tap kept for its service's next start"
+            );
+            delete
+        } else {
+            vec![index]
+        };
+        for i in delete {
+            if let Err(e) = self.nl.delete_link(i).await {
+                tracing::warn!(tap = name, link = i, error = %e, "removing tap");
+            }
+        }
     }
 }
 

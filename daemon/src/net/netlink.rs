@@ -175,6 +175,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// Sets a link down: the kernel drops its queue and flushes its routes and neighbour
+    /// entries.
+    pub async fn set_link_down(&self, index: u32) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(nl(format!("setting link {index} down")))
+    }
+
     /// Deletes a link; one that is already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
         match self.handle.link().del(index).execute().await {

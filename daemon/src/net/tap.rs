@@ -43,6 +43,24 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Attaches to the existing persistent tap `name`, if it is still link `index` (a spare,
+    /// `spare.rs`).
+    pub fn attach(name: &str, index: u32) -> io::Result<Tap> {
+        let fd = tap::open(name, tap::Blocking::Yes)?;
+        if tap::index(name)? != index {
+            return Err(io::Error::other(format!(
+                "{name} is no longer link {index}"
+            )));
+        }
+        Ok(Tap {
+            name: name.to_string(),
+            index,
+            fd,
+        })
+    }
+}
+
 /// Which part of [`Tap::open`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapStep {
