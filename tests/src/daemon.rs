@@ -381,24 +381,29 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Names of the namespace's interfaces starting with "sm-".
+    /// Names of the namespace's interfaces starting with "sm-", up or down.
     pub fn taps(&self) -> Vec<String> {
-        self.sm_links(true)
+        self.sm_links(None)
+    }
+
+    /// The `sm-` links that are up: the taps of live instances.
+    pub fn live_taps(&self) -> Vec<String> {
+        self.sm_links(Some(true))
     }
 
     /// The `sm-` links that are down: spare taps kept for their service's next start
     /// (`network.spare_taps`).
     pub fn spare_taps(&self) -> Vec<String> {
-        self.sm_links(false)
+        self.sm_links(Some(false))
     }
 
-    /// The `sm-` links whose administrative state is (or is not) up.
-    fn sm_links(&self, up: bool) -> Vec<String> {
+    /// The `sm-` links, those whose administrative state is up (or down) only with `up`.
+    fn sm_links(&self, up: Option<bool>) -> Vec<String> {
         self.ip(&["-o", "link", "show"])
             .lines()
             .filter(|l| {
                 let flags = l.split('<').nth(1).and_then(|f| f.split('>').next());
-                flags.is_some_and(|f| f.split(',').any(|x| x == "UP")) == up
+                up.is_none_or(|up| flags.is_some_and(|f| f.split(',').any(|x| x == "UP")) == up)
             })
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap_or(n).to_string())

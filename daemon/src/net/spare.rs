@@ -41,7 +41,11 @@ impl Spares {
         if self.limit == 0 {
             return vec![index];
         }
-        let mut evicted: Vec<u32> = self.take(name).into_iter().collect();
+        let mut evicted: Vec<u32> = self
+            .take(name)
+            .into_iter()
+            .filter(|&i| i != index)
+            .collect();
         self.next += 1;
         self.by_name.insert(name.to_string(), (index, self.next));
         self.by_age.insert(self.next, name.to_string());
@@ -90,6 +94,9 @@ mod tests {
         assert!(s.put("sm-d", 4).is_empty());
         assert_eq!(s.put("sm-d", 5), vec![4]);
         assert_eq!(s.len(), 2);
+        // The same link put twice is kept, not deleted under itself.
+        assert!(s.put("sm-d", 5).is_empty());
+        assert_eq!(s.take("sm-d"), Some(5));
         let mut none = Spares::new(0);
         assert_eq!(none.put("sm-a", 7), vec![7]);
         assert_eq!(none.len(), 0);
