@@ -4,7 +4,7 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use summon_launcher::worker::{drop_capabilities, serve, LogForward, WORKER_FD};
+use summon_launcher::worker::{confine_worker, drop_capabilities, serve, LogForward, WORKER_FD};
 use tracing_subscriber::EnvFilter;
 
 /// Serves the daemon until it goes away; the process's exit status. `cgroup_parent`: summond's
@@ -21,6 +21,11 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
     // Capabilities are per thread: given up here, before the first other thread exists.
     if let Err(e) = drop_capabilities() {
         eprintln!("summond kvm-worker: giving up capabilities: {e}");
+        return 2;
+    }
+    // Likewise the process-wide seccomp filter: inherited by every thread started after it.
+    if let Err(e) = confine_worker() {
+        eprintln!("summond kvm-worker: applying its seccomp filter: {e}");
         return 2;
     }
     // SAFETY: the pool that started this process put its socket at WORKER_FD, and nothing

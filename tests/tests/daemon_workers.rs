@@ -39,12 +39,17 @@ fn process_of(d: &Daemon, name: &str) -> Option<i32> {
 
 /// A field of /proc/PID/status (e.g. `CapEff`), as the kernel prints it.
 fn status_field(pid: i32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_field_of(&format!("/proc/{pid}"), field)
+}
+
+/// A field of `DIR/status`, DIR a process's or a thread's /proc directory.
+fn status_field_of(dir: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("no {field} in {dir}/status"))
 }
 
 fn alive(pid: i32) -> bool {
@@ -85,7 +90,26 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
         assert_eq!(status_field(w, "CapPrm"), "0000000000000000", "worker {w}");
         assert_eq!(status_field(w, "CapAmb"), "0000000000000000", "worker {w}");
         assert_eq!(status_field(w, "NoNewPrivs"), "1", "worker {w}");
+        // Every thread of the worker is under its seccomp filter (vCPU threads stack their
+        // own on it), summond is not.
+        let threads: Vec<i32> = std::fs::read_dir(format!("/proc/{w}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .collect();
+        assert!(threads.len() >= 2, "worker {w}: {threads:?}");
+        for t in threads {
+            let filters: u32 = status_field_of(&format!("/proc/{w}/task/{t}"), "Seccomp_filters")
+                .parse()
+                .unwrap();
+            assert_eq!(
+                status_field_of(&format!("/proc/{w}/task/{t}"), "Seccomp"),
+                "2"
+            );
+            assert!(filters >= 1, "worker {w} thread {t}: {filters} filters");
+        }
     }
+    assert_eq!(status_field(summond, "Seccomp"), "0");
     assert_ne!(status_field(summond, "CapEff"), "0000000000000000");
 
     // The worker of alpha and beta dies (as a VMM crash would end it).

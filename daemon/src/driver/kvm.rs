@@ -130,4 +130,8 @@ impl super::Driver for KvmDriver {
             Lease::None => {}
         }
     }
+
+    async fn forget(&self, service: &str) {
+        self.plumber.forget(service).await;
+    }
 }

@@ -139,6 +139,8 @@ pub trait Driver: Send + Sync + 'static {
     fn traffic(&self, instance: &dyn Instance, lease: &Lease) -> Traffic;
     /// Removes what [`Driver::setup`] made.
     async fn teardown(&self, lease: Lease);
+    /// The service is gone from the configuration: removes what was kept for its next start.
+    async fn forget(&self, _service: &str) {}
 }
 
 /// Builds each service's driver, and does what spans all instances of all drivers.

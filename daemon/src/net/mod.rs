@@ -142,6 +142,17 @@ impl NetPlumber {
         }
     }
 
+    /// Deletes `service`'s spare tap, if one is kept (the service left the configuration).
+    pub async fn forget(&self, service: &str) {
+        let name = tap_name(service);
+        let spare = self.spares().take(&name);
+        if let Some(i) = spare {
+            if let Err(e) = self.nl.delete_link(i).await {
+                tracing::warn!(tap = name, link = i, error = %e, "removing a spare tap");
+            }
+        }
+    }
+
     /// Removes or keeps the tap of a stopped instance (link `index`, named `name`): kept down as
     /// its service's spare while there is room (`spare.rs`), deleted otherwise.
     pub async fn release(&self, name: &str, index: u32) {

@@ -12,7 +12,8 @@
 //!   in a worker; picks a worker with room and keeps a spare one starting in the background.
 //! - `server.rs`: the worker process, an embedded [`crate::kvm::KvmBackend`] serving the daemon
 //!   ([`serve`]).
-//! - `privileges.rs`: what a worker gives up before it runs a guest (every capability).
+//! - `privileges.rs`: what a worker gives up before it runs a guest (every capability);
+//!   `sandbox.rs`: the seccomp filter of the whole worker process.
 //! - `protocol.rs`: the messages; `wire.rs`: one message per `SOCK_SEQPACKET` packet, taps
 //!   passed with `SCM_RIGHTS`.
 //!
@@ -22,6 +23,7 @@
 mod client;
 mod privileges;
 mod protocol;
+mod sandbox;
 mod server;
 mod wire;
 
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 pub use client::{WorkerConfig, WorkerPool};
 pub use privileges::drop_capabilities;
+pub use sandbox::confine_worker;
 pub use server::{serve, LogForward};
 
 /// The descriptor number at which a worker process finds its socket to the daemon.

@@ -36,6 +36,7 @@ impl NetDevice {
             TapSource::Fd(fd) => {
                 let iface = tap::adopt_fd(fd.as_raw_fd())
                     .map_err(|source| KvmError::TapFd { name, source })?;
+                // In a worker process the query is refused (no sockets: worker/sandbox.rs).
                 let mtu = tap::mtu(&iface).unwrap_or(tap::DEFAULT_MTU);
                 (fd, mtu)
             }
