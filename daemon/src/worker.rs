@@ -25,7 +25,7 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
     }
     // Likewise the process-wide seccomp filter: inherited by every thread started after it.
     if let Err(e) = confine_worker() {
-        eprintln!("summond kvm-worker: applying its seccomp filter: {e}");
+        eprintln!("summond kvm-worker: {e}");
         return 2;
     }
     // SAFETY: the pool that started this process put its socket at WORKER_FD, and nothing

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use super::WorkerError;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
@@ -183,9 +184,12 @@ fn program(pid: u32) -> Result<BpfProgram, String> {
 /// Confines the calling thread and every thread it starts from now on; call it before the
 /// process's first other thread exists. Needs `no_new_privs` (set by
 /// [`super::drop_capabilities`]) or `CAP_SYS_ADMIN`.
-pub fn confine_worker() -> Result<(), String> {
-    let program = program(std::process::id())?;
-    seccompiler::apply_filter(&program).map_err(|e| e.to_string())
+pub fn confine_worker() -> Result<(), WorkerError> {
+    let setup = |message: String| WorkerError::Setup {
+        message: format!("the worker's seccomp filter: {message}"),
+    };
+    let program = program(std::process::id()).map_err(setup)?;
+    seccompiler::apply_filter(&program).map_err(|e| setup(e.to_string()))
 }
 
 #[cfg(test)]
@@ -220,19 +224,15 @@ mod tests {
                 let tid = libc::gettid();
                 // A path that does not exist: allowed, execve would fail with ENOENT (and
                 // never replace the test process).
-                let true_bin = c"/nonexistent/summon-sandbox-test";
-                let argv = [true_bin.as_ptr(), std::ptr::null()];
+                let missing = c"/nonexistent/summon-sandbox-test";
+                let argv = [missing.as_ptr(), std::ptr::null()];
                 let envp = [std::ptr::null::<libc::c_char>()];
                 (
                     errno(libc::kill(parent, 0)),
                     errno(libc::kill(me, 0)),
                     errno(libc::syscall(libc::SYS_tgkill, me, tid, 0)),
                     errno(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)),
-                    errno(libc::execve(
-                        true_bin.as_ptr(),
-                        argv.as_ptr(),
-                        envp.as_ptr(),
-                    )),
+                    errno(libc::execve(missing.as_ptr(), argv.as_ptr(), envp.as_ptr())),
                     errno(libc::syscall(libc::SYS_pidfd_open, parent, 0)),
                     errno(libc::chmod(path.as_ptr(), 0o777)),
                     errno(libc::unlink(path.as_ptr())),
