@@ -2,9 +2,11 @@
 //! started by the daemon's worker pool with its socket at fd [`WORKER_FD`].
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use summon_launcher::worker::{confine_worker, drop_capabilities, serve, LogForward, WORKER_FD};
+use summon_launcher::worker::{
+    confine_worker, drop_capabilities, restrict_files, serve, FileRules, LogForward, WORKER_FD,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Serves the daemon until it goes away; the process's exit status. `cgroup_parent`: summond's
@@ -15,7 +17,7 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
         eprintln!("summond kvm-worker: no socket at fd {WORKER_FD}; summond starts this itself");
         return 2;
     }
-    if let Some(parent) = cgroup_parent {
+    if let Some(parent) = cgroup_parent.clone() {
         summon_launcher::kvm::cgroup::nest_in(parent);
     }
     // Capabilities are per thread: given up here, before the first other thread exists.
@@ -23,7 +25,11 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
         eprintln!("summond kvm-worker: giving up capabilities: {e}");
         return 2;
     }
-    // Likewise the process-wide seccomp filter: inherited by every thread started after it.
+    // Likewise the filesystem rules and the seccomp filter: inherited by every thread started
+    // after them.
+    // A Landlock failure (e.g. a service manager's syscall filter refusing its calls) leaves
+    // the worker running under seccomp alone, and says so once it can log.
+    let files = restrict_files(Path::new("/dev/kvm"), cgroup_parent.as_deref());
     if let Err(e) = confine_worker() {
         eprintln!("summond kvm-worker: {e}");
         return 2;
@@ -39,5 +45,15 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
             .with_ansi(false)
             .with_writer(move || forward.clone())
             .try_init();
+        match files {
+            Err(e) => tracing::warn!(error = %e, "worker not confined to its files"),
+            Ok(FileRules::Enforced) => tracing::info!("worker confined: Landlock rules enforced"),
+            Ok(FileRules::PartlyEnforced) => tracing::info!(
+                "worker confined: Landlock rules partly enforced (an older kernel ABI)"
+            ),
+            Ok(FileRules::Unavailable) => tracing::warn!(
+                "worker not confined to its files: this kernel has no Landlock (seccomp still applies)"
+            ),
+        }
     })
 }

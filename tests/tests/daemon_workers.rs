@@ -110,6 +110,12 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
         }
     }
     assert_eq!(status_field(summond, "Seccomp"), "0");
+    // And each worker is held to its files by Landlock (this kernel has it; CI's must).
+    let confined = d
+        .log()
+        .matches("worker confined: Landlock rules enforced")
+        .count();
+    assert!(confined >= 2, "{confined} workers confined\n{}", d.log());
     assert_ne!(status_field(summond, "CapEff"), "0000000000000000");
 
     // The worker of alpha and beta dies (as a VMM crash would end it).

@@ -13,7 +13,7 @@
 //! - `server.rs`: the worker process, an embedded [`crate::kvm::KvmBackend`] serving the daemon
 //!   ([`serve`]).
 //! - `privileges.rs`: what a worker gives up before it runs a guest (every capability);
-//!   `sandbox.rs`: the seccomp filter of the whole worker process.
+//!   `sandbox.rs`: the seccomp filter and the Landlock rules of the whole worker process.
 //! - `protocol.rs`: the messages; `wire.rs`: one message per `SOCK_SEQPACKET` packet, taps
 //!   passed with `SCM_RIGHTS`.
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 pub use client::{WorkerConfig, WorkerPool};
 pub use privileges::drop_capabilities;
-pub use sandbox::confine_worker;
+pub use sandbox::{confine_worker, restrict_files, FileRules};
 pub use server::{serve, LogForward};
 
 /// The descriptor number at which a worker process finds its socket to the daemon.

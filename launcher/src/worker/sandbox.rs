@@ -14,14 +14,25 @@
 //! names, modes, owners and extended attributes.
 //!
 //! A refused call returns `EPERM` and does nothing; on a vCPU thread its own filter traps first
-//! and the call ends that guest as a fault (`kvm/seccomp.rs`), as before. What stays open is
-//! written in docs/security.md: the worker may still open and write files its uid may write.
+//! and the call ends that guest as a fault (`kvm/seccomp.rs`), as before.
+//!
+//! Seccomp cannot tell one path from another, so the files a worker may change are Landlock's
+//! ([`restrict_files`]): it may open for writing only `/dev/kvm` (and use its ioctls) and the
+//! files of its cgroup directory, where it may also make and remove directories; it may create,
+//! remove or execute nothing else, nor signal a process outside its own Landlock domain.
+//! Reading stays open (images are read by path, and a reload may name new ones).
 //!
 //! A worker cannot ask an interface for its MTU (that takes a socket): for a tap passed as a
 //! descriptor the query fails and the guest is told the default, 1500, which is what summond's
 //! taps have (it creates them at the kernel's default and never changes it).
 
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, Scope, ABI,
+};
 
 use super::WorkerError;
 use seccompiler::{
@@ -192,6 +203,53 @@ pub fn confine_worker() -> Result<(), WorkerError> {
     seccompiler::apply_filter(&program).map_err(|e| setup(e.to_string()))
 }
 
+/// How much of the worker's filesystem rules this kernel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRules {
+    Enforced,
+    /// An older Landlock ABI: some of the rights are not restricted (e.g. device ioctls before
+    /// Linux 6.10, signals before 6.12).
+    PartlyEnforced,
+    /// No Landlock in this kernel (or it is not enabled at boot).
+    Unavailable,
+}
+
+/// Restricts what the calling thread and the threads it starts from now on may change in the
+/// filesystem: writing to `kvm` (the KVM device, with its ioctls) and, beneath `cgroup`,
+/// writing files and making and removing directories; nothing else may be written, created,
+/// removed, renamed or executed, and no signal goes outside the thread's Landlock domain.
+/// Needs `no_new_privs` (set by [`super::drop_capabilities`]).
+pub fn restrict_files(kvm: &Path, cgroup: Option<&Path>) -> Result<FileRules, WorkerError> {
+    let setup = |e: RulesetError| WorkerError::Setup {
+        message: format!("the worker's Landlock rules: {e}"),
+    };
+    let abi = ABI::V6;
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_write(abi) | AccessFs::Execute)
+        .map_err(setup)?
+        .scope(Scope::from_all(abi))
+        .map_err(setup)?
+        .create()
+        .map_err(setup)?
+        .add_rules(path_beneath_rules(
+            [kvm],
+            AccessFs::WriteFile | AccessFs::IoctlDev,
+        ))
+        .map_err(setup)?
+        .add_rules(path_beneath_rules(
+            cgroup,
+            AccessFs::WriteFile | AccessFs::MakeDir | AccessFs::RemoveDir,
+        ))
+        .map_err(setup)?
+        .restrict_self()
+        .map_err(setup)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => FileRules::Enforced,
+        RulesetStatus::PartiallyEnforced => FileRules::PartlyEnforced,
+        RulesetStatus::NotEnforced => FileRules::Unavailable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +318,65 @@ mod tests {
         assert_eq!(got.11, eperm, "ptrace");
         // Nothing refused happened, and the rest of the process is not confined.
         assert!(file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The filesystem rules on one thread of the test process (Landlock binds the thread that
+    /// restricts itself and its future children): the stand-ins for /dev/kvm and the cgroup
+    /// directory stay writable, nothing else does, and reading is untouched.
+    #[test]
+    fn a_restricted_thread_writes_only_kvm_and_its_cgroup_directory() {
+        let dir = std::env::temp_dir().join(format!("summon-landlock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cgroup = dir.join("cgroup");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        let kvm = dir.join("kvm");
+        let other = dir.join("other");
+        let tasks = cgroup.join("tasks");
+        for f in [&kvm, &other, &tasks] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let parent = std::os::unix::process::parent_id() as libc::pid_t;
+        let (k, c, o, t) = (kvm.clone(), cgroup.clone(), other.clone(), tasks.clone());
+        let (rules, got) = std::thread::spawn(move || {
+            // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only (and binds this thread).
+            let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            assert_eq!(nnp, 0);
+            let rules = restrict_files(&k, Some(&c)).unwrap();
+            let write = |p: &Path| std::fs::OpenOptions::new().write(true).open(p).is_ok();
+            // SAFETY: kill(2) with signal 0 only checks that a signal could be sent.
+            let signal = unsafe { libc::kill(parent, 0) } == 0;
+            let got = (
+                write(&k),
+                write(&t),
+                std::fs::create_dir(c.join("g")).is_ok(),
+                std::fs::remove_dir(c.join("g")).is_ok(),
+                write(&o),
+                std::fs::File::create(c.join("new")).is_ok(),
+                std::fs::remove_file(&o).is_ok(),
+                std::fs::read(&o).is_ok() && std::fs::read_to_string("/proc/self/stat").is_ok(),
+                signal,
+            );
+            (rules, got)
+        })
+        .join()
+        .unwrap();
+        if rules == FileRules::Unavailable {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this kernel has no Landlock, which CI's must have"
+            );
+            eprintln!("skipped: this kernel has no Landlock");
+            return;
+        }
+        assert_eq!(rules, FileRules::Enforced, "Landlock ABI older than 6");
+        assert_eq!(
+            got,
+            (true, true, true, true, false, false, false, true, false),
+            "(kvm, cgroup file, mkdir, rmdir, other file, new file, unlink, reads, signal out)"
+        );
+        // The rest of the process is not restricted.
+        assert!(std::fs::OpenOptions::new().write(true).open(&other).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
