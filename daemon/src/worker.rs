@@ -26,9 +26,8 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
         return 2;
     }
     // Likewise the filesystem rules and the seccomp filter: inherited by every thread started
-    // after them.
-    // A Landlock failure (e.g. a service manager's syscall filter refusing its calls) leaves
-    // the worker running under seccomp alone, and says so once it can log.
+    // after them. A Landlock failure (e.g. a service manager's syscall filter refusing its
+    // calls) leaves the worker under seccomp alone, and it says so once it can log.
     let files = restrict_files(Path::new("/dev/kvm"), cgroup_parent.as_deref());
     if let Err(e) = confine_worker() {
         eprintln!("summond kvm-worker: {e}");

@@ -146,11 +146,7 @@ impl NetPlumber {
     pub async fn forget(&self, service: &str) {
         let name = tap_name(service);
         let spare = self.spares().take(&name);
-        if let Some(i) = spare {
-            if let Err(e) = self.nl.delete_link(i).await {
-                tracing::warn!(tap = name, link = i, error = %e, "removing a spare tap");
-            }
-        }
+        self.delete_taps(&name, spare).await;
     }
 
     /// Removes or keeps the tap of a stopped instance (link `index`, named `name`): kept down as
@@ -169,7 +165,12 @@ impl NetPlumber {
         } else {
             vec![index]
         };
-        for i in delete {
+        self.delete_taps(name, delete).await;
+    }
+
+    /// Deletes links `links` of tap `name`; a failure is logged and the rest still go.
+    async fn delete_taps(&self, name: &str, links: impl IntoIterator<Item = u32>) {
+        for i in links {
             if let Err(e) = self.nl.delete_link(i).await {
                 tracing::warn!(tap = name, link = i, error = %e, "removing tap");
             }

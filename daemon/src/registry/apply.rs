@@ -56,13 +56,7 @@ impl Registry {
                     slot.lock().removed = true;
                     self.stop(slot, StopMode::Destroy, "removed from config")
                         .await;
-                    let driver = slot
-                        .entry
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .driver
-                        .clone();
-                    driver.forget(&slot.name).await;
+                    slot.entry().driver.forget(&slot.name).await;
                     self.slots
                         .write()
                         .unwrap_or_else(|p| p.into_inner())

@@ -19,7 +19,7 @@ mod limit;
 mod memory;
 mod private;
 mod regs;
-mod seccomp;
+pub(crate) mod seccomp;
 mod shared_pages;
 mod vcpu;
 mod vm;

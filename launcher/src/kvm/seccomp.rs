@@ -165,8 +165,8 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
 }
 
 /// Compiles a filter that answers the syscalls of `rules` with `on_match`, all others with
-/// `otherwise`.
-fn compile(
+/// `otherwise` (also the worker process's filter, `worker/sandbox.rs`).
+pub(crate) fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     otherwise: SeccompAction,
     on_match: SeccompAction,

@@ -36,9 +36,10 @@ use landlock::{
 
 use super::WorkerError;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
+
+use crate::kvm::seccomp::compile;
 
 /// Refused in every case.
 const REFUSED: &[libc::c_long] = &[
@@ -179,17 +180,11 @@ fn rules(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
 
 /// The filter for process `pid`: [`rules`] answered with `EPERM`, everything else allowed.
 fn program(pid: u32) -> Result<BpfProgram, String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    let filter = SeccompFilter::new(
+    compile(
         rules(pid).map_err(|e| e.to_string())?,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
-        arch,
     )
-    .map_err(|e| e.to_string())?;
-    BpfProgram::try_from(filter).map_err(|e| e.to_string())
 }
 
 /// Confines the calling thread and every thread it starts from now on; call it before the
