@@ -7,7 +7,8 @@
 //!
 //! `cargo bench -p summon-tests --bench cold_path` (root, /dev/kvm).
 //! Knobs: COLD_BENCH_N (summons per wake path, 1000), COLD_BENCH_POOL0_N (cold summons with
-//! prewarm = 0, 300), COLD_BENCH_SVG (plot path, docs/cold-path.svg; "-" for none).
+//! prewarm = 0, 300), COLD_BENCH_SVG (plot path, docs/cold-path.svg; "-" for none), COLD_BENCH_LOG
+//! (a path to keep the first daemon's whole log at).
 
 use summon_tests::daemon as daemon_support;
 
@@ -200,6 +201,10 @@ fn main() {
         }
     }
     let log = plain(&d.log());
+    // The whole daemon log, for reading one summon's timeline line by line.
+    if let Ok(path) = std::env::var("COLD_BENCH_LOG") {
+        std::fs::write(&path, &log).expect("writing COLD_BENCH_LOG");
+    }
     let boots = d.metric("summon_boots_total", &[("service", "web")]);
     let resumed = d.metric(
         "summon_summons_total",

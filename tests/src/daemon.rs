@@ -381,6 +381,31 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The threads of summond and its workers (`PID/TID`) that have the tap `name` open, from
+    /// the tun driver's `iff:` line in their fdinfo. Per thread, because a vCPU thread keeps
+    /// its descriptors in an fd table of its own.
+    pub fn tap_holders(&self, name: &str) -> Vec<String> {
+        let wanted = format!("iff:\t{name}\n");
+        let mut out = Vec::new();
+        for pid in process_family(self.pid()) {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let Ok(fds) = std::fs::read_dir(t.path().join("fdinfo")) else {
+                    continue;
+                };
+                let holds = fds.flatten().any(|f| {
+                    std::fs::read_to_string(f.path()).is_ok_and(|info| info.contains(&wanted))
+                });
+                if holds {
+                    out.push(format!("{pid}/{}", t.file_name().to_string_lossy()));
+                }
+            }
+        }
+        out
+    }
+
     /// Names of the namespace's interfaces starting with "sm-", up or down.
     pub fn taps(&self) -> Vec<String> {
         self.sm_links(None)
@@ -579,7 +604,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
-/// Polls `f` until it returns true or `timeout` passes.
 /// `pid` and its descendants, from `/proc/PID/task/*/children`.
 pub fn process_family(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
@@ -602,6 +626,7 @@ pub fn process_family(pid: i32) -> Vec<i32> {
     out
 }
 
+/// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

@@ -267,7 +267,13 @@ fn a_stopped_services_tap_is_kept_down_for_its_next_start() {
     };
     d.summon_http("one", "10.77.0.41".parse().unwrap());
     let first = link_index(&d, "sm-one");
+    assert!(
+        !d.tap_holders("sm-one").is_empty(),
+        "the fdinfo scan finds the live tap"
+    );
     stop(&d, "one");
+    // Nobody holds it once the stop is answered, so the next start attaches at once.
+    assert_eq!(d.tap_holders("sm-one"), Vec::<String>::new());
     assert!(
         wait_until(Duration::from_secs(5), || d.spare_taps() == ["sm-one"]),
         "no spare: up {:?}, down {:?}",
@@ -278,7 +284,16 @@ fn a_stopped_services_tap_is_kept_down_for_its_next_start() {
     // Nothing of the stopped instance routes to the spare.
     assert_eq!(d.ip(&["route", "show", "dev", "sm-one"]).trim(), "");
     assert_eq!(d.ip(&["neigh", "show", "dev", "sm-one"]).trim(), "");
-    // The next start of "one" takes that link, up, with its route and neighbour entry again.
+    // The next start of "one" takes that link, up, with its route and neighbour entry again;
+    // a start right after a stop finds it free.
+    for _ in 0..5 {
+        d.summon_http("one", "10.77.0.41".parse().unwrap());
+        stop(&d, "one");
+    }
+    assert!(
+        !d.log().contains("spare tap still held"),
+        "a start waited for the stopped instance to let go of its tap"
+    );
     d.summon_http("one", "10.77.0.41".parse().unwrap());
     assert_eq!(
         link_index(&d, "sm-one"),

@@ -117,6 +117,10 @@ impl NetPlumber {
             match Tap::attach(name, index) {
                 Ok(t) => return Some(t),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tracing::debug!(
+                        tap = name,
+                        "spare tap still held by its last instance; waiting"
+                    );
                     tokio::time::sleep(std::time::Duration::from_micros(250)).await;
                 }
                 Err(e) => {

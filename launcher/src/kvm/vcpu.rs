@@ -197,7 +197,7 @@ impl VcpuRunner {
     }
 
     /// Reports how the guest ended, marks it finished and releases everything.
-    fn end(self, outcome: std::thread::Result<End>) {
+    fn end(mut self, outcome: std::thread::Result<End>) {
         let event = match outcome {
             Ok(End::Halt(status)) => InstanceEvent::Exited(status),
             Ok(End::Fault(reason)) => InstanceEvent::Faulted(reason),
@@ -211,6 +211,10 @@ impl VcpuRunner {
         // The relay calls the sink (and survives a sink that panics). No logging here: a broken
         // log sink is one way to get here.
         self.events.send(event);
+        // Taps before the guest counts as stopped: whoever stopped it may hand its tap to the
+        // next instance right away (the worker keeps a second descriptor, so this close is
+        // not the tap's last and costs no grace period here).
+        self.devices.close_nets();
         self.finish.now();
         // Dropping `self` closes the vCPU and VM fds and unmaps guest memory, here on the vCPU
         // thread rather than on anybody's start or stop path, and at a lower priority: nothing

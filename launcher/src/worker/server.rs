@@ -88,8 +88,8 @@ struct Live {
     instance: Arc<KvmInstance>,
     slot: usize,
     /// A second descriptor of each of its taps, closed only after the guest's own: see
-    /// [`ToWorker::StopAll`].
-    _taps: Vec<OwnedFd>,
+    /// [`ToWorker::StopAll`] and [`ToWorker::Stop`].
+    taps: Vec<OwnedFd>,
 }
 
 /// The counter slots not in use; a slot returns only once its instance's thread has ended.
@@ -221,8 +221,19 @@ fn handle(
             }
         }
         // A stop of an instance already released has nothing left to do; a suspend fails.
+        // The stop is answered once the taps are closed too: the daemon hands a stopped
+        // instance's tap to its service's next start, which cannot attach while we hold it.
+        // Their last close waits for an RCU grace period; here, not on that start.
         ToWorker::Stop { seq, id } => {
-            waiting(live, id, seq, out, Ok(Answer::Done), "stop", |i| i.stop())
+            let taps = live
+                .get_mut(&id)
+                .map(|l| std::mem::take(&mut l.taps))
+                .unwrap_or_default();
+            waiting(live, id, seq, out, Ok(Answer::Done), "stop", move |i| {
+                let r = i.stop();
+                drop(taps);
+                r
+            })
         }
         ToWorker::Suspend { seq, id } => {
             let gone = Err(format!("instance {id} is not running"));
@@ -240,24 +251,32 @@ fn handle(
             out.reply(seq, Ok(Answer::CpuStat(stat)));
         }
         ToWorker::StopAll => {
-            // The guests end now, in parallel; their taps stay open (`Live::_taps`) until the
-            // daemon, having deleted them, closes the socket. A tap deleted while open is
-            // detached with one RCU grace period; one closed first costs another at its close.
+            // The guests end now, in parallel; their taps stay open (`Live::taps`) until the
+            // daemon, having deleted them, stops each guest or closes the socket. A tap deleted
+            // while open is detached with one RCU grace period; one closed first costs another
+            // at its close.
             for l in live.values() {
                 l.instance.request_stop();
             }
         }
         ToWorker::Release { id } => {
-            if let Some(l) = live.remove(&id) {
-                l.instance.request_stop();
+            if let Some(Live {
+                instance,
+                slot,
+                taps,
+            }) = live.remove(&id)
+            {
+                instance.request_stop();
                 let free = free.clone();
-                // The slot is free once the vCPU thread has ended (it counts until then).
+                // The slot is free once the vCPU thread has ended (it counts until then); the
+                // taps need not wait for its memory to be unmapped.
                 let joined = std::thread::Builder::new()
                     .name("worker-join".into())
                     .stack_size(64 << 10)
                     .spawn(move || {
-                        l.instance.join();
-                        free.lock().unwrap_or_else(|p| p.into_inner()).push(l.slot);
+                        drop(taps);
+                        instance.join();
+                        free.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
                     });
                 if joined.is_err() {
                     tracing::warn!("no thread to wait for a released instance; slot kept");
@@ -305,7 +324,7 @@ fn start(
     spec: StartSpec,
     fds: Vec<OwnedFd>,
 ) -> Result<Live, String> {
-    // Second descriptors of the taps (see `Live::_taps`): one fd each in this process's table,
+    // Second descriptors of the taps (see `Live::taps`): one fd each in this process's table,
     // at most two per guest.
     let taps = fds
         .iter()
@@ -329,7 +348,7 @@ fn start(
         Ok(instance) => Ok(Live {
             instance: Arc::new(instance),
             slot,
-            _taps: taps,
+            taps,
         }),
         Err(e) => {
             give_back(slot);
