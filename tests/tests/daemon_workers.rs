@@ -2,7 +2,8 @@
 //! more, a worker that dies takes only its own guests (reported as faulted, summoned again on
 //! the next query) while the daemon and the other workers' guests go on, and SIGTERM leaves no
 //! worker behind; workers left without guests end. With `instances_per_process = 0` the guests run
-//! in summond itself.
+//! in summond itself. Workers run without capabilities, under seccomp and Landlock, and not
+//! dumpable: a process of their uid cannot read their guests' memory.
 
 use summon_tests::daemon as daemon_support;
 
@@ -50,6 +51,29 @@ fn status_field_of(dir: &str, field: &str) -> String {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("no {field} in {dir}/status"))
+}
+
+/// `setpriv` arguments for a process of this uid with no capability, none to gain.
+const NO_CAPS: &[&str] = &[
+    "--bounding-set=-all",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--no-new-privs",
+    "--",
+];
+
+/// Whether such a process may open `/proc/PID/mem` for reading (`Err`: what the shell said).
+fn open_mem_without_capabilities(pid: i32) -> Result<(), String> {
+    let out = std::process::Command::new("setpriv")
+        .args(NO_CAPS)
+        .args(["sh", "-c", &format!("exec 3</proc/{pid}/mem")])
+        .output()
+        .expect("run setpriv (util-linux)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn alive(pid: i32) -> bool {
@@ -110,6 +134,31 @@ fn a_worker_that_dies_takes_only_its_own_guests_and_they_come_back_on_the_next_q
         }
     }
     assert_eq!(status_field(summond, "Seccomp"), "0");
+    // A process of the same uid without capabilities (what a worker is) cannot open a
+    // worker's memory, whereas it can open that of a process like itself.
+    let mut peer = std::process::Command::new("setpriv")
+        .args(NO_CAPS)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    let peer_pid = peer.id() as i32;
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{peer_pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    }));
+    assert_eq!(
+        open_mem_without_capabilities(peer_pid),
+        Ok(()),
+        "the probe itself"
+    );
+    for &w in &homes {
+        let got = open_mem_without_capabilities(w);
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains("Permission denied")),
+            "worker {w}'s memory: {got:?}"
+        );
+    }
+    let _ = peer.kill();
+    let _ = peer.wait();
     // And each worker is held to its files by Landlock (this kernel has it; CI's must).
     let confined = d
         .log()

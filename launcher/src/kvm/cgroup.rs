@@ -135,10 +135,9 @@ impl Hierarchy {
             ),
         };
         let base = match PARENT.get() {
-            Some(parent) => {
-                remove_leftovers(parent, "worker-");
-                parent.join(format!("worker-{}", std::process::id()))
-            }
+            // A worker leaves the groups of ended workers to summond (`remove_ended_workers`):
+            // its sandbox cannot tell whether another worker is alive.
+            Some(parent) => parent.join(format!("worker-{}", std::process::id())),
             None => {
                 remove_leftovers(&group, "summond-");
                 if mode == CgroupMode::V2 {
@@ -217,12 +216,18 @@ impl Hierarchy {
         }
     }
 
+    /// Removes the groups of worker processes that have ended (summond, once it reaped one that
+    /// died: a killed worker cannot remove its own).
+    pub fn remove_ended_workers(&self) {
+        remove_leftovers(&self.base, "worker-");
+    }
+
     /// At exit, once every instance is stopped: removes the retired groups (waiting up to
     /// `wait` for their threads to exit) and then this process's own group.
     pub fn release(&self, wait: std::time::Duration) {
         let deadline = std::time::Instant::now() + wait;
         // The groups of worker processes that ended without removing theirs (killed).
-        remove_leftovers(&self.base, "worker-");
+        self.remove_ended_workers();
         let has_groups = || {
             fs::read_dir(&self.base).is_ok_and(|mut d| {
                 d.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
@@ -458,6 +463,24 @@ fn v1_cpu_group(mountinfo: &str, own: &str) -> Option<PathBuf> {
     Some(Path::new(mount).join(path.trim_start_matches('/')))
 }
 
+/// False only when no process `pid` exists. Asked with a null signal rather than by looking in
+/// /proc: workers are not dumpable, and under the unit's `ProtectProc=invisible` a process that
+/// is not dumpable has no /proc entry for anybody without `CAP_SYS_PTRACE`. A process we may
+/// not signal (`EPERM`: another user's, or refused by a worker's own sandbox) counts as
+/// existing, so its group is kept.
+fn process_may_exist(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks that `pid` exists (a positive
+    // pid names one process, never a group).
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Removes the `PREFIX-PID` groups (`summond-`, `worker-`) of processes that no longer exist,
 /// with the groups below them, which no thread can hold any more. Groups of live processes are
 /// left alone.
@@ -474,7 +497,7 @@ fn remove_leftovers(group: &Path, prefix: &str) {
         else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if process_may_exist(pid) {
             continue;
         }
         let dir = e.path();

@@ -479,6 +479,11 @@ fn read_loop(w: Arc<Worker>) {
     }
     // Not left a zombie until the next start looks at the pool.
     w.reap(Instant::now() + QUICK_WAIT);
+    // Its guests' CPU-quota groups: the worker cannot remove them now, and the other workers
+    // cannot tell it is gone (their sandbox refuses to signal it).
+    if let Some(h) = crate::kvm::cgroup::detected() {
+        h.remove_ended_workers();
+    }
 }
 
 /// A worker's log line, logged again at the level its formatter wrote first.

@@ -3,6 +3,12 @@
 //! reads no other user's file: /dev/kvm is opened by group or owner, taps arrive as
 //! descriptors, and cgroupfs (CPU quotas) checks only file modes. summond keeps
 //! `CAP_NET_ADMIN` for the plumbing; a VMM compromised by its guest does not get it.
+//!
+//! A worker is also made non-dumpable. Workers share one uid and, with no capabilities, one
+//! (empty) permitted set, which is all the kernel asks before it lets one of them open
+//! another's `/proc/PID/mem`: guest memory of other services. Landlock already refuses that
+//! across workers where the kernel has it (each worker is a domain of its own); this holds
+//! without it, and keeps guest memory out of core dumps.
 
 use std::io;
 
@@ -23,9 +29,9 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Empties this process's effective, permitted, inheritable and ambient capability sets and
-/// sets `no_new_privs`, for every thread created from now on (call it before any other thread
-/// exists). The bounding set is emptied too where the process may (`CAP_SETPCAP`); without
+/// Empties this process's effective, permitted, inheritable and ambient capability sets, sets
+/// `no_new_privs` and clears the dumpable flag, for every thread created from now on (call it
+/// before any other thread exists). The bounding set is emptied too where the process may (`CAP_SETPCAP`); without
 /// it an empty permitted set and `no_new_privs` already mean an `execve` gains nothing.
 pub fn drop_capabilities() -> io::Result<()> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
@@ -62,6 +68,10 @@ pub fn drop_capabilities() -> io::Result<()> {
         )
     };
     if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
