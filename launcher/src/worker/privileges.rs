@@ -31,8 +31,9 @@ struct CapData {
 
 /// Empties this process's effective, permitted, inheritable and ambient capability sets, sets
 /// `no_new_privs` and clears the dumpable flag, for every thread created from now on (call it
-/// before any other thread exists). The bounding set is emptied too where the process may (`CAP_SETPCAP`); without
-/// it an empty permitted set and `no_new_privs` already mean an `execve` gains nothing.
+/// before any other thread exists). The bounding set is emptied too where the process may
+/// (`CAP_SETPCAP`); without it an empty permitted set and `no_new_privs` already mean an
+/// `execve` gains nothing.
 pub fn drop_capabilities() -> io::Result<()> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
