@@ -195,11 +195,19 @@ struct FoundNote {
 /// Opens the image at `path` and checks its size against the largest any guest can hold;
 /// returns the file and its length.
 fn open_image(path: &Path) -> Result<(File, usize), ImageError> {
+    let file = File::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sized(file, path)
+}
+
+/// `file` (opened from `path`) with its length, checked against [`MAX_IMAGE_SIZE`].
+fn sized(file: File, path: &Path) -> Result<(File, usize), ImageError> {
     let io = |source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     let len = usize::try_from(size)
         .ok()
@@ -234,6 +242,17 @@ impl ElfImage {
     /// its segments from memory.
     pub fn read(path: &Path) -> Result<ElfImage, ImageError> {
         let (file, len) = open_image(path)?;
+        Self::read_all(file, len, path)
+    }
+
+    /// Like [`Self::read`], from `file`, already opened (by a process that may open `path`,
+    /// for one that may not); `path` names it in errors.
+    pub fn read_opened(file: File, path: &Path) -> Result<ElfImage, ImageError> {
+        let (file, len) = sized(file, path)?;
+        Self::read_all(file, len, path)
+    }
+
+    fn read_all(file: File, len: usize, path: &Path) -> Result<ElfImage, ImageError> {
         let mut bytes = Vec::with_capacity(len);
         // At most one byte more than checked: a file that grew since is refused, not truncated.
         (&file)

@@ -264,6 +264,24 @@ fn read_takes_the_image_into_memory() {
     ));
 }
 
+/// `read_opened` reads a file someone else opened: the same image as by path, the file's path
+/// named in its errors, and its size checked like any other.
+#[test]
+fn read_opened_takes_an_open_file_as_read_takes_a_path() {
+    let dir = tempdir("opened");
+    let path = dir.join("hello.hvt");
+    let b = ImageBuilder::with_devices(&[("service", abi::MFT_DEV_NET_BASIC)]);
+    std::fs::write(&path, b.to_bytes()).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let img = ElfImage::read_opened(file, &path).expect("valid file refused");
+    assert_eq!(img.segments, ElfImage::read(&path).unwrap().segments);
+    let empty = dir.join("empty.hvt");
+    std::fs::write(&empty, b"").unwrap();
+    let err = ElfImage::read_opened(std::fs::File::open(&empty).unwrap(), &empty);
+    assert!(err.is_err(), "an empty file was accepted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A file cut short after its headers were checked: loading a segment is a clear I/O error.
 #[test]
 fn file_truncated_after_the_checks_is_an_error_at_load() {

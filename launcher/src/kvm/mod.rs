@@ -27,6 +27,7 @@ mod warm;
 mod working_set;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -169,14 +170,21 @@ impl KvmBackend {
     /// Parses the image at `path` (read into memory: the cache holds no fd), or returns the
     /// cached parse if the file has not changed.
     pub fn load_image(&self, path: &Path) -> Result<Arc<ElfImage>, KvmError> {
-        Ok(self.cached(path)?.image)
+        Ok(self.cached(path, None)?.image)
     }
 
-    fn cached(&self, path: &Path) -> Result<Cached, KvmError> {
-        let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
+    /// The image at `path`, read from `opened` when the caller opened it for us (a worker
+    /// process may not open images itself), else by path.
+    fn cached(&self, path: &Path, opened: Option<File>) -> Result<Cached, KvmError> {
+        let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let meta = match &opened {
+            Some(f) => f.metadata(),
+            None => std::fs::metadata(path),
+        }
+        .map_err(io)?;
         let stamp = FileStamp {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -191,7 +199,10 @@ impl KvmBackend {
             }
         }
         // Parsed without the lock, so starts of other images do not wait for this one.
-        let image = Arc::new(ElfImage::read(path)?);
+        let image = Arc::new(match opened {
+            Some(f) => ElfImage::read_opened(f, path)?,
+            None => ElfImage::read(path)?,
+        });
         let shared = match SharedPages::build(&image) {
             Ok(s) => s.map(Arc::new),
             Err(e) => {
@@ -215,18 +226,20 @@ impl KvmBackend {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<KvmInstance, KvmError> {
-        self.start_counted(spec, events, Counters::default())
+        self.start_counted(spec, None, events, Counters::default())
     }
 
     /// Like [`Self::start_kvm`], with the instance's counters kept in `counters` (a slot of
-    /// memory shared with another process, for a worker process's instances).
+    /// memory shared with another process, for a worker process's instances), and the image
+    /// read from `image` when given (opened by summond for a worker that may not open it).
     pub fn start_counted(
         &self,
         spec: InstanceSpec,
+        image: Option<File>,
         events: EventSink,
         counters: Counters,
     ) -> Result<KvmInstance, KvmError> {
-        let c = self.cached(&spec.image)?;
+        let c = self.cached(&spec.image, image)?;
         self.start_image_counted(c.image, c.shared, Some(c.learned), spec, events, counters)
     }
 

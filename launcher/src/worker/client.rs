@@ -185,6 +185,14 @@ impl Backend for WorkerPool {
         spec: InstanceSpec,
         events: EventSink,
     ) -> Result<Box<dyn Instance>, BackendError> {
+        // The worker may not open images (its Landlock rules): summond does, for each start,
+        // so a reload's new images need nothing more.
+        let image = std::fs::File::open(&spec.image).map_err(|source| {
+            crate::kvm::KvmError::from(summon_image::ImageError::Io {
+                path: spec.image.clone(),
+                source,
+            })
+        })?;
         let worker = self.pick()?;
         let id = next_number();
         let seq = next_number();
@@ -196,7 +204,7 @@ impl Backend for WorkerPool {
             .sinks
             .insert(id, tracking(state.clone(), events));
         let name = spec.name.clone();
-        let (spec, fds) = StartSpec::from_spec(spec);
+        let (spec, fds) = StartSpec::from_spec(spec, image.into());
         let req = ToWorker::Start { seq, id, spec };
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let answer = worker.ask(seq, &req, &raw, QUICK_WAIT, "start");

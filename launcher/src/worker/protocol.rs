@@ -1,6 +1,7 @@
 //! What the daemon and a worker process say to each other: JSON, one message per seqpacket.
 //! Requests that want an answer carry a sequence number the [`FromWorker::Reply`] repeats.
 
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -55,6 +56,8 @@ pub(super) enum ToWorker {
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct StartSpec {
     pub name: String,
+    /// Named in messages and as the image cache's key; the image itself arrives as the last
+    /// descriptor of the request (workers open no image).
     pub image: PathBuf,
     pub memory_mib: u64,
     pub nets: Vec<NetReq>,
@@ -64,8 +67,9 @@ pub(super) struct StartSpec {
 }
 
 impl StartSpec {
-    /// `spec` as it crosses the socket, and the tap descriptors to pass with it, in order.
-    pub fn from_spec(spec: InstanceSpec) -> (StartSpec, Vec<OwnedFd>) {
+    /// `spec` as it crosses the socket, and the descriptors to pass with it, in order: the
+    /// taps, then `image` (the image file, opened by the caller).
+    pub fn from_spec(spec: InstanceSpec, image: OwnedFd) -> (StartSpec, Vec<OwnedFd>) {
         let mut fds = Vec::new();
         let nets = spec
             .nets
@@ -91,11 +95,17 @@ impl StartSpec {
             args: spec.args,
             limits: spec.limits,
         };
+        fds.push(image);
         (start, fds)
     }
 
-    /// The instance spec again, each [`TapReq::Fd`] taking the next of `fds`.
-    pub fn into_spec(self, fds: Vec<OwnedFd>) -> Result<InstanceSpec, String> {
+    /// The instance spec again, each [`TapReq::Fd`] taking the next of `fds`, and the image
+    /// file (the last of `fds`).
+    pub fn into_spec(self, mut fds: Vec<OwnedFd>) -> Result<(InstanceSpec, File), String> {
+        let image = fds
+            .pop()
+            .map(File::from)
+            .ok_or_else(|| format!("image {}: its descriptor is missing", self.image.display()))?;
         let mut fds = fds.into_iter();
         let nets =
             self.nets
@@ -114,7 +124,7 @@ impl StartSpec {
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-        Ok(InstanceSpec {
+        let spec = InstanceSpec {
             name: self.name,
             image: self.image,
             memory_mib: self.memory_mib,
@@ -122,7 +132,8 @@ impl StartSpec {
             blocks: self.blocks,
             args: self.args,
             limits: self.limits,
-        })
+        };
+        Ok((spec, image))
     }
 }
 

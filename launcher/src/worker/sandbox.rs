@@ -209,18 +209,34 @@ pub enum FileRules {
     Unavailable,
 }
 
-/// Restricts what the calling thread and the threads it starts from now on may change in the
-/// filesystem: writing to `kvm` (the KVM device, with its ioctls) and, beneath `cgroup`,
-/// writing files and making and removing directories; nothing else may be written, created,
-/// removed, renamed or executed, and no signal goes outside the thread's Landlock domain.
-/// Needs `no_new_privs` (set by [`super::drop_capabilities`]).
+/// What a worker may still read by path: its own process's entries and the host's CPU and
+/// cgroup facts (`/proc/self/mountinfo`, `cgroup.controllers`, the CPU count). Nothing of
+/// summond's: not its configuration, the admin token, the cluster's credentials or the images
+/// (summond passes each start's image as a descriptor).
+const READABLE: [&str; 2] = ["/proc", "/sys"];
+
+/// Restricts what the calling thread and the threads it starts from now on may open by path:
+/// `kvm` (the KVM device) for reading and writing, with its ioctls; beneath `cgroup`, files to
+/// read and write and directories to list, make and remove; beneath [`READABLE`], files and
+/// directories to read. Nothing else may be opened, written, created, removed, renamed or
+/// executed (descriptors already open, or passed in, are not affected), and no signal goes
+/// outside the thread's Landlock domain. Needs `no_new_privs` (set by
+/// [`super::drop_capabilities`]).
 pub fn restrict_files(kvm: &Path, cgroup: Option<&Path>) -> Result<FileRules, WorkerError> {
+    restrict_files_beneath(kvm, cgroup, &READABLE.map(Path::new))
+}
+
+fn restrict_files_beneath(
+    kvm: &Path,
+    cgroup: Option<&Path>,
+    readable: &[&Path],
+) -> Result<FileRules, WorkerError> {
     let setup = |e: RulesetError| WorkerError::Setup {
         message: format!("the worker's Landlock rules: {e}"),
     };
     let abi = ABI::V6;
     let status = Ruleset::default()
-        .handle_access(AccessFs::from_write(abi) | AccessFs::Execute)
+        .handle_access(AccessFs::from_all(abi))
         .map_err(setup)?
         .scope(Scope::from_all(abi))
         .map_err(setup)?
@@ -228,13 +244,18 @@ pub fn restrict_files(kvm: &Path, cgroup: Option<&Path>) -> Result<FileRules, Wo
         .map_err(setup)?
         .add_rules(path_beneath_rules(
             [kvm],
-            AccessFs::WriteFile | AccessFs::IoctlDev,
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev,
         ))
         .map_err(setup)?
         .add_rules(path_beneath_rules(
             cgroup,
-            AccessFs::WriteFile | AccessFs::MakeDir | AccessFs::RemoveDir,
+            AccessFs::from_read(abi)
+                | AccessFs::WriteFile
+                | AccessFs::MakeDir
+                | AccessFs::RemoveDir,
         ))
+        .map_err(setup)?
+        .add_rules(path_beneath_rules(readable, AccessFs::from_read(abi)))
         .map_err(setup)?
         .restrict_self()
         .map_err(setup)?;
@@ -318,9 +339,10 @@ mod tests {
 
     /// The filesystem rules on one thread of the test process (Landlock binds the thread that
     /// restricts itself and its future children): the stand-ins for /dev/kvm and the cgroup
-    /// directory stay writable, nothing else does, and reading is untouched.
+    /// directory stay writable, nothing else does, and only those and the readable tree (here a
+    /// stand-in for /proc and /sys) can be read.
     #[test]
-    fn a_restricted_thread_writes_only_kvm_and_its_cgroup_directory() {
+    fn a_restricted_thread_opens_only_kvm_its_cgroup_directory_proc_and_sys() {
         let dir = std::env::temp_dir().join(format!("summon-landlock-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let cgroup = dir.join("cgroup");
@@ -328,16 +350,20 @@ mod tests {
         let kvm = dir.join("kvm");
         let other = dir.join("other");
         let tasks = cgroup.join("tasks");
-        for f in [&kvm, &other, &tasks] {
+        let readable = dir.join("proc");
+        std::fs::create_dir_all(&readable).unwrap();
+        let stat = readable.join("stat");
+        for f in [&kvm, &other, &tasks, &stat] {
             std::fs::write(f, b"x").unwrap();
         }
         let parent = std::os::unix::process::parent_id() as libc::pid_t;
         let (k, c, o, t) = (kvm.clone(), cgroup.clone(), other.clone(), tasks.clone());
+        let (r, st) = (readable.clone(), stat.clone());
         let (rules, got) = std::thread::spawn(move || {
             // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only (and binds this thread).
             let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
             assert_eq!(nnp, 0);
-            let rules = restrict_files(&k, Some(&c)).unwrap();
+            let rules = restrict_files_beneath(&k, Some(&c), &[&r]).unwrap();
             let write = |p: &Path| std::fs::OpenOptions::new().write(true).open(p).is_ok();
             // SAFETY: kill(2) with signal 0 only checks that a signal could be sent.
             let signal = unsafe { libc::kill(parent, 0) } == 0;
@@ -349,7 +375,10 @@ mod tests {
                 write(&o),
                 std::fs::File::create(c.join("new")).is_ok(),
                 std::fs::remove_file(&o).is_ok(),
-                std::fs::read(&o).is_ok() && std::fs::read_to_string("/proc/self/stat").is_ok(),
+                std::fs::read(&st).is_ok()
+                    && std::fs::read(&t).is_ok()
+                    && std::fs::read(&k).is_ok(),
+                std::fs::read(&o).is_ok(),
                 signal,
             );
             (rules, got)
@@ -367,11 +396,13 @@ mod tests {
         assert_eq!(rules, FileRules::Enforced, "Landlock ABI older than 6");
         assert_eq!(
             got,
-            (true, true, true, true, false, false, false, true, false),
-            "(kvm, cgroup file, mkdir, rmdir, other file, new file, unlink, reads, signal out)"
+            (true, true, true, true, false, false, false, true, false, false),
+            "(kvm, cgroup file, mkdir, rmdir, other file, new file, unlink, allowed reads, \
+             other read, signal out)"
         );
         // The rest of the process is not restricted.
         assert!(std::fs::OpenOptions::new().write(true).open(&other).is_ok());
+        assert!(std::fs::read(&other).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{Counters, EventSink, Instance, InstanceEvent};
+use crate::backend::{Counters, EventSink, Instance, InstanceEvent, TapSource};
 use crate::counters::CounterRegion;
 use crate::kvm::{KvmBackend, KvmInstance};
 
@@ -324,14 +324,18 @@ fn start(
     spec: StartSpec,
     fds: Vec<OwnedFd>,
 ) -> Result<Live, String> {
+    let (spec, image) = spec.into_spec(fds)?;
     // Second descriptors of the taps (see `Live::taps`): one fd each in this process's table,
-    // at most two per guest.
-    let taps = fds
+    // at most two per guest. The image's is closed once it is read (or found in the cache).
+    let taps = spec
+        .nets
         .iter()
-        .map(|f| f.try_clone())
+        .filter_map(|n| match &n.tap {
+            TapSource::Fd(fd) => Some(fd.try_clone()),
+            TapSource::Name(_) => None,
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("duplicating a tap descriptor: {e}"))?;
-    let spec = spec.into_spec(fds)?;
     let slot = free
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -344,7 +348,7 @@ fn start(
     };
     let sink_out = out.clone();
     let sink: EventSink = Arc::new(move |event| sink_out.send(FromWorker::Event { id, event }));
-    match backend.start_counted(spec, sink, counters) {
+    match backend.start_counted(spec, Some(image), sink, counters) {
         Ok(instance) => Ok(Live {
             instance: Arc::new(instance),
             slot,
