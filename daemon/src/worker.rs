@@ -28,7 +28,17 @@ pub fn run(prewarm: usize, slots: usize, cgroup_parent: Option<PathBuf>) -> i32 
     // Likewise the filesystem rules and the seccomp filter: inherited by every thread started
     // after them. A Landlock failure (e.g. a service manager's syscall filter refusing its
     // calls) leaves the worker under seccomp alone, and it says so once it can log.
-    let files = restrict_files(Path::new("/dev/kvm"), cgroup_parent.as_deref());
+    let own_group = cgroup_parent.as_deref().and_then(|parent| {
+        summon_launcher::kvm::cgroup::make_own_worker_group(parent)
+            .map_err(|e| {
+                eprintln!(
+                    "summond kvm-worker: making its cpu cgroup in {}: {e} (no CPU quotas)",
+                    parent.display()
+                )
+            })
+            .ok()
+    });
+    let files = restrict_files(Path::new("/dev/kvm"), own_group.as_deref());
     if let Err(e) = confine_worker() {
         eprintln!("summond kvm-worker: {e}");
         return 2;

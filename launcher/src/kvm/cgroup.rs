@@ -96,6 +96,25 @@ pub fn nest_in(parent: PathBuf) {
     let _ = PARENT.set(parent);
 }
 
+/// The group of worker process `pid` inside summond's group `parent`.
+fn worker_group(parent: &Path, pid: u32) -> PathBuf {
+    parent.join(format!("worker-{pid}"))
+}
+
+/// A worker process, before it confines itself: makes its own group inside summond's `parent`
+/// and returns it, the only part of cgroupfs its sandbox lets it write (not its siblings'
+/// groups, where it could change another worker's guests' quotas or move their threads).
+/// summond removes it once the worker has ended: the sandbox does not let the worker remove
+/// the directory itself, which is an entry of `parent`.
+pub fn make_own_worker_group(parent: &Path) -> io::Result<PathBuf> {
+    let dir = worker_group(parent, std::process::id());
+    match fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(e),
+    }
+}
+
 /// The process-wide hierarchy, detected (its leftovers cleaned, the outcome logged) on first
 /// use: the first start with a quota, or a host program asking up front (summond, for its
 /// metric). A process that never asks for a quota (summon-run) never touches cgroupfs and never
@@ -137,7 +156,7 @@ impl Hierarchy {
         let base = match PARENT.get() {
             // A worker leaves the groups of ended workers to summond (`remove_ended_workers`):
             // its sandbox cannot tell whether another worker is alive.
-            Some(parent) => parent.join(format!("worker-{}", std::process::id())),
+            Some(parent) => worker_group(parent, std::process::id()),
             None => {
                 remove_leftovers(&group, "summond-");
                 if mode == CgroupMode::V2 {
@@ -216,8 +235,8 @@ impl Hierarchy {
         }
     }
 
-    /// Removes the groups of worker processes that have ended (summond, once it reaped one that
-    /// died: a killed worker cannot remove its own).
+    /// Removes the groups of worker processes that have ended (summond, once it has reaped one:
+    /// a worker may not remove its own, see [`make_own_worker_group`]).
     pub fn remove_ended_workers(&self) {
         remove_leftovers(&self.base, "worker-");
     }
@@ -241,6 +260,10 @@ impl Hierarchy {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if PARENT.get().is_some() {
+            // A worker's own group goes with summond's sweep (`make_own_worker_group`).
+            return;
         }
         if let Err(e) = fs::remove_dir(&self.base) {
             tracing::warn!(group = %self.base.display(), error = %e, "cannot remove summond's cpu cgroup");

@@ -394,19 +394,22 @@ impl Drop for Worker {
         // Gone from the pool and from every handle: dead, or shut down already. A process still
         // exiting (its guests' teardown) is waited for on a thread of its own, not here: the
         // last handle may go on a tokio worker or under the pool's lock.
+        // Its cgroup group goes once it has been waited for, on that thread too (cgroupfs
+        // takes a kernel-wide lock).
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut c) = child {
             if matches!(c.try_wait(), Ok(None)) {
                 let _ = c.kill();
-                let waiter = std::thread::Builder::new()
-                    .name("worker-reap".into())
-                    .stack_size(64 << 10)
-                    .spawn(move || {
-                        let _ = c.wait();
-                    });
-                if waiter.is_err() {
-                    tracing::warn!(pid = self.pid, "no thread to reap a worker; left a zombie");
-                }
+            }
+            let waiter = std::thread::Builder::new()
+                .name("worker-reap".into())
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let _ = c.wait();
+                    remove_ended_groups();
+                });
+            if waiter.is_err() {
+                tracing::warn!(pid = self.pid, "no thread to reap a worker; left a zombie");
             }
         }
     }
@@ -487,8 +490,12 @@ fn read_loop(w: Arc<Worker>) {
     }
     // Not left a zombie until the next start looks at the pool.
     w.reap(Instant::now() + QUICK_WAIT);
-    // Its guests' CPU-quota groups: the worker cannot remove them now, and the other workers
-    // cannot tell it is gone (their sandbox refuses to signal it).
+    remove_ended_groups();
+}
+
+/// The cgroup groups of workers that have ended: a worker may not remove its own (see
+/// `cgroup::make_own_worker_group`), and one that was killed could not anyway.
+fn remove_ended_groups() {
     if let Some(h) = crate::kvm::cgroup::detected() {
         h.remove_ended_workers();
     }
