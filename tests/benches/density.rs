@@ -311,6 +311,18 @@ fn run(n: usize, idle_window: Duration) -> Run {
     };
     let sigterm = t.elapsed();
     assert!(status.success(), "summond exit status {status}");
+    // Where the exit's time went: the daemon's own account, and what it logged after it.
+    let log = daemon_support::plain(&d.log());
+    if let Some(at) = log.rfind("all instances stopped") {
+        let from = log[..at].rfind('\n').map_or(0, |i| i + 1);
+        for line in log[from..]
+            .lines()
+            .filter(|l| !l.contains("cgroup"))
+            .take(6)
+        {
+            println!("  exit: {line}");
+        }
+    }
     let taps = d.taps().len();
     let routes = count_lines(&d, &["-4", "route", "show"], "10.77.");
     let neigh = count_lines(&d, &["-4", "neigh", "show"], "10.77.");

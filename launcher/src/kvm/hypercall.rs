@@ -130,6 +130,9 @@ impl VcpuRunner {
         if !self.net_ready_sent {
             self.net_ready_sent = true;
             self.emit(InstanceEvent::NetReady);
+            if let Some(pool) = self.booted.take() {
+                pool.booted();
+            }
         }
     }
 

@@ -330,6 +330,7 @@ impl KvmBackend {
             limits: spec.limits,
             counters: counters.clone(),
             learn: learned.filter(|l| !l.is_known()),
+            booted: self.pool.clone(),
         });
         if job_sent.is_err() {
             // The parked thread is gone (its pre-run failed after all): nothing ran yet.

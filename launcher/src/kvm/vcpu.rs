@@ -55,6 +55,8 @@ pub(super) struct VcpuRunner {
     /// Where to record the guest's working set at its first wait for the network, if nobody
     /// has for its image yet (see `hypercall.rs`, POLL).
     pub learn: Option<Arc<Learned>>,
+    /// Told (once) when the guest first waits for the network: see `Pool::booted`.
+    pub booted: Option<Arc<super::warm::Pool>>,
     /// Shared with the instance handle; only this thread writes them.
     pub counters: Counters,
     pub tx_limit: Option<TxLimit>,
@@ -150,6 +152,7 @@ impl VcpuRunner {
             poll_handles: Vec::new(),
             net_ready_sent: false,
             learn: job.learn,
+            booted: job.booted,
             cpu_group,
             counters: job.counters,
             tx_limit: TxLimit::new(limits.tx_frames_per_sec, limits.tx_bytes_per_sec),

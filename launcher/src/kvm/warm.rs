@@ -93,6 +93,8 @@ pub(super) struct Job {
     /// Where the guest records the pages it touched by its first wait for the network, when
     /// nobody has for its image yet (`working_set.rs`).
     pub learn: Option<Arc<Learned>>,
+    /// Told when the guest first waits for the network: the pool's refill may start then.
+    pub booted: Option<Arc<Pool>>,
 }
 
 /// Where the pre-run stub sits: the last page of the read-only low region, present in the ABI's
@@ -337,19 +339,26 @@ pub(super) struct Pool {
     mem_size: AtomicU64,
     /// The latest start's image's working set: what the next prepared vCPU's memory has backed.
     learned: Mutex<Option<Arc<Learned>>>,
-    /// No refill before this: the guest that took a prepared vCPU is booting (see
-    /// [`REFILL_QUIET`]).
+    /// No refill before this: the guest that took a prepared vCPU is booting and answering its
+    /// first client (see [`REFILL_QUIET`]).
     quiet_until: Mutex<Option<Instant>>,
+    /// Signalled when `quiet_until` comes earlier ([`Pool::booted`]).
+    quiet_over: Condvar,
 }
 
-/// How long after a start the refill keeps still. Preparing a vCPU is not done at the refill
-/// thread's low priority: the new vCPU thread makes its VM itself, at the priority its guest
-/// will have (threads cannot raise their priority back). Right after a start that work
-/// competed with the new guest's boot and first answer for the CPU and for its process's
-/// memory map: on two cores a cold summon's boot took 1.8 ms with it and 1.2 ms without
-/// (docs/benchmarks.md). A start within the quiet period of an earlier one does not extend it,
-/// so in a burst of starts each refill waits this long at most.
+/// How long after a start the refill keeps still at most. Preparing a vCPU is not done at the
+/// refill thread's low priority: the new vCPU thread makes its VM itself, at the priority its
+/// guest will have (threads cannot raise their priority back). Right after a start that work
+/// competed with the new guest's boot and first answer for the CPU and for its process's memory
+/// map: on two cores a cold summon's boot took 1.8 ms with it and 1.2 ms without
+/// (docs/benchmarks.md). A start within the quiet period of an earlier one does not extend it.
 const REFILL_QUIET: Duration = Duration::from_millis(3);
+
+/// The quiet ends this long after the new guest first waits for the network, if that is
+/// sooner: time for the first exchange with the client that summoned it, while a burst of
+/// starts (one every 2–3 ms) still finds a prepared vCPU each time. Measured on two cores
+/// against 0 and 1.5 ms and a fixed [`REFILL_QUIET`] (docs/benchmarks.md).
+const BOOTED_GRACE: Duration = Duration::from_millis(1);
 
 impl Pool {
     /// Starts the refill thread, which fills the pool up to `target` right away (`first`, the
@@ -365,6 +374,7 @@ impl Pool {
             mem_size: AtomicU64::new(0),
             learned: Mutex::new(None),
             quiet_until: Mutex::new(None),
+            quiet_over: Condvar::new(),
         });
         let p = pool.clone();
         let spawned = start_spawner().and_then(|spawner| {
@@ -403,15 +413,7 @@ impl Pool {
                     return;
                 }
             }
-            if let Some(until) = self
-                .quiet_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
-                // Shutdown does not wait for this: it is a few milliseconds at most.
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-            }
+            self.wait_for_quiet_end();
             let mem_size = self.mem_size.load(Ordering::SeqCst);
             let populate: Vec<Range<u64>> = self
                 .learned
@@ -461,8 +463,38 @@ impl Pool {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    /// Wakes the refill thread (after a start), which prepares the next vCPU once the new
-    /// guest has had [`REFILL_QUIET`] to itself.
+    /// Until [`BOOTED_GRACE`] after the latest start's guest has booted, or [`REFILL_QUIET`]
+    /// after the start. Shutdown does not wait for this: it is a few milliseconds at most.
+    fn wait_for_quiet_end(&self) {
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(until) = *quiet {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            quiet = self
+                .quiet_over
+                .wait_timeout(quiet, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *quiet = None;
+    }
+
+    /// Told by a guest's vCPU thread when the guest first waits for the network: its boot is
+    /// over, and the refill may start [`BOOTED_GRACE`] later.
+    pub fn booted(&self) {
+        let end = Instant::now() + BOOTED_GRACE;
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = *quiet {
+            *quiet = Some(until.min(end));
+        }
+        drop(quiet);
+        self.quiet_over.notify_one();
+    }
+
+    /// Wakes the refill thread (after a start), which prepares the next vCPU once the quiet
+    /// period after it is over.
     pub fn refill(&self) {
         let now = Instant::now();
         let mut quiet = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
