@@ -604,6 +604,21 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
+/// A field of /proc/PID/status (e.g. `CapEff`), as the kernel prints it.
+pub fn status_field(pid: i32, field: &str) -> String {
+    status_field_of(&format!("/proc/{pid}"), field)
+}
+
+/// A field of `DIR/status`, DIR a process's or a thread's /proc directory.
+pub fn status_field_of(dir: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in {dir}/status"))
+}
+
 /// `pid` and its descendants, from `/proc/PID/task/*/children`.
 pub fn process_family(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];

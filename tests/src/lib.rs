@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod netns;
 pub mod qemu;
 pub mod rng;
+pub mod systemd;
 pub mod tcp;
 
 pub use summon_test_support::require;

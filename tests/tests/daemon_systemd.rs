@@ -230,3 +230,98 @@ fn sigterm_stops_everything_and_leaves_nothing() {
         "gateway address left: {addrs}"
     );
 }
+
+/// The unit's `SystemCallFilter=` (as this host's systemd expands it, `NoNewPrivileges=` and
+/// `EPERM` for the rest, reproduced by the `syscall-allowlist` helper because the test cannot
+/// start a real unit) lets summond run and confine its workers: systemd 252's
+/// `@system-service` has neither `seccomp` nor the Landlock calls, and without them every
+/// worker failed to start, so every summon failed.
+#[test]
+fn the_units_syscall_filter_lets_summond_confine_its_workers() {
+    if !prerequisites("unit syscall filter test")
+        || !require::check("systemd-analyze", require::tool("systemd-analyze"))
+    {
+        return;
+    }
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    let entries = summon_tests::systemd::unit_syscall_filter(&unit).unwrap();
+    let names = summon_tests::systemd::expand(&entries).unwrap();
+    let numbers = |names: &std::collections::BTreeSet<String>| {
+        let numbers: Vec<String> = summon_tests::systemd::numbers(names)
+            .unwrap()
+            .iter()
+            .map(i64::to_string)
+            .collect();
+        numbers.join(",")
+    };
+    let allowed = numbers(&names);
+    let helper = env!("CARGO_BIN_EXE_syscall-allowlist");
+    let ns = NetNs::new("scfilter");
+    let web = http_service("web", "10.77.0.10", "idle_timeout = \"1s\"");
+
+    // Without `seccomp` (as under systemd 252's @system-service alone) no worker can start:
+    // summond exits at once and says why.
+    let mut without = names.clone();
+    without.remove("seccomp");
+    let dir = test_dir(ns.name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("summond.toml");
+    std::fs::write(&cfg, with_own_lock(&config(5, &[], "", &web), &dir)).unwrap();
+    let out = ns
+        .command_net_only(helper)
+        .args([
+            &numbers(&without),
+            "--",
+            summond().to_str().unwrap(),
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run summond under the filter");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the worker's seccomp filter")
+            && stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
+
+    // TTL 1: idle 2 s after the last query.
+    let mut d = Daemon::start_wrapped(
+        ns,
+        &config(1, &[], "", &web),
+        &[],
+        &[helper, &allowed, "--"],
+    );
+    assert_eq!(status_field(d.pid(), "Seccomp"), "2", "the helper's filter");
+    d.summon_http("web", Ipv4Addr::new(10, 77, 0, 10));
+    let log = d.log();
+    assert!(
+        log.contains("worker confined: Landlock rules enforced"),
+        "{log}"
+    );
+    // Every worker thread has the unit's filter and the worker's own stacked on it.
+    let workers: Vec<i32> = d
+        .processes()
+        .into_iter()
+        .filter(|&p| p != d.pid())
+        .collect();
+    assert!(!workers.is_empty());
+    for w in workers {
+        let filters: u32 = status_field(w, "Seccomp_filters").parse().unwrap();
+        assert!(filters >= 2, "worker {w}: {filters} filters");
+    }
+    // The idle stop, a reload and the exit under the filter too.
+    assert!(
+        wait_until(Duration::from_secs(10), || d.live_taps().is_empty()),
+        "web not stopped when idle\n{}",
+        d.log()
+    );
+    d.reload(&config(2, &[], "", &web));
+    assert_eq!(
+        a_records(&d.query("web.svc.test.", RecordType::A)),
+        vec![(Ipv4Addr::new(10, 77, 0, 10), 2)]
+    );
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log());
+}

@@ -38,21 +38,6 @@ fn process_of(d: &Daemon, name: &str) -> Option<i32> {
     })
 }
 
-/// A field of /proc/PID/status (e.g. `CapEff`), as the kernel prints it.
-fn status_field(pid: i32, field: &str) -> String {
-    status_field_of(&format!("/proc/{pid}"), field)
-}
-
-/// A field of `DIR/status`, DIR a process's or a thread's /proc directory.
-fn status_field_of(dir: &str, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in {dir}/status"))
-}
-
 /// `setpriv` arguments for a process of this uid with no capability, none to gain.
 const NO_CAPS: &[&str] = &[
     "--bounding-set=-all",

@@ -235,9 +235,21 @@ impl Hierarchy {
         }
     }
 
-    /// Removes the groups of worker processes that have ended (summond, once it has reaped one:
-    /// a worker may not remove its own, see [`make_own_worker_group`]).
-    pub fn remove_ended_workers(&self) {
+    /// Removes the group of worker process `pid` once summond has waited for it (a worker may
+    /// not remove its own, see [`make_own_worker_group`], and a killed one could not).
+    pub fn remove_worker_group(&self, pid: u32) {
+        let dir = worker_group(&self.base, pid);
+        match remove_tree(&dir) {
+            Ok(()) => tracing::debug!(group = %dir.display(), "removed an ended worker's cgroup"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(group = %dir.display(), error = %e, "cannot remove an ended worker's cgroup")
+            }
+        }
+    }
+
+    /// Removes the groups of worker processes that have ended and whose group is still there.
+    fn remove_ended_workers(&self) {
         remove_leftovers(&self.base, "worker-");
     }
 

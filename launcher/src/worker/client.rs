@@ -174,7 +174,9 @@ impl WorkerPool {
         }
         let end = Instant::now() + deadline;
         for w in &workers {
-            w.reap(end);
+            if w.reap(end) {
+                remove_group(w.pid);
+            }
         }
     }
 }
@@ -369,10 +371,13 @@ impl Worker {
         }
     }
 
-    /// Waits for the process to exit until `end`, then kills it.
-    fn reap(&self, end: Instant) {
+    /// Waits for the process to exit until `end`, then kills it; false if another caller
+    /// took it to wait for.
+    fn reap(&self, end: Instant) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(c) = child.as_mut() else { return };
+        let Some(c) = child.as_mut() else {
+            return false;
+        };
         loop {
             match c.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
@@ -386,6 +391,7 @@ impl Worker {
             }
         }
         *child = None;
+        true
     }
 }
 
@@ -405,8 +411,9 @@ impl Drop for Worker {
                 .name("worker-reap".into())
                 .stack_size(64 << 10)
                 .spawn(move || {
+                    let pid = c.id();
                     let _ = c.wait();
-                    remove_ended_groups();
+                    remove_group(pid);
                 });
             if waiter.is_err() {
                 tracing::warn!(pid = self.pid, "no thread to reap a worker; left a zombie");
@@ -489,15 +496,16 @@ fn read_loop(w: Arc<Worker>) {
         )));
     }
     // Not left a zombie until the next start looks at the pool.
-    w.reap(Instant::now() + QUICK_WAIT);
-    remove_ended_groups();
+    if w.reap(Instant::now() + QUICK_WAIT) {
+        remove_group(w.pid);
+    }
 }
 
-/// The cgroup groups of workers that have ended: a worker may not remove its own (see
-/// `cgroup::make_own_worker_group`), and one that was killed could not anyway.
-fn remove_ended_groups() {
+/// The cgroup group of a worker that has been waited for: a worker may not remove its own
+/// (see `cgroup::make_own_worker_group`), and one that was killed could not anyway.
+fn remove_group(pid: u32) {
     if let Some(h) = crate::kvm::cgroup::detected() {
-        h.remove_ended_workers();
+        h.remove_worker_group(pid);
     }
 }
 
@@ -649,7 +657,8 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
                 }
                 Ok(FromWorker::Log(line)) => {
                     log_line(pid, &line);
-                    setup_error = Some(line);
+                    let reason = line.trim_start();
+                    setup_error = Some(reason.strip_prefix("ERROR ").unwrap_or(reason).to_owned());
                 }
                 _ => {}
             },

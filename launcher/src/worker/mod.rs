@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use client::{WorkerConfig, WorkerPool};
 pub use privileges::drop_capabilities;
 pub use sandbox::{confine_worker, restrict_files, FileRules};
-pub use server::{serve, LogForward};
+pub use server::{report_setup_failure, serve, LogForward};
 
 /// The descriptor number at which a worker process finds its socket to the daemon.
 pub const WORKER_FD: i32 = 3;

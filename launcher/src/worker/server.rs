@@ -95,6 +95,14 @@ struct Live {
 /// The counter slots not in use; a slot returns only once its instance's thread has ended.
 type FreeSlots = Arc<Mutex<Vec<usize>>>;
 
+/// Tells summond why this worker cannot serve, before [`serve`] (its stderr goes nowhere):
+/// summond logs the reason and fails the start with it.
+pub fn report_setup_failure(sock: &OwnedFd, message: &str) {
+    if let Ok(bytes) = serde_json::to_vec(&FromWorker::Log(format!("ERROR {message}"))) {
+        let _ = wire::send(sock, &bytes, &[]);
+    }
+}
+
 /// Serves the daemon on `sock` until it closes its end; returns the process's exit status.
 /// `log` receives the [`LogForward`] to install as the process's log writer before anything
 /// logs. Instances get at most `slots` counter slots (the daemon places at most half that many
