@@ -154,7 +154,7 @@ impl Hierarchy {
             ),
         };
         let base = match PARENT.get() {
-            // A worker leaves the groups of ended workers to summond (`remove_ended_workers`):
+            // A worker leaves the groups of ended workers to summond (`remove_worker_group`):
             // its sandbox cannot tell whether another worker is alive.
             Some(parent) => worker_group(parent, std::process::id()),
             None => {
