@@ -245,3 +245,129 @@ fn workers_left_without_guests_end() {
     let status = d.terminate_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}\n{}", d.log());
 }
+
+/// With `kvm.worker_uids` each worker runs as a uid (and gid) of its own, with the group of
+/// /dev/kvm: its guests serve, a CPU quota still holds (summond makes the worker's cgroup
+/// group for it), and a process of one worker's uid may not even signal another worker,
+/// which it may with its own. A killed worker's uid and group are given back.
+#[test]
+fn workers_of_their_own_uid_serve_and_cannot_reach_each_other() {
+    if !prerequisites("worker uids") {
+        return;
+    }
+    let range = 400_000..400_100;
+    let svc = http_service("alpha", &ip(0).to_string(), "cpu_quota = \"50%\"")
+        + &http_service("beta", &ip(1).to_string(), "");
+    let cfg = config(30, &[], "", &svc)
+        + &format!(
+            "\n[kvm]\ninstances_per_process = 1\nworker_uids = \"{}-{}\"\n",
+            range.start,
+            range.end - 1
+        );
+    let mut d = Daemon::start("wuids", &cfg);
+    d.summon_http("alpha", ip(0));
+    d.summon_http("beta", ip(1));
+    let homes: Vec<i32> = ["alpha", "beta"]
+        .iter()
+        .map(|n| process_of(&d, n).unwrap_or_else(|| panic!("no vCPU thread of {n}")))
+        .collect();
+    assert_ne!(homes[0], homes[1]);
+    let kvm_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata("/dev/kvm").unwrap());
+    let mut uids = Vec::new();
+    for &w in &homes {
+        // Real, effective, saved and filesystem ids all the worker's own.
+        let uid: Vec<u32> = status_field(w, "Uid")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(uid.iter().all(|&u| u == uid[0]), "worker {w}: {uid:?}");
+        assert!(range.contains(&uid[0]), "worker {w}: uid {}", uid[0]);
+        let gid = status_field(w, "Gid");
+        assert!(
+            gid.split_whitespace().all(|g| g == uid[0].to_string()),
+            "worker {w}: gid {gid}"
+        );
+        assert_eq!(status_field(w, "Groups"), kvm_gid.to_string(), "worker {w}");
+        assert_eq!(status_field(w, "CapEff"), "0000000000000000", "worker {w}");
+        uids.push(uid[0]);
+    }
+    assert_ne!(uids[0], uids[1]);
+    // alpha's quota group, inside its worker's, which summond made for that uid.
+    let group = format!("worker-{}/", homes[0]);
+    assert!(
+        wait_until(Duration::from_secs(5), || vcpu_cgroups(homes[0], "alpha")
+            .iter()
+            .any(|c| c.contains(&group))),
+        "alpha's vCPU thread not in a group of its worker: {:?}\n{}",
+        vcpu_cgroups(homes[0], "alpha"),
+        d.log()
+    );
+    // A process of alpha's worker's uid may signal that worker, not beta's.
+    assert_eq!(null_signal_as(uids[0], homes[0]), Ok(()));
+    let other = null_signal_as(uids[0], homes[1]);
+    assert!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.contains("Operation not permitted")),
+        "{other:?}"
+    );
+    // Both serve; a killed worker gives its uid back and alpha comes back on the next query.
+    // SAFETY: kill(2) on a worker process of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(homes[0], libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || d.metric(
+            "summon_instances",
+            &[("service", "alpha"), ("state", "running")]
+        ) == 0.0),
+        "{}",
+        d.log()
+    );
+    d.summon_http("alpha", ip(0));
+    let again = process_of(&d, "alpha").expect("alpha's new worker");
+    assert_ne!(again, homes[0]);
+    assert!(range.contains(
+        &status_field(again, "Uid")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    ));
+    let page =
+        d.ns.run(move || http_get(SocketAddr::from((ip(1), 80)), "/"))
+            .expect("GET / on beta");
+    assert!(page.contains("beta"), "{page}");
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log());
+}
+
+/// The cgroup lines of `pid`'s vCPU thread of service `name`.
+fn vcpu_cgroups(pid: i32, name: &str) -> Vec<String> {
+    let want: String = format!("vcpu-{name}").chars().take(15).collect();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == want)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("cgroup")).ok())
+        .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+/// `kill -0 PID` by a process of `uid` (no capabilities): Ok, or the error it printed.
+fn null_signal_as(uid: u32, pid: i32) -> Result<(), String> {
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args(NO_CAPS)
+        .args(["kill", "-0", &pid.to_string()])
+        .output()
+        .expect("run setpriv (util-linux)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

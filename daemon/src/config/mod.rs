@@ -70,6 +70,8 @@ pub struct KvmConfig {
     /// Guests per worker process (`launcher/src/worker/`); 0 runs them in summond's own
     /// process, where per-guest costs grow with the number of guests.
     pub instances_per_process: usize,
+    /// The uids (and gids) worker processes run as, one of its own each; `None`: summond's.
+    pub worker_uids: Option<summon_launcher::worker::UidRange>,
 }
 
 /// Upper bound of `kvm.prewarm`: each prepared VM holds a parked thread and an idle VM.
@@ -91,6 +93,7 @@ impl Default for KvmConfig {
         KvmConfig {
             prewarm: summon_launcher::kvm::DEFAULT_PREWARM,
             instances_per_process: DEFAULT_INSTANCES_PER_PROCESS,
+            worker_uids: None,
         }
     }
 }

@@ -130,6 +130,9 @@ pub struct RawKvm {
     /// Guests per worker process; 0 runs them in the daemon's own process.
     #[serde(default)]
     pub instances_per_process: Option<Spanned<u32>>,
+    /// Host uids (and gids) for the worker processes, `"FIRST-LAST"`: one of its own each.
+    #[serde(default)]
+    pub worker_uids: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

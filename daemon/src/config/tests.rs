@@ -239,6 +239,53 @@ fn kvm_prewarm_defaults_parses_and_is_bounded() {
 }
 
 #[test]
+fn kvm_worker_uids_is_a_range_above_root_with_a_uid_per_worker() {
+    let kvm = |keys: &str| base(&format!("\n[kvm]\n{keys}\n{}", service("")));
+    assert_eq!(
+        Config::parse(&base(&service("")), Path::new("/"))
+            .unwrap()
+            .kvm
+            .worker_uids,
+        None
+    );
+    // 64 instances (the default limit) in workers of 100: one worker and a spare.
+    let cfg = Config::parse(&kvm("worker_uids = \"400000-400001\""), Path::new("/")).unwrap();
+    assert_eq!(
+        cfg.kvm.worker_uids,
+        Some(summon_launcher::worker::UidRange {
+            first: 400000,
+            count: 2
+        })
+    );
+    for bad in [
+        "\"0-10\"",
+        "\"10-5\"",
+        "\"400000\"",
+        "\"a-b\"",
+        "\"1-4294967295\"",
+    ] {
+        let e = one_error(&kvm(&format!("worker_uids = {bad}")));
+        assert!(
+            e.message.contains("kvm.worker_uids: expected"),
+            "{bad}: {e}"
+        );
+        assert_eq!((e.line, e.column), (Some(11), Some(15)), "{e}");
+    }
+    let e = one_error(&kvm(
+        "instances_per_process = 10\nworker_uids = \"400000-400005\"",
+    ));
+    assert!(
+        e.message
+            .contains("6 uids, but limits.max_instances = 64 needs 8 worker processes"),
+        "{e}"
+    );
+    let e = one_error(&kvm(
+        "instances_per_process = 0\nworker_uids = \"400000-400005\"",
+    ));
+    assert!(e.message.contains("guests run in summond itself"), "{e}");
+}
+
+#[test]
 fn guest_limits_default_and_service_cpu_quota_overrides() {
     let cfg = Config::parse(&base(&service("")), Path::new("/")).unwrap();
     assert_eq!(cfg.limits.guest, DEFAULT_GUEST_LIMITS);

@@ -510,6 +510,10 @@ pub(super) fn parse(src: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         }
     }
 
+    if let Some(u) = raw.kvm.as_ref().and_then(|k| k.worker_uids.as_ref()) {
+        check_worker_uids(&mut c, u, &mut kvm, &limits);
+    }
+
     // [[service]]
     let mut services = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -877,4 +881,45 @@ fn check_libvirt(c: &mut Checker<'_>, r: &RawLibvirt, args: &[String]) -> Option
         },
         probe_port,
     })
+}
+
+/// `kvm.worker_uids = "FIRST-LAST"`: uids above 0, at least one per worker that
+/// `limits.max_instances` can need (and a spare being started), guests in workers at all.
+fn check_worker_uids(c: &mut Checker, u: &Spanned<String>, kvm: &mut KvmConfig, limits: &Limits) {
+    let range = u.get_ref().split_once('-').and_then(|(a, b)| {
+        let (first, last) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
+        (first >= 1 && first <= last && last < u32::MAX).then_some((first, last))
+    });
+    let Some((first, last)) = range else {
+        c.err(
+            u,
+            format!(
+                "kvm.worker_uids: expected \"FIRST-LAST\", uids from 1 to {}, found {:?}",
+                u32::MAX - 1,
+                u.get_ref()
+            ),
+        );
+        return;
+    };
+    if kvm.instances_per_process == 0 {
+        c.err(
+            u,
+            "kvm.worker_uids: guests run in summond itself (kvm.instances_per_process = 0)",
+        );
+        return;
+    }
+    let count = last - first + 1;
+    let needed = (limits.max_instances as usize).div_ceil(kvm.instances_per_process) + 1;
+    if (count as usize) < needed {
+        c.err(
+            u,
+            format!(
+                "kvm.worker_uids: {count} uids, but limits.max_instances = {} needs {needed} \
+                 worker processes of kvm.instances_per_process = {} (one of them a spare)",
+                limits.max_instances, kvm.instances_per_process
+            ),
+        );
+        return;
+    }
+    kvm.worker_uids = Some(summon_launcher::worker::UidRange { first, count });
 }

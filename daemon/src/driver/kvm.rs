@@ -57,6 +57,7 @@ impl KvmDriver {
                 Launcher::Workers(WorkerPool::new(WorkerConfig {
                     command,
                     per_process,
+                    uids: cfg.worker_uids,
                 })?)
             }
         };

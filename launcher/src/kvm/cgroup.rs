@@ -106,14 +106,41 @@ fn worker_group(parent: &Path, pid: u32) -> PathBuf {
 /// groups, where it could change another worker's guests' quotas or move their threads).
 /// summond removes it once the worker has ended: the sandbox does not let the worker remove
 /// the directory itself, which is an entry of `parent`.
+///
+/// A worker of a uid of its own (`kvm.worker_uids`) may not write `parent`: summond makes the
+/// group for it right after starting it ([`Hierarchy::make_worker_group_for`]), and the worker
+/// waits for it here, up to [`WORKER_GROUP_WAIT`].
 pub fn make_own_worker_group(parent: &Path) -> io::Result<PathBuf> {
     let dir = worker_group(parent, std::process::id());
-    match fs::create_dir(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
-        Err(e) => Err(e),
+    let deadline = std::time::Instant::now() + WORKER_GROUP_WAIT;
+    loop {
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(dir),
+            Err(e)
+                if e.kind() == io::ErrorKind::PermissionDenied
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
+
+/// How long a worker waits for summond to make its group (a few milliseconds at most: summond
+/// makes it as soon as the process exists).
+const WORKER_GROUP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The files of a group its owner writes: moving threads in (v1 `tasks`, `cgroup.procs`, v2
+/// `cgroup.threads`), making it threaded and handing `cpu` to its children (v2).
+const DELEGATED_FILES: [&str; 5] = [
+    "tasks",
+    "cgroup.procs",
+    "cgroup.threads",
+    "cgroup.type",
+    "cgroup.subtree_control",
+];
 
 /// The process-wide hierarchy, detected (its leftovers cleaned, the outcome logged) on first
 /// use: the first start with a quota, or a host program asking up front (summond, for its
@@ -246,6 +273,26 @@ impl Hierarchy {
                 tracing::warn!(group = %dir.display(), error = %e, "cannot remove an ended worker's cgroup")
             }
         }
+    }
+
+    /// Makes the group of worker process `pid`, which runs as `uid` and may not make it itself,
+    /// and gives it (the directory and [`DELEGATED_FILES`]) to that uid, as systemd delegates
+    /// a subtree: the worker makes its guests' groups inside it.
+    pub fn make_worker_group_for(&self, pid: u32, uid: u32) -> io::Result<()> {
+        let dir = worker_group(&self.base, pid);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
+        for f in DELEGATED_FILES {
+            match std::os::unix::fs::chown(dir.join(f), Some(uid), Some(uid)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Removes the groups of worker processes that have ended and whose group is still there.

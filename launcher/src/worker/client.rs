@@ -16,6 +16,7 @@ use crate::backend::{
 };
 use crate::counters::CounterRegion;
 
+use super::identity::{Identities, Identity, UidRange};
 use super::protocol::{Answer, FromWorker, StartSpec, ToWorker};
 use super::{wire, WorkerError, WORKER_FD};
 
@@ -35,6 +36,8 @@ pub struct WorkerConfig {
     pub command: Vec<OsString>,
     /// The most instances one worker process holds.
     pub per_process: usize,
+    /// A uid of its own for each worker (`identity.rs`); `None`: summond's own.
+    pub uids: Option<UidRange>,
 }
 
 /// Worker processes, each running up to `per_process` guests: the daemon's own address space
@@ -70,7 +73,18 @@ impl WorkerPool {
         }
         let workers = Arc::new(Mutex::new(Vec::new()));
         let spare_pending = Arc::new(AtomicBool::new(false));
-        let spawner = start_spawner(cfg.clone(), workers.clone(), spare_pending.clone())?;
+        let identities = match cfg.uids {
+            Some(range) => Some(Identities::new(range).map_err(|e| WorkerError::Setup {
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let spawner = start_spawner(
+            cfg.clone(),
+            identities,
+            workers.clone(),
+            spare_pending.clone(),
+        )?;
         let pool = WorkerPool {
             cfg,
             workers,
@@ -175,7 +189,7 @@ impl WorkerPool {
         let end = Instant::now() + deadline;
         for w in &workers {
             if w.reap(end) {
-                remove_group(w.pid);
+                w.waited();
             }
         }
     }
@@ -299,6 +313,8 @@ struct Worker {
     /// stopped.
     stopping: AtomicBool,
     child: Mutex<Option<Child>>,
+    /// Its uid, given back once the process has been waited for.
+    identity: Mutex<Option<Arc<Identity>>>,
 }
 
 impl Worker {
@@ -393,6 +409,15 @@ impl Worker {
         *child = None;
         true
     }
+
+    /// What goes once the process has been waited for: its cgroup group and its uid.
+    fn waited(&self) {
+        remove_group(self.pid);
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 impl Drop for Worker {
@@ -403,6 +428,11 @@ impl Drop for Worker {
         // Its cgroup group goes once it has been waited for, on that thread too (cgroupfs
         // takes a kernel-wide lock).
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(mut c) = child {
             if matches!(c.try_wait(), Ok(None)) {
                 let _ = c.kill();
@@ -414,6 +444,7 @@ impl Drop for Worker {
                     let pid = c.id();
                     let _ = c.wait();
                     remove_group(pid);
+                    drop(identity);
                 });
             if waiter.is_err() {
                 tracing::warn!(pid = self.pid, "no thread to reap a worker; left a zombie");
@@ -497,7 +528,7 @@ fn read_loop(w: Arc<Worker>) {
     }
     // Not left a zombie until the next start looks at the pool.
     if w.reap(Instant::now() + QUICK_WAIT) {
-        remove_group(w.pid);
+        w.waited();
     }
 }
 
@@ -536,6 +567,7 @@ fn has_room(workers: &Mutex<Vec<Arc<Worker>>>, per_process: usize) -> bool {
 /// A waiting caller's request is answered at once when a worker has room by then.
 fn start_spawner(
     cfg: WorkerConfig,
+    identities: Option<Identities>,
     workers: Arc<Mutex<Vec<Arc<Worker>>>>,
     spare_pending: Arc<AtomicBool>,
 ) -> Result<Sender<SpawnRequest>, WorkerError> {
@@ -551,9 +583,13 @@ fn start_spawner(
                     }
                     continue;
                 }
-                let r = spawn_worker(&cfg).map(|w| {
-                    workers.lock().unwrap_or_else(|p| p.into_inner()).push(w);
-                });
+                let identity = identities.as_ref().map(Identities::take).transpose();
+                let r = identity
+                    .map_err(|source| WorkerError::Spawn { source })
+                    .and_then(|identity| spawn_worker(&cfg, identity))
+                    .map(|w| {
+                        workers.lock().unwrap_or_else(|p| p.into_inner()).push(w);
+                    });
                 match req {
                     Some(reply) => {
                         let _ = reply.send(r);
@@ -588,7 +624,10 @@ fn set_timeout(sock: &OwnedFd, opt: libc::c_int, d: Duration) {
     };
 }
 
-fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
+fn spawn_worker(
+    cfg: &WorkerConfig,
+    identity: Option<Identity>,
+) -> Result<Arc<Worker>, WorkerError> {
     let (ours, theirs) = wire::socket_pair().map_err(|source| WorkerError::Spawn { source })?;
     let their_fd = theirs.as_raw_fd();
     let mut cmd = Command::new(&cfg.command[0]);
@@ -599,8 +638,11 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
         .stdout(Stdio::null())
         // The worker logs through its socket: a stalled or broken stderr never reaches it.
         .stderr(Stdio::null());
+    let identity = identity.map(Arc::new);
+    let becomes = identity.clone();
     // SAFETY: runs in the forked child before exec and calls only async-signal-safe functions
-    // (dup2, fcntl, prctl) on an fd that is open in the child (inherited, close-on-exec).
+    // (dup2, fcntl, setgroups, setresgid, setresuid, prctl) on an fd that is open in the child
+    // (inherited, close-on-exec) and on data made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if their_fd == WORKER_FD {
@@ -612,6 +654,10 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
             } else if libc::dup2(their_fd, WORKER_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(id) = &becomes {
+                id.assume()?;
+            }
+            // After the change of uid, which clears it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -623,6 +669,13 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
         .map_err(|source| WorkerError::Spawn { source })?;
     drop(theirs);
     let pid = child.id();
+    // A worker of its own uid cannot make its group inside summond's: summond makes it for
+    // it (the worker waits for it), owned by that uid.
+    if let (Some(id), Some(h)) = (&identity, crate::kvm::cgroup::detected()) {
+        if let Err(e) = h.make_worker_group_for(pid, id.uid) {
+            tracing::warn!(pid, error = %e, "making a worker's cpu cgroup");
+        }
+    }
     let kill = |mut c: Child| {
         let _ = c.kill();
         let _ = c.wait();
@@ -684,6 +737,7 @@ fn spawn_worker(cfg: &WorkerConfig) -> Result<Arc<Worker>, WorkerError> {
         closing: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         child: Mutex::new(Some(child)),
+        identity: Mutex::new(identity),
     });
     let reader = w.clone();
     let spawned = std::thread::Builder::new()

@@ -13,6 +13,7 @@
 //! - `server.rs`: the worker process, an embedded [`crate::kvm::KvmBackend`] serving the daemon
 //!   ([`serve`]).
 //! - `privileges.rs`: what a worker gives up before it runs a guest (every capability);
+//!   `identity.rs`: a uid of its own for each worker, when configured;
 //!   `sandbox.rs`: the seccomp filter and the Landlock rules of the whole worker process.
 //! - `protocol.rs`: the messages; `wire.rs`: one message per `SOCK_SEQPACKET` packet, taps
 //!   passed with `SCM_RIGHTS`.
@@ -21,6 +22,7 @@
 //! ([`crate::counters::CounterRegion`]), so the reaper still reads them without a syscall.
 
 mod client;
+mod identity;
 mod privileges;
 mod protocol;
 mod sandbox;
@@ -30,6 +32,7 @@ mod wire;
 use std::time::Duration;
 
 pub use client::{WorkerConfig, WorkerPool};
+pub use identity::UidRange;
 pub use privileges::drop_capabilities;
 pub use sandbox::{confine_worker, restrict_files, FileRules};
 pub use server::{report_setup_failure, serve, LogForward};
