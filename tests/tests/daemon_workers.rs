@@ -49,9 +49,16 @@ const NO_CAPS: &[&str] = &[
 
 /// Whether such a process may open `/proc/PID/mem` for reading (`Err`: what the shell said).
 fn open_mem_without_capabilities(pid: i32) -> Result<(), String> {
+    capless(&[], &["sh", "-c", &format!("exec 3</proc/{pid}/mem")])
+}
+
+/// Runs `command` through `setpriv` with `identity` (setpriv's options) and [`NO_CAPS`]: Ok,
+/// or what it printed on stderr.
+fn capless(identity: &[&str], command: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new("setpriv")
+        .args(identity)
         .args(NO_CAPS)
-        .args(["sh", "-c", &format!("exec 3</proc/{pid}/mem")])
+        .args(command)
         .output()
         .expect("run setpriv (util-linux)");
     if out.status.success() {
@@ -357,17 +364,9 @@ fn vcpu_cgroups(pid: i32, name: &str) -> Vec<String> {
 
 /// `kill -0 PID` by a process of `uid` (no capabilities): Ok, or the error it printed.
 fn null_signal_as(uid: u32, pid: i32) -> Result<(), String> {
-    let out = std::process::Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .args(NO_CAPS)
-        .args(["kill", "-0", &pid.to_string()])
-        .output()
-        .expect("run setpriv (util-linux)");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    capless(
+        &[&reuid, &regid, "--clear-groups"],
+        &["kill", "-0", &pid.to_string()],
+    )
 }
