@@ -291,6 +291,24 @@ impl Daemon {
         process_family(self.pid())
     }
 
+    /// Service `service`'s vCPU threads (named `vcpu-NAME`, cut to the kernel's 15 bytes) among
+    /// [`Daemon::processes`], as (process, thread) ids.
+    pub fn vcpu_threads(&self, service: &str) -> Vec<(i32, u32)> {
+        let want: String = format!("vcpu-{service}").chars().take(15).collect();
+        let mut found = Vec::new();
+        for pid in self.processes() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            found.extend(tasks.flatten().filter_map(|t| {
+                let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                (comm.trim_end() == want).then_some((pid, tid))
+            }));
+        }
+        found
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.pid(), sig) };

@@ -81,22 +81,12 @@ fn summon_and_get(d: &Daemon, name: &str, ip: &str) -> String {
     })
 }
 
-/// The threads named `vcpu-NAME…` (the vCPU thread of service NAME) of the daemon and its
-/// worker processes.
+/// The vCPU threads of service `service` in the daemon and its worker processes.
 fn vcpu_threads(d: &Daemon, service: &str) -> Vec<u32> {
-    let want: String = format!("vcpu-{service}").chars().take(15).collect();
-    let mut found = Vec::new();
-    for pid in d.processes() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        found.extend(tasks.flatten().filter_map(|t| {
-            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-            (comm.trim_end() == want).then_some(tid)
-        }));
-    }
-    found
+    d.vcpu_threads(service)
+        .into_iter()
+        .map(|(_, tid)| tid)
+        .collect()
 }
 
 /// CPU time the kernel accounted to thread `tid` (schedstat: nanoseconds on a CPU).

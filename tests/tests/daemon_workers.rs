@@ -26,16 +26,7 @@ fn services(names: &[&str]) -> String {
 
 /// The process (summond or a worker) running service `name`'s vCPU thread.
 fn process_of(d: &Daemon, name: &str) -> Option<i32> {
-    let want: String = format!("vcpu-{name}").chars().take(15).collect();
-    d.processes().into_iter().find(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == want)
-            })
-    })
+    d.vcpu_threads(name).first().map(|&(pid, _)| pid)
 }
 
 /// `setpriv` arguments for a process of this uid with no capability, none to gain.
@@ -302,11 +293,11 @@ fn workers_of_their_own_uid_serve_and_cannot_reach_each_other() {
     // alpha's quota group, inside its worker's, which summond made for that uid.
     let group = format!("worker-{}/", homes[0]);
     assert!(
-        wait_until(Duration::from_secs(5), || vcpu_cgroups(homes[0], "alpha")
+        wait_until(Duration::from_secs(5), || vcpu_cgroups(&d, "alpha")
             .iter()
             .any(|c| c.contains(&group))),
         "alpha's vCPU thread not in a group of its worker: {:?}\n{}",
-        vcpu_cgroups(homes[0], "alpha"),
+        vcpu_cgroups(&d, "alpha"),
         d.log()
     );
     // A process of alpha's worker's uid may signal that worker, not beta's.
@@ -347,17 +338,13 @@ fn workers_of_their_own_uid_serve_and_cannot_reach_each_other() {
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log());
 }
 
-/// The cgroup lines of `pid`'s vCPU thread of service `name`.
-fn vcpu_cgroups(pid: i32, name: &str) -> Vec<String> {
-    let want: String = format!("vcpu-{name}").chars().take(15).collect();
-    std::fs::read_dir(format!("/proc/{pid}/task"))
+/// The cgroup lines of service `name`'s vCPU thread.
+fn vcpu_cgroups(d: &Daemon, name: &str) -> Vec<String> {
+    d.vcpu_threads(name)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == want)
+        .filter_map(|(pid, tid)| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).ok()
         })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("cgroup")).ok())
         .flat_map(|c| c.lines().map(str::to_owned).collect::<Vec<_>>())
         .collect()
 }

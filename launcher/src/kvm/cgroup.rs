@@ -22,7 +22,8 @@
 //! A KVM worker process has no capability with which to create a group at the top of a
 //! hierarchy (on v1 its directory is not writable without `CAP_DAC_OVERRIDE`): its group is
 //! `…/summond-PID/worker-PID`, inside summond's, which as root it may write to
-//! ([`nest_in`]).
+//! ([`nest_in`]); a worker of a uid of its own has summond make it
+//! ([`Hierarchy::make_worker_group_for`]).
 //!
 //! Detection runs once per process ([`support`]); a host without a usable controller runs
 //! guests without a quota, which the caller logs and exports.

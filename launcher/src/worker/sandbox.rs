@@ -16,11 +16,11 @@
 //! A refused call returns `EPERM` and does nothing; on a vCPU thread its own filter traps first
 //! and the call ends that guest as a fault (`kvm/seccomp.rs`), as before.
 //!
-//! Seccomp cannot tell one path from another, so the files a worker may change are Landlock's
-//! ([`restrict_files`]): it may open for writing only `/dev/kvm` (and use its ioctls) and the
-//! files of its cgroup directory, where it may also make and remove directories; it may create,
-//! remove or execute nothing else, nor signal a process outside its own Landlock domain.
-//! Reading stays open (images are read by path, and a reload may name new ones).
+//! Seccomp cannot tell one path from another, so the files a worker may open are Landlock's
+//! ([`restrict_files`]): for writing only `/dev/kvm` (and use its ioctls) and the files of its
+//! cgroup directory, where it may also make and remove directories; for reading those and
+//! /proc and /sys (images arrive as descriptors); it may create, remove or execute nothing
+//! else, nor signal a process outside its own Landlock domain.
 //!
 //! A worker cannot ask an interface for its MTU (that takes a socket): for a tap passed as a
 //! descriptor the query fails and the guest is told the default, 1500, which is what summond's
