@@ -3,6 +3,9 @@
 //! (1,000 µs), for a running service:
 //!
 //! - `baseline`: nothing else going on;
+//! - `flood at a sink` (the control; UNDER_ATTACK_CONTROL=0 leaves it out): the same flood as
+//!   below, at a socket in the namespace that nobody reads, so the client's figures show what the
+//!   flooder and the kernel's delivery cost on this host without summond doing any work;
 //! - `random-name flood`: another client, from an address that is not loopback (FLOOD_ADDR on
 //!   the loopback interface of the bench's own namespace, so `[dns.rrl]`'s default loopback
 //!   whitelist does not exempt it), sends queries for random names in the zone at a stated
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 use daemon_support::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use summon_tests::netns::NetNs;
 
 /// The attacker's address by default: TEST-NET-1, added to `lo` in the bench's namespace only
 /// (UNDER_ATTACK_FLOOD_FROM=127.0.1.1 floods from loopback, which `[dns.rrl]` whitelists).
@@ -125,6 +129,28 @@ fn flood(server: SocketAddr, from: IpAddr, rate: u64, stop: Arc<AtomicBool>, sen
     }
 }
 
+/// Runs `f` while random-name queries go from `from` to `to` at `rate` (started 300 ms before,
+/// so the flood is steady when `f` starts); prints the rate achieved.
+fn flooding<T>(ns: &NetNs, to: SocketAddr, from: IpAddr, rate: u64, f: impl FnOnce() -> T) -> T {
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flooder = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        ns.spawn(move || flood(to, from, rate, stop, sent))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let sent0 = sent.load(Ordering::Relaxed);
+    let out = f();
+    let sent_rate = (sent.load(Ordering::Relaxed) - sent0) as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.join();
+    println!("  (flood: {sent_rate:.0} queries/s sent from {from} to {to}, asked {rate})");
+    out
+}
+
 /// ns the calling thread has waited runnable for a CPU (schedstat).
 fn own_wait() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -218,22 +244,22 @@ fn main() {
         d.ip(&["addr", "add", &format!("{from}/32"), "dev", "lo"]);
     }
     let rate = env_or("UNDER_ATTACK_FLOOD_RATE", 20_000);
-    let (stop, sent) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let flooder = {
-        let (stop, sent) = (stop.clone(), sent.clone());
-        d.ns.spawn(move || flood(server, from, rate, stop, sent))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    let sent0 = sent.load(Ordering::Relaxed);
-    let lat = with_cpu(pid, || d.ns.run(|| sequential(server, &web, n, every)));
-    let sent_rate = (sent.load(Ordering::Relaxed) - sent0) as f64 / t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = flooder.join();
-    println!("  (flood: {sent_rate:.0} queries/s sent from {from}, asked {rate})");
+    let measure = || with_cpu(pid, || d.ns.run(|| sequential(server, &web, n, every)));
+
+    // The control: the same flood at a socket nobody reads. What it costs the client is the
+    // flooder's own sends and the kernel's delivery on this host, not summond.
+    if std::env::var("UNDER_ATTACK_CONTROL").map_or(true, |v| v != "0") {
+        let sink = d.ns.run(|| UdpSocket::bind("127.0.0.1:0").unwrap());
+        let to = sink.local_addr().unwrap();
+        let lat = flooding(&d.ns, to, from, rate, measure);
+        report("flood at a sink", &lat, Some(base_p99));
+        sink.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let held = std::iter::from_fn(|| sink.recv(&mut buf).ok()).count();
+        assert!(held > 0, "the control's flood never reached its socket");
+        println!("  (the sink's queue held {held} of the flood's datagrams, the rest dropped)");
+    }
+    let lat = flooding(&d.ns, server, from, rate, measure);
     report("random-name flood", &lat, Some(base_p99));
 
     let m = d.query(&format!("bad.{ZONE}"), RecordType::A);
